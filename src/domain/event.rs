@@ -1,0 +1,81 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{CallbackData, MessageId, Status};
+
+/// Which adapter an event came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Bik,
+    Meta,
+    Generic,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bik => "bik",
+            Self::Meta => "meta",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Status,
+    Click,
+}
+
+/// One thing a provider told us about one message: a status change or a link click.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub message_id: MessageId,
+    pub provider: Provider,
+    pub kind: EventKind,
+    /// Set for status events.
+    pub status: Option<Status>,
+    /// Set for click events.
+    pub url: Option<String>,
+    /// When the provider says it happened.
+    #[serde(with = "super::time_format")]
+    pub at: DateTime<Utc>,
+    /// When flowhook first received it.
+    #[serde(with = "super::time_format")]
+    pub received_at: DateTime<Utc>,
+    /// The provider's own event id, when it has one.
+    pub event_id: Option<String>,
+    pub recipient: Option<String>,
+    pub channel: Option<String>,
+    pub failure_reason: Option<String>,
+    pub callback: Option<CallbackData>,
+}
+
+impl Event {
+    /// What makes two events the same event when the provider sends no id, or a new id on a
+    /// retry: message, kind, status (or, for a click, its URL) and timestamp.
+    pub fn natural_key(&self) -> String {
+        let what = match self.kind {
+            EventKind::Status => self.status.as_ref().map(Status::as_str).unwrap_or_default(),
+            EventKind::Click => self.url.as_deref().unwrap_or_default(),
+        };
+        format!(
+            "{}|{}|{}|{}",
+            self.message_id,
+            self.kind.as_str(),
+            super::rfc3339(self.at),
+            what
+        )
+    }
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Click => "click",
+        }
+    }
+}

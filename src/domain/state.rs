@@ -1,0 +1,324 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{CallbackData, Event, EventKind, MessageId, Provider, Status};
+
+/// Everything flowhook knows about one message: derived fields plus the full timeline.
+///
+/// Every derived field is recomputed from the timeline, which is kept sorted by
+/// `(at, natural key)` and holds each distinct event once. So the state is a function of the
+/// SET of events received: any arrival order, with any duplicates, gives the same value (and the
+/// same serialized bytes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageState {
+    pub message_id: MessageId,
+    pub provider: Provider,
+    pub channel: Option<String>,
+    pub recipient: Option<String>,
+    pub status: Option<Status>,
+    pub failure_reason: Option<String>,
+    pub callback_data: Option<Map<String, Value>>,
+    pub callback_data_raw: Option<String>,
+    pub callback_data_error: Option<String>,
+    #[serde(with = "super::time_format")]
+    pub first_seen_at: DateTime<Utc>,
+    #[serde(with = "super::time_format")]
+    pub updated_at: DateTime<Utc>,
+    #[serde(with = "super::time_format::option")]
+    pub sent_at: Option<DateTime<Utc>>,
+    #[serde(with = "super::time_format::option")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    #[serde(with = "super::time_format::option")]
+    pub read_at: Option<DateTime<Utc>>,
+    #[serde(with = "super::time_format::option")]
+    pub failed_at: Option<DateTime<Utc>>,
+    pub clicks: Vec<Click>,
+    pub events: Vec<TimelineEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Click {
+    pub url: String,
+    #[serde(with = "super::time_format")]
+    pub at: DateTime<Utc>,
+}
+
+/// One event as the timeline keeps it: the event minus the message id it is filed under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEvent {
+    pub kind: EventKind,
+    pub status: Option<Status>,
+    pub url: Option<String>,
+    #[serde(with = "super::time_format")]
+    pub at: DateTime<Utc>,
+    #[serde(with = "super::time_format")]
+    pub received_at: DateTime<Utc>,
+    pub event_id: Option<String>,
+    pub provider: Provider,
+    pub recipient: Option<String>,
+    pub channel: Option<String>,
+    pub failure_reason: Option<String>,
+    pub callback: Option<CallbackData>,
+}
+
+impl TimelineEvent {
+    fn sort_key(&self) -> (DateTime<Utc>, EventKind, &str) {
+        let what = match self.kind {
+            EventKind::Status => self.status.as_ref().map(Status::as_str).unwrap_or_default(),
+            EventKind::Click => self.url.as_deref().unwrap_or_default(),
+        };
+        (self.at, self.kind, what)
+    }
+
+    /// Among two events with the same natural key, the one the timeline keeps: the earliest
+    /// received, then the smallest event id, so that the choice does not depend on order.
+    fn preferred_over(&self, other: &Self) -> bool {
+        (self.received_at, &self.event_id, self.provider)
+            < (other.received_at, &other.event_id, other.provider)
+    }
+}
+
+impl From<Event> for TimelineEvent {
+    fn from(e: Event) -> Self {
+        Self {
+            kind: e.kind,
+            status: e.status,
+            url: e.url,
+            at: e.at,
+            received_at: e.received_at,
+            event_id: e.event_id,
+            provider: e.provider,
+            recipient: e.recipient,
+            channel: e.channel,
+            failure_reason: e.failure_reason,
+            callback: e.callback,
+        }
+    }
+}
+
+impl MessageState {
+    /// Folds one event into a message's state. Returns the new state and whether it changed;
+    /// an event already in the timeline (same kind, status or URL, and time) changes nothing.
+    pub fn apply(state: Option<MessageState>, event: Event) -> (MessageState, bool) {
+        let message_id = event.message_id.clone();
+        let incoming = TimelineEvent::from(event);
+        let mut events = state.map(|s| s.events).unwrap_or_default();
+        let changed = match events.binary_search_by(|e| e.sort_key().cmp(&incoming.sort_key())) {
+            Ok(i) if incoming.preferred_over(&events[i]) => {
+                events[i] = incoming;
+                true
+            }
+            Ok(_) => false,
+            Err(i) => {
+                events.insert(i, incoming);
+                true
+            }
+        };
+        (Self::from_timeline(message_id, events), changed)
+    }
+
+    /// Derives every field from a sorted, de-duplicated, non-empty timeline.
+    fn from_timeline(message_id: MessageId, events: Vec<TimelineEvent>) -> Self {
+        let first = &events[0];
+        let first_with =
+            |pick: fn(&TimelineEvent) -> Option<&String>| events.iter().find_map(pick).cloned();
+        let callback = events.iter().find_map(|e| e.callback.clone());
+        let status = events
+            .iter()
+            .filter_map(|e| e.status.as_ref())
+            .fold(None::<&Status>, |best, s| match best {
+                Some(b) if b.precedence() > s.precedence() => Some(b),
+                _ => Some(s),
+            })
+            .cloned();
+        let first_at = |wanted: Status| {
+            events
+                .iter()
+                .find(|e| e.status.as_ref() == Some(&wanted))
+                .map(|e| e.at)
+        };
+        let failure_reason = match status {
+            Some(Status::Failed) => events
+                .iter()
+                .filter(|e| e.status == Some(Status::Failed))
+                .find_map(|e| e.failure_reason.clone()),
+            _ => None,
+        };
+        let clicks = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Click)
+            .filter_map(|e| {
+                Some(Click {
+                    url: e.url.clone()?,
+                    at: e.at,
+                })
+            })
+            .collect();
+        Self {
+            message_id,
+            provider: first.provider,
+            channel: first_with(|e| e.channel.as_ref()),
+            recipient: first_with(|e| e.recipient.as_ref()),
+            failure_reason,
+            callback_data: callback.as_ref().and_then(|c| c.value.clone()),
+            callback_data_raw: callback.as_ref().map(|c| c.raw.clone()),
+            callback_data_error: callback.and_then(|c| c.error),
+            first_seen_at: events
+                .iter()
+                .map(|e| e.received_at)
+                .min()
+                .unwrap_or(first.received_at),
+            updated_at: events
+                .iter()
+                .map(|e| e.received_at)
+                .max()
+                .unwrap_or(first.received_at),
+            sent_at: first_at(Status::Sent),
+            delivered_at: first_at(Status::Delivered),
+            read_at: first_at(Status::Read),
+            failed_at: first_at(Status::Failed),
+            status,
+            clicks,
+            events,
+        }
+    }
+
+    /// The value of `callback.<path>` in the decoded callback data.
+    pub fn callback_field(&self, path: &str) -> Option<&Value> {
+        super::callback::lookup_path(self.callback_data.as_ref()?, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn event(kind: EventKind, status: Option<&str>, url: Option<&str>, at_secs: i64) -> Event {
+        Event {
+            message_id: MessageId::parse("wamid.TEST==").unwrap(),
+            provider: Provider::Bik,
+            kind,
+            status: status.map(Status::parse),
+            url: url.map(str::to_owned),
+            at: Utc.timestamp_opt(1_795_255_200 + at_secs, 0).unwrap(),
+            received_at: Utc
+                .timestamp_opt(1_795_260_000 + at_secs * 7 % 13, 0)
+                .unwrap(),
+            event_id: Some(format!("evt-{at_secs}-{status:?}-{url:?}")),
+            recipient: Some("+919090909090".into()),
+            channel: Some("whatsapp".into()),
+            failure_reason: status
+                .filter(|s| *s == "failed")
+                .map(|_| "undeliverable".into()),
+            callback: CallbackData::decode(
+                &serde_json::json!(format!("{{\"t\":{at_secs}}}")),
+                4096,
+            ),
+        }
+    }
+
+    fn fold(events: impl IntoIterator<Item = Event>) -> MessageState {
+        let mut state = None;
+        for e in events {
+            state = Some(MessageState::apply(state, e).0);
+        }
+        state.expect("at least one event")
+    }
+
+    fn status_of(statuses: &[&str]) -> Option<Status> {
+        let events = statuses
+            .iter()
+            .enumerate()
+            .map(|(i, s)| event(EventKind::Status, Some(s), None, i as i64));
+        fold(events).status
+    }
+
+    #[test]
+    fn status_only_moves_forward() {
+        assert_eq!(
+            status_of(&["read", "delivered", "sent"]),
+            Some(Status::Read)
+        );
+        assert_eq!(status_of(&["sent", "delivered"]), Some(Status::Delivered));
+        assert_eq!(status_of(&["sent", "failed"]), Some(Status::Failed));
+        assert_eq!(status_of(&["failed", "sent"]), Some(Status::Failed));
+        assert_eq!(status_of(&["delivered", "failed"]), Some(Status::Delivered));
+        assert_eq!(status_of(&["failed", "read"]), Some(Status::Read));
+        assert_eq!(
+            status_of(&["deleted"]),
+            Some(Status::Other("deleted".into()))
+        );
+        assert_eq!(status_of(&["sent", "deleted"]), Some(Status::Sent));
+    }
+
+    #[test]
+    fn a_repeated_event_changes_nothing() {
+        let e = event(EventKind::Status, Some("delivered"), None, 1);
+        let (state, changed) = MessageState::apply(None, e.clone());
+        assert!(changed);
+        let (again, changed) = MessageState::apply(Some(state.clone()), e);
+        assert!(!changed);
+        assert_eq!(state, again);
+    }
+
+    #[test]
+    fn failure_reason_shows_only_while_failed() {
+        let failed = fold([event(EventKind::Status, Some("failed"), None, 1)]);
+        assert_eq!(failed.failure_reason.as_deref(), Some("undeliverable"));
+        assert!(failed.failed_at.is_some());
+        let recovered = fold([
+            event(EventKind::Status, Some("failed"), None, 1),
+            event(EventKind::Status, Some("delivered"), None, 2),
+        ]);
+        assert_eq!(recovered.failure_reason, None);
+    }
+
+    #[test]
+    fn clicks_are_listed_in_time_order_and_keep_the_status() {
+        let state = fold([
+            event(EventKind::Click, None, Some("https://b"), 9),
+            event(EventKind::Status, Some("read"), None, 5),
+            event(EventKind::Click, None, Some("https://a"), 7),
+        ]);
+        let urls: Vec<_> = state.clicks.iter().map(|c| c.url.as_str()).collect();
+        assert_eq!(urls, ["https://a", "https://b"]);
+        assert_eq!(state.status, Some(Status::Read));
+        assert_eq!(state.events.len(), 3);
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        let status = prop::sample::select(vec!["sent", "delivered", "read", "failed", "deleted"]);
+        let url = prop::sample::select(vec!["https://shop/a", "https://shop/b"]);
+        prop_oneof![
+            (status, 0i64..6).prop_map(|(s, t)| event(EventKind::Status, Some(s), None, t)),
+            (url, 0i64..6).prop_map(|(u, t)| event(EventKind::Click, None, Some(u), t)),
+        ]
+    }
+
+    proptest! {
+        /// The contract's heart: the state is a function of the set of events.
+        #[test]
+        fn any_order_with_any_duplicates_gives_byte_identical_state(
+            events in prop::collection::vec(arb_event(), 1..12),
+            dup_picks in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            shuffle_seed in any::<u64>(),
+        ) {
+            let reference = serde_json::to_vec(&fold(events.clone())).unwrap();
+
+            let mut shuffled = events.clone();
+            shuffled.extend(dup_picks.iter().map(|i| i.get(&events).clone()));
+            // Fisher-Yates driven by the generated seed, so failures shrink and replay.
+            let mut seed = shuffle_seed;
+            for i in (1..shuffled.len()).rev() {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (seed >> 33) as usize % (i + 1));
+            }
+            let permuted = serde_json::to_vec(&fold(shuffled)).unwrap();
+            prop_assert_eq!(reference, permuted);
+        }
+    }
+}

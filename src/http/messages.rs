@@ -1,0 +1,163 @@
+//! The status API: what happened to a message, to an order, to a recipient; the quarantine.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use percent_encoding::percent_decode_str;
+use serde_json::{json, Map, Value};
+
+use super::auth::ApiCaller;
+use super::errors::ApiError;
+use super::AppState;
+use crate::domain::MessageState;
+use crate::store::Lookup;
+
+const MESSAGES_PREFIX: &str = "/v1/messages/";
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/messages", web::get().to(find_messages))
+        // The tail pattern also catches ids whose `/` arrived unencoded.
+        .route("/v1/messages/{id:.+}", web::get().to(get_message))
+        .route("/v1/rejected", web::get().to(list_rejected));
+}
+
+async fn get_message(
+    _: ApiCaller,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    // Decode the raw path ourselves so that %2F, %2B and %3D all come back as `/`, `+` and `=`.
+    let raw = req
+        .uri()
+        .path()
+        .strip_prefix(MESSAGES_PREFIX)
+        .unwrap_or_default();
+    let id = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("message id is not valid UTF-8"))?;
+    match state.store.message(&id)? {
+        Some(message) => Ok(HttpResponse::Ok().json(view(&message, true))),
+        None => Err(ApiError::not_found(format!("no message with id {id:?}"))),
+    }
+}
+
+/// Query parameters of the list routes, checked by hand so every mistake gets a clear 400.
+struct Paging {
+    limit: usize,
+    cursor: Option<String>,
+}
+
+impl Paging {
+    const DEFAULT: usize = 50;
+    const MAX: usize = 500;
+
+    fn take(query: &mut HashMap<String, String>) -> Result<Self, ApiError> {
+        let limit = match query.remove("limit") {
+            None => Self::DEFAULT,
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=Self::MAX).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "limit must be a whole number from 1 to {}",
+                        Self::MAX
+                    )))
+                }
+            },
+        };
+        Ok(Self {
+            limit,
+            cursor: query.remove("cursor").filter(|c| !c.is_empty()),
+        })
+    }
+}
+
+async fn find_messages(
+    _: ApiCaller,
+    query: web::Query<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut query = query.into_inner();
+    let paging = Paging::take(&mut query)?;
+    let indexed = state.store.index_fields();
+    let hint = || {
+        let fields: Vec<String> = indexed.iter().map(|f| format!("callback.{f}")).collect();
+        format!("filter by exactly one of recipient, {}", fields.join(", "))
+    };
+    if query.len() != 1 {
+        return Err(ApiError::bad_request(hint()));
+    }
+    let Some((name, value)) = query.into_iter().next() else {
+        return Err(ApiError::bad_request(hint()));
+    };
+    let lookup = match name.strip_prefix("callback.") {
+        None if name == "recipient" => Lookup::Recipient(value),
+        Some(field) if indexed.iter().any(|f| f == field) => Lookup::Callback {
+            field: field.to_owned(),
+            value,
+        },
+        Some(field) => {
+            return Err(ApiError::bad_request(format!(
+                "callback field {field:?} is not indexed (store.index_callback_fields is [{}])",
+                indexed.join(", ")
+            )))
+        }
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter {name:?}: {}",
+                hint()
+            )))
+        }
+    };
+    let page = state
+        .store
+        .lookup(&lookup, paging.limit, paging.cursor.as_deref())?;
+    let messages: Vec<Value> = page.items.iter().map(|m| view(m, false)).collect();
+    Ok(HttpResponse::Ok().json(json!({ "messages": messages, "next_cursor": page.next_cursor })))
+}
+
+async fn list_rejected(
+    _: ApiCaller,
+    query: web::Query<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut query = query.into_inner();
+    let paging = Paging::take(&mut query)?;
+    if let Some(name) = query.keys().next() {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter {name:?}: only limit and cursor"
+        )));
+    }
+    let page = state
+        .store
+        .rejected(paging.limit, paging.cursor.as_deref())?;
+    Ok(HttpResponse::Ok().json(json!({ "rejected": page.items, "next_cursor": page.next_cursor })))
+}
+
+/// A message as the API shows it: the stored state, its timeline reduced to what clients need
+/// (or left out, for lists), and its follow-up actions.
+fn view(message: &MessageState, with_events: bool) -> Value {
+    let mut out: Map<String, Value> = match serde_json::to_value(message) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    out.remove("events");
+    if with_events {
+        let events: Vec<Value> = message
+            .events
+            .iter()
+            .map(|e| {
+                json!({
+                    "kind": e.kind,
+                    "status": e.status,
+                    "url": e.url,
+                    "at": crate::domain::rfc3339(e.at),
+                    "received_at": crate::domain::rfc3339(e.received_at),
+                    "event_id": e.event_id,
+                })
+            })
+            .collect();
+        out.insert("events".into(), Value::Array(events));
+    }
+    out.insert("actions".into(), Value::Array(Vec::new()));
+    Value::Object(out)
+}

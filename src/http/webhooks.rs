@@ -1,0 +1,145 @@
+//! Inbound webhooks: verify over the raw bytes, parse into events, one durable commit, answer.
+//! A handler never calls out; follow-ups go through the store's outbox.
+
+use std::collections::HashMap;
+
+use actix_web::http::header::{HeaderName, AUTHORIZATION};
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::errors::ApiError;
+use super::{body, AppState};
+use crate::domain::Provider;
+use crate::providers::{bik, generic, meta, ParseContext, Refusal};
+use crate::store::IngestItem;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/webhooks/bik", web::post().to(bik_webhook))
+        .route("/webhooks/meta", web::get().to(meta_handshake))
+        .route("/webhooks/meta", web::post().to(meta_webhook))
+        .route("/webhooks/generic", web::post().to(generic_webhook));
+}
+
+async fn bik_webhook(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let settings = &state.settings.providers.bik;
+    bik::verify(header_bytes(&req, &AUTHORIZATION), settings)
+        .map_err(|r| refused(Provider::Bik, r))?;
+    let body = body::read(&req, payload, state.settings.server.max_body_bytes).await?;
+    let ctx = state.parse_context();
+    store(
+        &state,
+        Provider::Bik,
+        bik::parse(&body, settings, ctx)?,
+        ctx,
+    )
+    .await
+}
+
+async fn meta_handshake(
+    query: web::Query<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let get = |k: &str| query.get(k).map(String::as_str);
+    match meta::handshake(
+        get("hub.mode"),
+        get("hub.verify_token"),
+        get("hub.challenge"),
+        &state.settings.providers.meta,
+    ) {
+        Some(challenge) => Ok(HttpResponse::Ok()
+            .content_type("text/plain")
+            .body(challenge.to_owned())),
+        None => {
+            tracing::warn!(provider = "meta", "subscription handshake refused");
+            Err(ApiError::new(
+                actix_web::http::StatusCode::FORBIDDEN,
+                "hub.mode or hub.verify_token is wrong",
+            ))
+        }
+    }
+}
+
+async fn meta_webhook(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body::read(&req, payload, state.settings.server.max_body_bytes).await?;
+    let signature = header_bytes(&req, &HeaderName::from_static("x-hub-signature-256"));
+    meta::verify(signature, &body, &state.settings.providers.meta)
+        .map_err(|r| refused(Provider::Meta, r))?;
+    let ctx = state.parse_context();
+    store(&state, Provider::Meta, meta::parse(&body, ctx)?, ctx).await
+}
+
+async fn generic_webhook(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body::read(&req, payload, state.settings.server.max_body_bytes).await?;
+    let text = |name: &'static str| {
+        header_bytes(&req, &HeaderName::from_static(name)).and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let headers = generic::SignatureHeaders {
+        id: text("webhook-id"),
+        timestamp: text("webhook-timestamp"),
+        signature: text("webhook-signature"),
+    };
+    let ctx = state.parse_context();
+    generic::verify(
+        headers,
+        &body,
+        ctx.received_at.timestamp(),
+        &state.settings.providers.generic,
+    )
+    .map_err(|r| refused(Provider::Generic, r))?;
+    let webhook_id = headers.id.unwrap_or_default();
+    store(
+        &state,
+        Provider::Generic,
+        generic::parse(&body, webhook_id, ctx)?,
+        ctx,
+    )
+    .await
+}
+
+async fn store(
+    state: &AppState,
+    provider: Provider,
+    items: Vec<IngestItem>,
+    ctx: ParseContext,
+) -> Result<HttpResponse, ApiError> {
+    let outcome = state.store.ingest(provider, items, ctx.received_at).await?;
+    tracing::info!(
+        provider = provider.as_str(),
+        accepted = outcome.accepted,
+        duplicates = outcome.duplicates,
+        ignored = outcome.ignored,
+        rejected = outcome.rejected,
+        "webhook stored"
+    );
+    Ok(HttpResponse::Ok().json(outcome))
+}
+
+fn header_bytes<'a>(req: &'a HttpRequest, name: &HeaderName) -> Option<&'a [u8]> {
+    req.headers().get(name).map(|v| v.as_bytes())
+}
+
+/// Logs a refused webhook (never its headers or body) and turns it into its error answer.
+fn refused(provider: Provider, refusal: Refusal) -> ApiError {
+    tracing::warn!(provider = provider.as_str(), reason = %refusal, "webhook refused");
+    ApiError::from(refusal)
+}
+
+impl AppState {
+    fn parse_context(&self) -> ParseContext {
+        ParseContext {
+            received_at: crate::domain::now(),
+            max_callback_bytes: self.settings.store.max_callback_bytes,
+        }
+    }
+}

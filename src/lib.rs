@@ -1,0 +1,12 @@
+//! flowhook: a verified webhook receiver and callback router for WhatsApp/RCS messaging.
+//!
+//! The module list is the data flow: `http` receives, `providers` verify and parse into
+//! `domain` events, `store` commits them atomically and durably, and answers queries.
+
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod providers;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,102 @@
+//! BIK webhooks: HTTP Basic auth with the key set in BIK's developer portal; a JSON array of
+//! `{eventName, eventInfo, id, ...}` (a single object is accepted too).
+
+use serde_json::Value;
+
+use super::{
+    constant_time_eq, elements, first_present, parse_json, rejected, text, Fields, ParseContext,
+    Refusal,
+};
+use crate::config::BikSettings;
+use crate::domain::{EventKind, Provider};
+use crate::store::IngestItem;
+
+const STATUS_EVENT: &str = "message-status-update";
+
+/// Compares the whole `Authorization` header with `Basic <key>` for each configured key.
+pub fn verify(authorization: Option<&[u8]>, settings: &BikSettings) -> Result<(), Refusal> {
+    let header = authorization.ok_or(Refusal::Unauthorized("missing Authorization header"))?;
+    let matched = settings.basic_auth.iter().fold(false, |found, key| {
+        let expected = format!("Basic {}", key.expose());
+        found | constant_time_eq(header, expected.as_bytes())
+    });
+    if matched {
+        Ok(())
+    } else {
+        Err(Refusal::Unauthorized("invalid Authorization header"))
+    }
+}
+
+pub fn parse(
+    body: &[u8],
+    settings: &BikSettings,
+    ctx: ParseContext,
+) -> Result<Vec<IngestItem>, Refusal> {
+    Ok(elements(parse_json(body)?)
+        .iter()
+        .map(|element| parse_event(element, settings, ctx))
+        .collect())
+}
+
+fn parse_event(raw: &Value, settings: &BikSettings, ctx: ParseContext) -> IngestItem {
+    let Some(name) = raw.get("eventName").and_then(Value::as_str) else {
+        return rejected(raw, "eventName is missing");
+    };
+    let kind = if name == STATUS_EVENT {
+        EventKind::Status
+    } else if settings.click_event_names.iter().any(|n| n == name) {
+        EventKind::Click
+    } else {
+        return IngestItem::Ignored;
+    };
+    let info = raw.get("eventInfo").unwrap_or(&Value::Null);
+    if !info.is_object() {
+        return rejected(raw, "eventInfo is missing or not an object");
+    }
+    let fields = Fields {
+        event_id: text(raw.get("id")),
+        message_id: info.get("messageId"),
+        status: info.get("status"),
+        url: first_present([info.get("url"), info.get("link"), info.get("clickedUrl")]),
+        at: info.get("createdAt"),
+        recipient: text(info.get("assetValue")),
+        channel: text(info.get("channelId")),
+        failure_reason: text(info.get("failureReason")),
+        callback: first_present([info.get("callbackData"), raw.get("callbackData")]),
+    };
+    fields.into_item(Provider::Bik, kind, raw, ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn settings() -> BikSettings {
+        BikSettings {
+            basic_auth: vec![Secret::new("old-key"), Secret::new("new-key")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn any_configured_key_is_accepted_during_rotation() {
+        assert!(verify(Some(b"Basic old-key"), &settings()).is_ok());
+        assert!(verify(Some(b"Basic new-key"), &settings()).is_ok());
+    }
+
+    #[test]
+    fn a_wrong_missing_or_partial_header_is_refused() {
+        for header in [
+            Some(&b"Basic other"[..]),
+            Some(b"Basic "),
+            Some(b"new-key"),
+            Some(b"Bearer new-key"),
+            None,
+        ] {
+            assert!(verify(header, &settings()).is_err(), "{header:?}");
+        }
+        let empty = BikSettings::default();
+        assert!(verify(Some(b"Basic "), &empty).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! WhatsApp Cloud API webhooks: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(body, app secret)>`
+//! over the raw bytes; `entry[].changes[].value.statuses[]` are events, `messages[]` are ignored.
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+use super::{constant_time_eq, parse_json, rejected, text, Fields, ParseContext, Refusal};
+use crate::config::MetaSettings;
+use crate::domain::{EventKind, Provider};
+use crate::store::IngestItem;
+
+/// The subscription handshake: the challenge to echo, or `None` to answer `403`.
+pub fn handshake<'a>(
+    mode: Option<&str>,
+    token: Option<&str>,
+    challenge: Option<&'a str>,
+    settings: &MetaSettings,
+) -> Option<&'a str> {
+    let expected = settings.verify_token.expose();
+    let token_ok = !expected.is_empty() && constant_time_eq(token?.as_bytes(), expected.as_bytes());
+    (mode? == "subscribe" && token_ok).then_some(challenge?)
+}
+
+/// Checks `sha256=<hex>` against each configured app secret.
+pub fn verify(
+    signature: Option<&[u8]>,
+    body: &[u8],
+    settings: &MetaSettings,
+) -> Result<(), Refusal> {
+    let header = signature.ok_or(Refusal::Unauthorized("missing X-Hub-Signature-256 header"))?;
+    let digest = header
+        .strip_prefix(b"sha256=")
+        .and_then(|hex_digest| hex::decode(hex_digest).ok())
+        .ok_or(Refusal::Unauthorized(
+            "malformed X-Hub-Signature-256 header",
+        ))?;
+    let matched = settings.app_secrets.iter().fold(false, |found, secret| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(body);
+        found | mac.verify_slice(&digest).is_ok()
+    });
+    if matched {
+        Ok(())
+    } else {
+        Err(Refusal::Unauthorized(
+            "invalid X-Hub-Signature-256 signature",
+        ))
+    }
+}
+
+/// `sha256=<hex>` for a body, as Meta would send it (for `flowhook sign` and tests).
+pub fn sign(body: &[u8], app_secret: &str) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(app_secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub fn parse(body: &[u8], ctx: ParseContext) -> Result<Vec<IngestItem>, Refusal> {
+    let body = parse_json(body)?;
+    let Some(entries) = body.get("entry").and_then(Value::as_array) else {
+        return Ok(vec![rejected(
+            &body,
+            "not a WhatsApp Cloud API webhook: entry[] is missing",
+        )]);
+    };
+    let mut items = Vec::new();
+    for change in entries.iter().flat_map(|e| {
+        e.get("changes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    }) {
+        let value = change.get("value").unwrap_or(&Value::Null);
+        let statuses = value.get("statuses").and_then(Value::as_array);
+        let messages = value.get("messages").and_then(Value::as_array);
+        if statuses.is_none() && messages.is_none() {
+            items.push(IngestItem::Ignored);
+        }
+        items.extend(messages.into_iter().flatten().map(|_| IngestItem::Ignored));
+        items.extend(
+            statuses
+                .into_iter()
+                .flatten()
+                .map(|status| parse_status(status, ctx)),
+        );
+    }
+    Ok(items)
+}
+
+fn parse_status(raw: &Value, ctx: ParseContext) -> IngestItem {
+    let error = raw.pointer("/errors/0");
+    let fields = Fields {
+        event_id: None,
+        message_id: raw.get("id"),
+        status: raw.get("status"),
+        at: raw.get("timestamp"),
+        recipient: text(raw.get("recipient_id")),
+        channel: Some("whatsapp".into()),
+        failure_reason: error.and_then(|e| text(e.get("title")).or_else(|| text(e.get("message")))),
+        callback: raw.get("biz_opaque_callback_data"),
+        ..Default::default()
+    };
+    fields.into_item(Provider::Meta, EventKind::Status, raw, ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn settings(secrets: &[&str]) -> MetaSettings {
+        MetaSettings {
+            app_secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+            verify_token: Secret::new("tok"),
+        }
+    }
+
+    #[test]
+    fn the_shared_vector_verifies() {
+        let vector: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/meta/signature-vector.json"
+        ))
+        .unwrap();
+        let body = vector["body"].as_str().unwrap().as_bytes();
+        let header = vector["header"].as_str().unwrap();
+        let secret = vector["secret"].as_str().unwrap();
+        assert_eq!(sign(body, secret), header);
+        assert!(verify(
+            Some(header.as_bytes()),
+            body,
+            &settings(&["rotated", secret])
+        )
+        .is_ok());
+        assert!(verify(Some(header.as_bytes()), b"tampered", &settings(&[secret])).is_err());
+        assert!(verify(Some(header.as_bytes()), body, &settings(&["other"])).is_err());
+    }
+
+    #[test]
+    fn malformed_signature_headers_are_refused() {
+        for header in [
+            &b"sha256="[..],
+            b"sha256=zz",
+            b"sha1=abcd",
+            b"",
+            b"0329a06b",
+        ] {
+            assert!(verify(Some(header), b"test", &settings(&["secret"])).is_err());
+        }
+        assert!(verify(None, b"test", &settings(&["secret"])).is_err());
+    }
+
+    #[test]
+    fn the_handshake_echoes_the_challenge_only_for_the_right_token() {
+        let s = settings(&[]);
+        assert_eq!(
+            handshake(Some("subscribe"), Some("tok"), Some("123"), &s),
+            Some("123")
+        );
+        assert_eq!(
+            handshake(Some("subscribe"), Some("bad"), Some("123"), &s),
+            None
+        );
+        assert_eq!(
+            handshake(Some("unsubscribe"), Some("tok"), Some("123"), &s),
+            None
+        );
+        assert_eq!(handshake(None, Some("tok"), Some("123"), &s), None);
+        assert_eq!(
+            handshake(
+                Some("subscribe"),
+                Some(""),
+                Some("1"),
+                &MetaSettings::default()
+            ),
+            None
+        );
+    }
+}

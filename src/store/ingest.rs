@@ -1,0 +1,440 @@
+//! The one write path for webhooks: a whole request in one atomic, durable commit.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::query::RejectedEvent;
+use super::{index_value, key, Store, StoreError, Ticket};
+use crate::domain::{Event, MessageId, MessageState, Provider};
+
+/// What an adapter made of one element of a webhook body.
+#[derive(Debug)]
+pub enum IngestItem {
+    Event(Box<Event>),
+    /// Well-formed, of a kind flowhook does not handle.
+    Ignored,
+    /// JSON, but missing what it needs; quarantined with the reason.
+    Rejected {
+        reason: String,
+        raw: String,
+    },
+}
+
+/// The body of a webhook's `200`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IngestOutcome {
+    pub accepted: u32,
+    pub duplicates: u32,
+    pub ignored: u32,
+    pub rejected: u32,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+impl Store {
+    /// Stores every item of one request in one transaction and returns once it is durable.
+    pub async fn ingest(
+        &self,
+        provider: Provider,
+        items: Vec<IngestItem>,
+        received_at: DateTime<Utc>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let (outcome, ticket) = self.commit(provider, items, received_at)?;
+        if let Some(ticket) = ticket {
+            self.wait_durable(ticket).await?;
+        }
+        Ok(outcome)
+    }
+
+    fn commit(
+        &self,
+        provider: Provider,
+        items: Vec<IngestItem>,
+        received_at: DateTime<Utc>,
+    ) -> Result<(IngestOutcome, Option<Ticket>), StoreError> {
+        let mut events = Vec::new();
+        let mut rejected = Vec::new();
+        let mut ignored = 0;
+        for item in items {
+            match item {
+                IngestItem::Event(e) => events.push(*e),
+                IngestItem::Ignored => ignored += 1,
+                IngestItem::Rejected { reason, raw } => rejected.push(RejectedEvent {
+                    id: self.inner.db.generate_id()?,
+                    provider,
+                    received_at,
+                    reason,
+                    raw,
+                }),
+            }
+        }
+        if events.is_empty() && rejected.is_empty() {
+            return Ok((
+                IngestOutcome {
+                    ignored,
+                    ..Default::default()
+                },
+                None,
+            ));
+        }
+
+        let t = &self.inner.trees;
+        let fields = &self.inner.index_fields;
+        let outcome = (
+            &t.messages,
+            &t.dedupe,
+            &t.idx_callback,
+            &t.idx_recipient,
+            &t.aggregates,
+            &t.rejected,
+        )
+            .transaction(
+                |(messages, dedupe, idx_callback, idx_recipient, aggregates, quarantine)| {
+                    let mut outcome = IngestOutcome {
+                        ignored,
+                        rejected: rejected.len() as u32,
+                        ..Default::default()
+                    };
+                    let mut batch = Batch::default();
+                    let filing = Filing {
+                        callback: idx_callback,
+                        recipient: idx_recipient,
+                        aggregates,
+                    };
+                    for event in &events {
+                        if batch.apply(messages, dedupe, event.clone())? {
+                            outcome.accepted += 1;
+                        } else {
+                            outcome.duplicates += 1;
+                        }
+                    }
+                    for (id, (before, after)) in &batch.states {
+                        if before.as_ref() == Some(after) {
+                            continue;
+                        }
+                        messages.insert(id.as_str().as_bytes(), json(after)?)?;
+                        let old = Derived::of(before.as_ref(), fields);
+                        filing.refile(
+                            id,
+                            old.as_ref(),
+                            Derived::of(Some(after), fields).as_ref(),
+                        )?;
+                    }
+                    for r in &rejected {
+                        // A provider retrying a batch must not fill the quarantine with copies.
+                        let digest = Sha256::digest(r.raw.as_bytes());
+                        let fingerprint = key(&[b"r", provider.as_str().as_bytes(), &digest]);
+                        if dedupe.get(&fingerprint)?.is_none() {
+                            dedupe.insert(
+                                fingerprint,
+                                &received_at.timestamp().max(0).to_be_bytes(),
+                            )?;
+                            quarantine.insert(&r.id.to_be_bytes(), json(r)?)?;
+                        }
+                    }
+                    Ok(outcome)
+                },
+            )
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => StoreError::Sled(e),
+            })?;
+        Ok((outcome, Some(self.inner.flusher.committed())))
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> TxResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| ConflictableTransactionError::Abort(e.into()))
+}
+
+/// The messages one request touches, before and after, and the dedupe keys it has claimed.
+#[derive(Default)]
+struct Batch {
+    states: HashMap<MessageId, (Option<MessageState>, MessageState)>,
+    claimed: HashSet<Vec<u8>>,
+}
+
+impl Batch {
+    /// Folds one event in; false when it is a duplicate (by provider event id, or by message,
+    /// kind, status and time).
+    fn apply(
+        &mut self,
+        messages: &TransactionalTree,
+        dedupe: &TransactionalTree,
+        event: Event,
+    ) -> TxResult<bool> {
+        let natural = key(&[b"n", event.natural_key().as_bytes()]);
+        let by_id = event
+            .event_id
+            .as_ref()
+            .map(|id| key(&[b"i", event.provider.as_str().as_bytes(), id.as_bytes()]));
+        let seen_at = event.received_at.timestamp().max(0).to_be_bytes();
+        let mut duplicate = false;
+        for k in std::iter::once(&natural).chain(by_id.as_ref()) {
+            if self.claimed.contains(k) || dedupe.get(k)?.is_some() {
+                duplicate = true;
+            } else {
+                // A retry under a new event id is still remembered under that id.
+                dedupe.insert(k.as_slice(), &seen_at)?;
+                self.claimed.insert(k.clone());
+            }
+        }
+        if duplicate {
+            return Ok(false);
+        }
+        let id = event.message_id.clone();
+        let current = match self.states.remove(&id) {
+            Some((before, now)) => (before, Some(now)),
+            None => {
+                let stored = messages
+                    .get(id.as_str().as_bytes())?
+                    .map(|bytes| serde_json::from_slice(&bytes));
+                let stored = stored
+                    .transpose()
+                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
+                (stored.clone(), stored)
+            }
+        };
+        let (after, _) = MessageState::apply(current.1, event);
+        self.states.insert(id, (current.0, after));
+        Ok(true)
+    }
+}
+
+/// What a message contributes to the secondary indexes and aggregates.
+#[derive(PartialEq)]
+struct Derived {
+    recipient: Option<String>,
+    callback: Vec<(String, String)>,
+    status: Option<String>,
+    clicked: bool,
+}
+
+impl Derived {
+    fn of(state: Option<&MessageState>, fields: &[String]) -> Option<Self> {
+        let state = state?;
+        Some(Self {
+            recipient: state
+                .recipient
+                .clone()
+                .filter(|r| !r.contains('\0') && r.len() <= 256),
+            callback: fields
+                .iter()
+                .filter_map(|f| Some((f.clone(), index_value(state.callback_field(f)?)?)))
+                .collect(),
+            status: state.status.as_ref().map(|s| s.as_str().to_owned()),
+            clicked: !state.clicks.is_empty(),
+        })
+    }
+
+    fn metrics(&self) -> Vec<String> {
+        let mut metrics = vec!["messages".to_owned()];
+        metrics.extend(self.status.as_ref().map(|s| format!("status:{s}")));
+        if self.clicked {
+            metrics.push("clicked".into());
+        }
+        metrics
+    }
+}
+
+/// The trees a message is filed in besides `messages`.
+struct Filing<'a> {
+    callback: &'a TransactionalTree,
+    recipient: &'a TransactionalTree,
+    aggregates: &'a TransactionalTree,
+}
+
+impl Filing<'_> {
+    /// Moves a message's index entries and aggregate counts from its old to its new state.
+    fn refile(&self, id: &MessageId, old: Option<&Derived>, new: Option<&Derived>) -> TxResult<()> {
+        if old == new {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            self.file(id, old, -1)?;
+        }
+        if let Some(new) = new {
+            self.file(id, new, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Files (`delta = 1`) or unfiles (`delta = -1`) one state.
+    fn file(&self, id: &MessageId, d: &Derived, delta: i64) -> TxResult<()> {
+        let id = id.as_str().as_bytes();
+        let mut entries: Vec<(&TransactionalTree, Vec<u8>)> = Vec::new();
+        if let Some(r) = &d.recipient {
+            entries.push((self.recipient, key(&[r.as_bytes(), id])));
+        }
+        for (field, value) in &d.callback {
+            entries.push((
+                self.callback,
+                key(&[field.as_bytes(), value.as_bytes(), id]),
+            ));
+            for metric in d.metrics() {
+                add(
+                    self.aggregates,
+                    key(&[field.as_bytes(), value.as_bytes(), metric.as_bytes()]),
+                    delta,
+                )?;
+            }
+        }
+        for (tree, k) in entries {
+            if delta > 0 {
+                tree.insert(k, &[])?;
+            } else {
+                tree.remove(k)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn add(tree: &TransactionalTree, k: Vec<u8>, delta: i64) -> TxResult<()> {
+    let current = tree
+        .get(&k)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(i64::from_be_bytes)
+        .unwrap_or(0);
+    match current + delta {
+        0 => tree.remove(k)?,
+        n => tree.insert(k, &n.to_be_bytes())?,
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::StoreSettings;
+    use crate::domain::{CallbackData, EventKind, Status};
+    use crate::store::{temporary, Lookup};
+
+    fn status_event(id: &str, status: &str, secs: i64, campaign: &str) -> IngestItem {
+        IngestItem::Event(Box::new(Event {
+            message_id: MessageId::parse(id).unwrap(),
+            provider: Provider::Bik,
+            kind: EventKind::Status,
+            status: Some(Status::parse(status)),
+            url: None,
+            at: Utc.timestamp_opt(1_795_255_200 + secs, 0).unwrap(),
+            received_at: Utc.timestamp_opt(1_795_260_000, 0).unwrap(),
+            event_id: Some(format!("{id}-{status}")),
+            recipient: Some("+911".into()),
+            channel: Some("whatsapp".into()),
+            failure_reason: None,
+            callback: CallbackData::decode(&json!({ "campaign": campaign }), 4096),
+        }))
+    }
+
+    fn count(store: &Store, campaign: &str, metric: &str) -> i64 {
+        let k = key(&[b"campaign", campaign.as_bytes(), metric.as_bytes()]);
+        store
+            .inner
+            .trees
+            .aggregates
+            .get(k)
+            .unwrap()
+            .map_or(0, |v| i64::from_be_bytes(v.as_ref().try_into().unwrap()))
+    }
+
+    async fn ingest(store: &Store, items: Vec<IngestItem>) -> IngestOutcome {
+        store
+            .ingest(Provider::Bik, items, Utc::now())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_message_moving_forward_moves_one_count_not_two() {
+        let store = temporary(&StoreSettings::default());
+        ingest(
+            &store,
+            vec![
+                status_event("m1", "delivered", 2, "c1"),
+                status_event("m2", "sent", 1, "c1"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            (
+                count(&store, "c1", "status:delivered"),
+                count(&store, "c1", "status:sent")
+            ),
+            (1, 1)
+        );
+        ingest(
+            &store,
+            vec![
+                status_event("m1", "read", 3, "c1"),
+                status_event("m1", "sent", 1, "c1"),
+            ],
+        )
+        .await;
+        assert_eq!(count(&store, "c1", "status:delivered"), 0);
+        assert_eq!(count(&store, "c1", "status:read"), 1);
+        assert_eq!(count(&store, "c1", "status:sent"), 1);
+        assert_eq!(count(&store, "c1", "messages"), 2);
+        let outcome = ingest(&store, vec![status_event("m1", "read", 3, "c1")]).await;
+        assert_eq!(outcome.duplicates, 1);
+        assert_eq!(count(&store, "c1", "status:read"), 1);
+    }
+
+    #[tokio::test]
+    async fn duplicates_within_one_batch_are_counted_once() {
+        let store = temporary(&StoreSettings::default());
+        let outcome = ingest(
+            &store,
+            vec![
+                status_event("m1", "sent", 1, "c"),
+                status_event("m1", "sent", 1, "c"),
+            ],
+        )
+        .await;
+        assert_eq!((outcome.accepted, outcome.duplicates), (1, 1));
+        assert_eq!(store.message("m1").unwrap().unwrap().events.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retried_rejected_event_is_quarantined_once() {
+        let store = temporary(&StoreSettings::default());
+        let bad = || IngestItem::Rejected {
+            reason: "message id is missing".into(),
+            raw: "{}".into(),
+        };
+        assert_eq!(ingest(&store, vec![bad()]).await.rejected, 1);
+        assert_eq!(ingest(&store, vec![bad()]).await.rejected, 1);
+        assert_eq!(store.rejected(10, None).unwrap().items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn index_entries_follow_the_callback_data_the_state_settles_on() {
+        let store = temporary(&StoreSettings::default());
+        ingest(&store, vec![status_event("m1", "read", 5, "late")]).await;
+        // An earlier event with other callback data arrives later: the state takes the earliest.
+        ingest(&store, vec![status_event("m1", "sent", 1, "early")]).await;
+        let find = |v: &str| {
+            let lookup = Lookup::Callback {
+                field: "campaign".into(),
+                value: v.into(),
+            };
+            store.lookup(&lookup, 10, None).unwrap().items.len()
+        };
+        assert_eq!((find("early"), find("late")), (1, 0));
+        assert_eq!(
+            (
+                count(&store, "late", "messages"),
+                count(&store, "early", "status:read")
+            ),
+            (0, 1)
+        );
+    }
+}

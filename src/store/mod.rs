@@ -1,0 +1,178 @@
+//! The embedded sled store. Nothing outside this module knows about sled.
+//!
+//! # Key layout
+//!
+//! Strings are UTF-8; `\0` separates parts (message ids, callback values and recipients
+//! that hold `\0` are refused or left unindexed, so the separator is unambiguous). Numbers are
+//! big-endian so that byte order is numeric order.
+//!
+//! | tree            | key                                         | value                              |
+//! |-----------------|---------------------------------------------|------------------------------------|
+//! | `messages`      | message id                                  | `MessageState` JSON (with timeline)|
+//! | `dedupe`        | `i\0<provider>\0<event id>`                 | first seen, unix seconds (u64 BE)  |
+//! |                 | `n\0<natural key>` (see `Event::natural_key`)| first seen, unix seconds (u64 BE)  |
+//! |                 | `r\0<provider>\0<sha256 of raw>` (quarantined) | first seen, unix seconds (u64 BE) |
+//! | `idx_callback`  | `<field>\0<value>\0<message id>`            | empty                              |
+//! | `idx_recipient` | `<recipient>\0<message id>`                 | empty                              |
+//! | `aggregates`    | `<field>\0<value>\0<metric>`                | count (i64 BE); metrics: `messages`, `clicked`, `status:<status>` |
+//! | `rejected`      | id (u64 BE, from `generate_id`, so in time order) | `RejectedEvent` JSON         |
+//! | `meta`          | `readyz`                                    | last readiness probe time          |
+//!
+//! One request is one multi-tree transaction over all of these, so state, timeline, dedupe
+//! keys, indexes and aggregates never disagree. Durability comes from [`durability::Flusher`].
+
+mod durability;
+mod ingest;
+mod query;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use durability::{FlushFailed, Ticket};
+pub use ingest::{IngestItem, IngestOutcome};
+pub use query::{Lookup, Page, RejectedEvent};
+
+use crate::config::StoreSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored data could not be (de)serialized: {0}")]
+    Serde(#[from] serde_json::Error),
+    #[error(transparent)]
+    NotDurable(#[from] FlushFailed),
+    #[error("cursor is not valid for this query")]
+    BadCursor,
+    #[error("the store holds corrupt data: {0}")]
+    Corrupt(String),
+}
+
+/// A cheap handle on the open store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    trees: Trees,
+    flusher: durability::Flusher,
+    index_fields: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Trees {
+    messages: sled::Tree,
+    dedupe: sled::Tree,
+    idx_callback: sled::Tree,
+    idx_recipient: sled::Tree,
+    aggregates: sled::Tree,
+    rejected: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Store {
+    pub fn open(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(&settings.path)
+            .cache_capacity(settings.cache_capacity_bytes)
+            .flush_every_ms(None)
+            .open()?;
+        Self::with_db(db, settings)
+    }
+
+    fn with_db(db: sled::Db, settings: &StoreSettings) -> Result<Self, StoreError> {
+        let trees = Trees {
+            messages: db.open_tree("messages")?,
+            dedupe: db.open_tree("dedupe")?,
+            idx_callback: db.open_tree("idx_callback")?,
+            idx_recipient: db.open_tree("idx_recipient")?,
+            aggregates: db.open_tree("aggregates")?,
+            rejected: db.open_tree("rejected")?,
+            meta: db.open_tree("meta")?,
+        };
+        let flusher = durability::Flusher::start(
+            db.clone(),
+            settings.durability,
+            Duration::from_millis(settings.relaxed_flush_ms),
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                trees,
+                flusher,
+                index_fields: settings.index_callback_fields.clone(),
+            }),
+        })
+    }
+
+    /// Waits until a commit is durable (at once with `durability = "relaxed"`).
+    pub async fn wait_durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+        Ok(self.inner.flusher.wait(ticket).await?)
+    }
+
+    /// Ready when a write goes through and the last flush succeeded; the reason otherwise.
+    pub fn readiness(&self) -> Result<(), String> {
+        let now = chrono::Utc::now().timestamp().to_be_bytes();
+        self.inner
+            .trees
+            .meta
+            .insert("readyz", &now)
+            .map_err(|e| format!("store is not writable: {e}"))?;
+        if !self.inner.flusher.healthy() {
+            return Err("the last flush to disk failed".into());
+        }
+        Ok(())
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    /// Flushes everything and stops the flusher; later writes are no longer durable.
+    pub fn close(&self) {
+        self.inner.flusher.stop();
+        if let Err(error) = self.inner.db.flush() {
+            tracing::error!(%error, "final flush failed");
+        }
+    }
+
+    pub fn index_fields(&self) -> &[String] {
+        &self.inner.index_fields
+    }
+}
+
+/// Joins key parts with the `\0` separator.
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// The text an indexed callback value is filed under: strings as they are, numbers and
+/// booleans as JSON; nothing for objects, arrays, null, or values unsafe as a key part.
+pub fn index_value(value: &serde_json::Value) -> Option<String> {
+    let text = match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    (!text.is_empty() && text.len() <= 256 && !text.contains('\0')).then_some(text)
+}
+
+#[cfg(test)]
+pub(crate) fn temporary(settings: &StoreSettings) -> Store {
+    let db = sled::Config::new()
+        .temporary(true)
+        .flush_every_ms(None)
+        .open()
+        .expect("temporary sled");
+    Store::with_db(db, settings).expect("open temporary store")
+}

@@ -1,0 +1,133 @@
+//! Reads: one message, messages by an index, the quarantine; all paged by opaque cursors.
+
+use std::ops::Bound;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{key, Store, StoreError};
+use crate::domain::{MessageState, Provider};
+
+/// An event kept in quarantine because it could not be used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RejectedEvent {
+    pub id: u64,
+    pub provider: Provider,
+    #[serde(with = "crate::domain::time_format")]
+    pub received_at: DateTime<Utc>,
+    pub reason: String,
+    /// The event as received (re-serialized JSON).
+    pub raw: String,
+}
+
+/// Which secondary index to read.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// `callback.<field> = <value>`; the field must be in `store.index_callback_fields`.
+    Callback {
+        field: String,
+        value: String,
+    },
+    Recipient(String),
+}
+
+/// One page of results and the cursor for the next, if there is one.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl Store {
+    pub fn message(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
+        self.inner
+            .trees
+            .messages
+            .get(id.as_bytes())?
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// Messages filed under a callback value or a recipient, in message-id order.
+    pub fn lookup(
+        &self,
+        lookup: &Lookup,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<MessageState>, StoreError> {
+        let (tree, prefix) = match lookup {
+            Lookup::Callback { field, value } => (
+                &self.inner.trees.idx_callback,
+                key(&[field.as_bytes(), value.as_bytes(), b""]),
+            ),
+            Lookup::Recipient(r) => (&self.inner.trees.idx_recipient, key(&[r.as_bytes(), b""])),
+        };
+        let page = scan(tree, &prefix, limit, cursor)?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for (k, _) in page.items {
+            let id = std::str::from_utf8(&k[prefix.len()..])
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            // An index entry without its message can only be a bug; skip it rather than fail the page.
+            if let Some(state) = self.message(id)? {
+                items.push(state);
+            }
+        }
+        Ok(Page {
+            items,
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// The quarantine, oldest first.
+    pub fn rejected(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<RejectedEvent>, StoreError> {
+        let page = scan(&self.inner.trees.rejected, b"", limit, cursor)?;
+        let items = page
+            .items
+            .iter()
+            .map(|(_, v)| serde_json::from_slice(v))
+            .collect::<Result<_, _>>()?;
+        Ok(Page {
+            items,
+            next_cursor: page.next_cursor,
+        })
+    }
+}
+
+/// Up to `limit` entries under `prefix`, after the key the cursor names.
+fn scan(
+    tree: &sled::Tree,
+    prefix: &[u8],
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<Page<(sled::IVec, sled::IVec)>, StoreError> {
+    let start = match cursor {
+        None => Bound::Included(prefix.to_vec()),
+        Some(c) => match URL_SAFE_NO_PAD.decode(c) {
+            Ok(after) if after.starts_with(prefix) => Bound::Excluded(after),
+            _ => return Err(StoreError::BadCursor),
+        },
+    };
+    let mut items = Vec::with_capacity(limit.min(64));
+    let mut more = false;
+    for entry in tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+        let (k, v) = entry?;
+        if !k.starts_with(prefix) {
+            break;
+        }
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push((k, v));
+    }
+    let next_cursor = more
+        .then(|| items.last().map(|(k, _)| URL_SAFE_NO_PAD.encode(k)))
+        .flatten();
+    Ok(Page { items, next_cursor })
+}
