@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 /// The config file used when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]

@@ -1,0 +1,114 @@
+// figment::Jail closures must return figment::Error, which is large; that is its API, not ours.
+#![allow(clippy::result_large_err)]
+
+use std::process::Command;
+
+use figment::Jail;
+use flowhook::config::{Durability, Settings};
+
+fn load(jail: &mut Jail, toml: &str) -> Result<Settings, String> {
+    jail.create_file("flowhook.toml", toml)
+        .map_err(|e| e.to_string())?;
+    Settings::load(Some(std::path::Path::new("flowhook.toml"))).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_shipped_config_loads_and_is_loopback_only() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+    Jail::expect_with(|jail| {
+        let settings = load(jail, &shipped).expect("shipped config is valid");
+        assert!(
+            settings.check_safe_to_expose().is_ok(),
+            "loopback is fine with placeholders"
+        );
+        assert_eq!(settings.placeholder_secrets().len(), 5);
+        jail.set_env("FLOWHOOK__SERVER__BIND", "0.0.0.0:8080");
+        let exposed = load(jail, &shipped).unwrap();
+        let refusal = exposed.check_safe_to_expose().unwrap_err().to_string();
+        assert!(
+            refusal.contains("non-loopback") && refusal.contains("api.token"),
+            "{refusal}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn environment_variables_override_the_file_including_lists() {
+    Jail::expect_with(|jail| {
+        jail.set_env("FLOWHOOK__API__TOKEN", "from-env");
+        jail.set_env("FLOWHOOK__STORE__DURABILITY", "relaxed");
+        jail.set_env(
+            "FLOWHOOK__STORE__INDEX_CALLBACK_FIELDS",
+            "[\"sku\", \"order.id\"]",
+        );
+        jail.set_env("FLOWHOOK__PROVIDERS__BIK__BASIC_AUTH", "single-key");
+        let s = load(jail, "[api]\ntoken = \"from-file\"\n").unwrap();
+        assert_eq!(s.api.token.expose(), "from-env");
+        assert_eq!(s.store.durability, Durability::Relaxed);
+        assert_eq!(s.store.index_callback_fields, ["sku", "order.id"]);
+        assert_eq!(s.providers.bik.basic_auth.len(), 1);
+        Ok(())
+    });
+}
+
+#[test]
+fn mistakes_fail_at_startup_naming_the_key() {
+    let cases = [
+        ("[server]\nbindd = \"x\"\n", "bindd"),
+        ("[servr]\n", "servr"),
+        ("[server]\nbind = \"localhost\"\n", "server.bind"),
+        (
+            "[server]\nmax_body_bytes = \"big\"\n",
+            "server.max_body_bytes",
+        ),
+        ("[store]\ndedupe_days = 7\n", "store.dedupe_days"),
+        ("[store]\ndurability = \"eventually\"\n", "store.durability"),
+        (
+            "[store]\nindex_callback_fields = [\"a b\"]\n",
+            "store.index_callback_fields",
+        ),
+        (
+            "[providers.generic]\nsecrets = [\"nope\"]\n",
+            "providers.generic.secrets[0]",
+        ),
+        (
+            "[providers.generic]\nsecrets = [\"whsec_!!\"]\n",
+            "providers.generic.secrets[0]",
+        ),
+        ("[log]\nlevel = \"[[\"\n", "log.level"),
+    ];
+    for (toml, key) in cases {
+        Jail::expect_with(|jail| {
+            let error = load(jail, toml).expect_err(toml);
+            assert!(error.contains(key), "{toml:?} -> {error}");
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn check_config_reports_a_missing_file_with_exit_code_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowhook"))
+        .args(["--config", "/nonexistent/flowhook.toml", "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn check_config_accepts_the_shipped_file() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowhook"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+}

@@ -1,0 +1,252 @@
+//! `spawn_app()` starts the real application on port 0 over a temporary sled directory;
+//! the `post_*` helpers authenticate and sign like the real providers do.
+
+use std::path::Path;
+
+use actix_web::dev::ServerHandle;
+use flowhook::config::{Durability, Secret, Settings};
+use flowhook::startup::Application;
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const API_TOKEN: &str = "test-api-token";
+pub const BIK_KEY: &str = "test-bik-key";
+pub const BIK_OLD_KEY: &str = "test-bik-old-key";
+pub const META_SECRET: &str = "test-meta-secret";
+pub const META_VERIFY_TOKEN: &str = "test-verify-token";
+/// `whsec_` + base64("test-generic-secret").
+pub const GENERIC_SECRET: &str = "whsec_dGVzdC1nZW5lcmljLXNlY3JldA==";
+
+/// The id shared by the BIK and Meta fixtures.
+pub const FIXTURE_MESSAGE_ID: &str =
+    "wamid.HBgMOTE5OTM4NDM4MTM4FQIAERgSMTJCRTg3M0MxREkUzQatyAaaqA==";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    store_dir: TempDir,
+    handle: ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub fn test_settings(store: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.server.bind = "127.0.0.1:0".into();
+    s.server.workers = 2;
+    s.server.max_body_bytes = 64 * 1024;
+    s.store.path = store.to_owned();
+    s.store.durability = Durability::Sync;
+    s.store.cache_capacity_bytes = 8 * 1024 * 1024;
+    s.api.token = Secret::new(API_TOKEN);
+    s.providers.bik.basic_auth = vec![Secret::new(BIK_OLD_KEY), Secret::new(BIK_KEY)];
+    s.providers.meta.app_secrets = vec![Secret::new(META_SECRET)];
+    s.providers.meta.verify_token = Secret::new(META_VERIFY_TOKEN);
+    s.providers.generic.secrets = vec![Secret::new(GENERIC_SECRET)];
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the app with test settings adjusted by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary store directory");
+    let mut settings = test_settings(&dir.path().join("store"));
+    tweak(&mut settings);
+    start(settings, dir)
+}
+
+fn start(settings: Settings, store_dir: TempDir) -> TestApp {
+    settings.validate().expect("test settings are valid");
+    let app = Application::build(settings).expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let server = tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap();
+    TestApp {
+        address,
+        client,
+        store_dir,
+        handle,
+        server,
+    }
+}
+
+impl TestApp {
+    /// Stops gracefully (in-flight requests finish, the store is flushed and closed) and
+    /// starts again over the same store directory.
+    pub async fn restart(self) -> TestApp {
+        self.handle.stop(true).await;
+        self.server
+            .await
+            .expect("server task")
+            .expect("server stopped cleanly");
+        let settings = test_settings(&self.store_dir.path().join("store"));
+        start(settings, self.store_dir)
+    }
+
+    pub async fn post_bik(&self, body: impl Into<String>) -> reqwest::Response {
+        self.post_bik_with_auth(body, Some(&format!("Basic {BIK_KEY}")))
+            .await
+    }
+
+    pub async fn post_bik_with_auth(
+        &self,
+        body: impl Into<String>,
+        authorization: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(format!("{}/webhooks/bik", self.address))
+            .body(body.into());
+        if let Some(auth) = authorization {
+            req = req.header("Authorization", auth);
+        }
+        req.header("Content-Type", "application/json")
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_meta(&self, body: impl Into<String>) -> reqwest::Response {
+        let body = body.into();
+        let signature = flowhook::providers::meta::sign(body.as_bytes(), META_SECRET);
+        self.post_meta_with_signature(body, Some(&signature)).await
+    }
+
+    pub async fn post_meta_with_signature(
+        &self,
+        body: impl Into<String>,
+        signature: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(format!("{}/webhooks/meta", self.address))
+            .body(body.into());
+        if let Some(sig) = signature {
+            req = req.header("X-Hub-Signature-256", sig);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// Posts to the generic route signed with Standard Webhooks, timestamped now.
+    pub async fn post_generic(
+        &self,
+        webhook_id: &str,
+        body: impl Into<String>,
+    ) -> reqwest::Response {
+        let body = body.into();
+        let ts = chrono::Utc::now().timestamp();
+        let signature = sign_generic(GENERIC_SECRET, webhook_id, ts, &body);
+        self.post_generic_with_headers(
+            body,
+            &[
+                ("webhook-id", webhook_id),
+                ("webhook-timestamp", &ts.to_string()),
+                ("webhook-signature", &signature),
+            ],
+        )
+        .await
+    }
+
+    pub async fn post_generic_with_headers(
+        &self,
+        body: impl Into<String>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(format!("{}/webhooks/generic", self.address))
+            .body(body.into());
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// GET with the API token.
+    pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path_and_query}", self.address))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The message as the API shows it; `None` on 404.
+    pub async fn message(&self, id: &str) -> Option<Value> {
+        let resp = self
+            .get(&format!("/v1/messages/{}", encode_segment(id)))
+            .await;
+        match resp.status().as_u16() {
+            404 => None,
+            200 => Some(resp.json().await.unwrap()),
+            other => panic!("GET message answered {other}"),
+        }
+    }
+}
+
+pub fn sign_generic(secret: &str, id: &str, ts: i64, body: &str) -> String {
+    let key = flowhook::config::decode_whsec(&Secret::new(secret)).unwrap();
+    flowhook::providers::generic::sign(&key, id, ts, body.as_bytes())
+}
+
+/// Percent-encodes a message id as one path segment, as clients must.
+pub fn encode_segment(id: &str) -> String {
+    id.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('+', "%2B")
+        .replace('=', "%3D")
+}
+
+pub fn fixture(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
+}
+
+/// The `{"accepted", "duplicates", "ignored", "rejected"}` answer as a tuple, asserting 200.
+pub async fn counts(resp: reqwest::Response) -> (u64, u64, u64, u64) {
+    assert_eq!(resp.status().as_u16(), 200, "expected 200");
+    let body: Value = resp.json().await.unwrap();
+    let n = |k: &str| {
+        body[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} missing in {body}"))
+    };
+    (n("accepted"), n("duplicates"), n("ignored"), n("rejected"))
+}
+
+/// Asserts an error answer: status and BIK's shape with a message containing `needle`.
+pub async fn assert_error(resp: reqwest::Response, status: u16, needle: &str) {
+    assert_eq!(resp.status().as_u16(), status);
+    let body: Value = resp.json().await.expect("error body is JSON");
+    assert_eq!(body["status"], status);
+    let message = body["errors"][0]["message"]
+        .as_str()
+        .expect("errors[0].message");
+    assert!(
+        message.contains(needle),
+        "{message:?} should mention {needle:?}"
+    );
+}
+
+/// A generic-route status event as JSON text.
+pub fn generic_status(message_id: &str, status: &str, timestamp: i64, callback: Value) -> String {
+    serde_json::json!({
+        "type": "message.status",
+        "message_id": message_id,
+        "status": status,
+        "timestamp": timestamp,
+        "recipient": "+919000000001",
+        "channel": "whatsapp",
+        "callback_data": callback,
+    })
+    .to_string()
+}
