@@ -174,10 +174,27 @@ impl Default for LogSettings {
     }
 }
 
-/// A credential. Its `Debug` and `Display` never show it.
+/// A credential. Its `Debug` never shows it. An all-digit value set through the environment
+/// arrives as a number and is taken as its text.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+#[serde(from = "SecretText")]
 pub struct Secret(String);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretText {
+    Text(String),
+    Number(u64),
+}
+
+impl From<SecretText> for Secret {
+    fn from(value: SecretText) -> Self {
+        match value {
+            SecretText::Text(s) => Self(s),
+            SecretText::Number(n) => Self(n.to_string()),
+        }
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -215,11 +232,15 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error>
         One(Secret),
         Many(Vec<Secret>),
     }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) if s.0.is_empty() => Vec::new(),
+    // An empty entry would accept an empty credential; it means "none".
+    let list = match OneOrMany::deserialize(d)? {
         OneOrMany::One(s) => vec![s],
         OneOrMany::Many(list) => list,
-    })
+    };
+    Ok(list
+        .into_iter()
+        .filter(|s| !s.0.trim().is_empty())
+        .collect())
 }
 
 #[derive(Debug, thiserror::Error)]

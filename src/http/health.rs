@@ -3,11 +3,11 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::AppState;
+use super::{guarded, AppState};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+    cfg.service(guarded("/healthz").route(web::get().to(healthz)))
+        .service(guarded("/readyz").route(web::get().to(readyz)));
 }
 
 async fn healthz() -> HttpResponse {

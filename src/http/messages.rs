@@ -8,17 +8,17 @@ use serde_json::{json, Map, Value};
 
 use super::auth::ApiCaller;
 use super::errors::ApiError;
-use super::AppState;
+use super::{guarded, AppState};
 use crate::domain::MessageState;
 use crate::store::Lookup;
 
 const MESSAGES_PREFIX: &str = "/v1/messages/";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/messages", web::get().to(find_messages))
+    cfg.service(guarded("/v1/messages").route(web::get().to(find_messages)))
         // The tail pattern also catches ids whose `/` arrived unencoded.
-        .route("/v1/messages/{id:.+}", web::get().to(get_message))
-        .route("/v1/rejected", web::get().to(list_rejected));
+        .service(guarded("/v1/messages/{id:.+}").route(web::get().to(get_message)))
+        .service(guarded("/v1/rejected").route(web::get().to(list_rejected)));
 }
 
 async fn get_message(

@@ -7,16 +7,19 @@ use actix_web::http::header::{HeaderName, AUTHORIZATION};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::errors::ApiError;
-use super::{body, AppState};
+use super::{body, guarded, AppState};
 use crate::domain::Provider;
 use crate::providers::{bik, generic, meta, ParseContext, Refusal};
 use crate::store::IngestItem;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/webhooks/bik", web::post().to(bik_webhook))
-        .route("/webhooks/meta", web::get().to(meta_handshake))
-        .route("/webhooks/meta", web::post().to(meta_webhook))
-        .route("/webhooks/generic", web::post().to(generic_webhook));
+    cfg.service(guarded("/webhooks/bik").route(web::post().to(bik_webhook)))
+        .service(
+            guarded("/webhooks/meta")
+                .route(web::get().to(meta_handshake))
+                .route(web::post().to(meta_webhook)),
+        )
+        .service(guarded("/webhooks/generic").route(web::post().to(generic_webhook)));
 }
 
 async fn bik_webhook(

@@ -44,11 +44,23 @@ fn environment_variables_override_the_file_including_lists() {
             "[\"sku\", \"order.id\"]",
         );
         jail.set_env("FLOWHOOK__PROVIDERS__BIK__BASIC_AUTH", "single-key");
+        jail.set_env("FLOWHOOK__PROVIDERS__META__VERIFY_TOKEN", "12345");
+        jail.set_env("FLOWHOOK__PROVIDERS__META__APP_SECRETS", "[\"\", \"s1\"]");
         let s = load(jail, "[api]\ntoken = \"from-file\"\n").unwrap();
         assert_eq!(s.api.token.expose(), "from-env");
         assert_eq!(s.store.durability, Durability::Relaxed);
         assert_eq!(s.store.index_callback_fields, ["sku", "order.id"]);
         assert_eq!(s.providers.bik.basic_auth.len(), 1);
+        assert_eq!(
+            s.providers.meta.verify_token.expose(),
+            "12345",
+            "all-digit secrets stay text"
+        );
+        assert_eq!(
+            s.providers.meta.app_secrets.len(),
+            1,
+            "empty entries never count as a key"
+        );
         Ok(())
     });
 }
