@@ -57,10 +57,7 @@ impl Event {
     /// What makes two events the same event when the provider sends no id, or a new id on a
     /// retry: message, kind, status (or, for a click, its URL) and timestamp.
     pub fn natural_key(&self) -> String {
-        let what = match self.kind {
-            EventKind::Status => self.status.as_ref().map(Status::as_str).unwrap_or_default(),
-            EventKind::Click => self.url.as_deref().unwrap_or_default(),
-        };
+        let what = subject(self.kind, self.status.as_ref(), self.url.as_deref());
         format!(
             "{}|{}|{}|{}",
             self.message_id,
@@ -77,5 +74,17 @@ impl EventKind {
             Self::Status => "status",
             Self::Click => "click",
         }
+    }
+}
+
+/// What an event is about: its status for a status event, its URL for a click.
+pub(crate) fn subject<'a>(
+    kind: EventKind,
+    status: Option<&'a Status>,
+    url: Option<&'a str>,
+) -> &'a str {
+    match kind {
+        EventKind::Status => status.map(Status::as_str).unwrap_or_default(),
+        EventKind::Click => url.unwrap_or_default(),
     }
 }

@@ -64,11 +64,11 @@ pub struct TimelineEvent {
 
 impl TimelineEvent {
     fn sort_key(&self) -> (DateTime<Utc>, EventKind, &str) {
-        let what = match self.kind {
-            EventKind::Status => self.status.as_ref().map(Status::as_str).unwrap_or_default(),
-            EventKind::Click => self.url.as_deref().unwrap_or_default(),
-        };
-        (self.at, self.kind, what)
+        (
+            self.at,
+            self.kind,
+            super::event::subject(self.kind, self.status.as_ref(), self.url.as_deref()),
+        )
     }
 
     /// Among two events with the same natural key, the one the timeline keeps: the earliest
