@@ -28,6 +28,13 @@ pub struct Settings {
     pub providers: ProviderSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub targets: TargetSettings,
+    #[serde(default)]
+    pub dispatch: DispatchSettings,
+    /// Follow-up rules, checked and compiled by [`crate::rules::Rules::compile`].
+    #[serde(default)]
+    pub rules: Vec<RuleSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -174,6 +181,182 @@ impl Default for LogSettings {
     }
 }
 
+/// Where follow-up calls go, and how hard flowhook may push each destination.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetSettings {
+    pub bik: BikTarget,
+    pub engati: EngatiTarget,
+    pub botika: BotikaTarget,
+    /// Limits for `http.post` actions (their URL comes from each rule).
+    pub http: Limits,
+}
+
+/// Per-destination limits; every target section takes these keys too.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The whole request, connect to last byte of the answer.
+    pub timeout_ms: u64,
+    /// Calls open at once.
+    pub max_in_flight: usize,
+    /// Calls started per second; 0 means no limit.
+    pub rate_per_second: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 10_000,
+            max_in_flight: 8,
+            rate_per_second: 20.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BikTarget {
+    pub base_url: String,
+    /// Sent as `Authorization: Basic <auth_token>`.
+    pub auth_token: Secret,
+    pub timeout_ms: u64,
+    pub max_in_flight: usize,
+    pub rate_per_second: f64,
+}
+
+impl Default for BikTarget {
+    fn default() -> Self {
+        Self {
+            base_url: "https://bikapi.bikayi.app".into(),
+            auth_token: Secret::default(),
+            timeout_ms: Limits::default().timeout_ms,
+            max_in_flight: Limits::default().max_in_flight,
+            rate_per_second: Limits::default().rate_per_second,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngatiTarget {
+    pub base_url: String,
+    pub customer_id: String,
+    pub bot_key: String,
+    /// Sent as `Authorization: Basic <api_key>`.
+    pub api_key: Secret,
+    pub timeout_ms: u64,
+    pub max_in_flight: usize,
+    pub rate_per_second: f64,
+}
+
+impl Default for EngatiTarget {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.engati.ai".into(),
+            customer_id: String::new(),
+            bot_key: String::new(),
+            api_key: Secret::default(),
+            timeout_ms: Limits::default().timeout_ms,
+            max_in_flight: Limits::default().max_in_flight,
+            rate_per_second: Limits::default().rate_per_second,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BotikaTarget {
+    /// Each Botika tenant has its own host, e.g. `https://waofficial.botika.online`.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer <api_token>`.
+    pub api_token: Secret,
+    pub timeout_ms: u64,
+    pub max_in_flight: usize,
+    pub rate_per_second: f64,
+}
+
+impl Default for BotikaTarget {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            api_token: Secret::default(),
+            timeout_ms: Limits::default().timeout_ms,
+            max_in_flight: Limits::default().max_in_flight,
+            rate_per_second: Limits::default().rate_per_second,
+        }
+    }
+}
+
+/// The limits written on each target section (serde cannot flatten and deny unknown keys).
+macro_rules! limits_of {
+    ($($target:ty),*) => {$(
+        impl $target {
+            pub fn limits(&self) -> Limits {
+                Limits {
+                    timeout_ms: self.timeout_ms,
+                    max_in_flight: self.max_in_flight,
+                    rate_per_second: self.rate_per_second,
+                }
+            }
+        }
+    )*};
+}
+limits_of!(BikTarget, EngatiTarget, BotikaTarget);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchSettings {
+    /// Delay before each retry, in seconds (fractions allowed); once spent, the action is dead.
+    pub retry_schedule_seconds: Vec<f64>,
+    /// Each delay is scaled by a factor in `[1 - jitter, 1 + jitter]`.
+    pub jitter: f64,
+    /// The longest `Retry-After` flowhook honours, in seconds.
+    pub max_retry_after_seconds: u64,
+    /// How long a stop waits for calls in flight before leaving them to the next start.
+    pub shutdown_grace_seconds: u64,
+    /// How much of a failed answer's body an action keeps.
+    pub keep_response_bytes: usize,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            retry_schedule_seconds: vec![5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0],
+            jitter: 0.2,
+            max_retry_after_seconds: 86_400,
+            shutdown_grace_seconds: 10,
+            keep_response_bytes: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Status,
+    Click,
+    MissingStatus,
+}
+
+/// One `[[rules]]` entry as written; see CONTRACT section 4.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSettings {
+    pub name: String,
+    pub on: Trigger,
+    #[serde(default)]
+    pub statuses: Vec<String>,
+    pub url_prefix: Option<String>,
+    pub since: Option<String>,
+    pub after_seconds: Option<u64>,
+    #[serde(default)]
+    pub when: std::collections::BTreeMap<String, serde_json::Value>,
+    pub action: String,
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
 /// A credential. Its `Debug` never shows it. An all-digit value set through the environment
 /// arrives as a number and is taken as its text.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
@@ -271,6 +454,16 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Parses TOML text over the defaults (no file, no environment) and validates it.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let settings: Settings = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
     /// Checks serde cannot express; every message names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
@@ -320,10 +513,56 @@ impl Settings {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!("log.level: {e}"));
         }
+        self.validate_dispatch(&mut problems);
+        if let Err(errors) = crate::rules::Rules::compile(self) {
+            problems.extend(errors);
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn validate_dispatch(&self, problems: &mut Vec<String>) {
+        let t = &self.targets;
+        let limits = [
+            ("targets.bik", t.bik.limits()),
+            ("targets.engati", t.engati.limits()),
+            ("targets.botika", t.botika.limits()),
+            ("targets.http", t.http),
+        ];
+        for (section, l) in limits {
+            if l.timeout_ms == 0 {
+                problems.push(format!("{section}.timeout_ms: must be positive"));
+            }
+            if l.max_in_flight == 0 {
+                problems.push(format!("{section}.max_in_flight: must be at least 1"));
+            }
+            if !(l.rate_per_second >= 0.0 && l.rate_per_second.is_finite()) {
+                problems.push(format!(
+                    "{section}.rate_per_second: must be 0 (no limit) or positive"
+                ));
+            }
+        }
+        for (section, url) in [
+            ("targets.bik", &t.bik.base_url),
+            ("targets.engati", &t.engati.base_url),
+            ("targets.botika", &t.botika.base_url),
+        ] {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                problems.push(format!("{section}.base_url: {url:?} is not an http(s) URL"));
+            }
+        }
+        let d = &self.dispatch;
+        if d.retry_schedule_seconds
+            .iter()
+            .any(|s| !(s.is_finite() && *s >= 0.0))
+        {
+            problems.push("dispatch.retry_schedule_seconds: every delay must be 0 or more".into());
+        }
+        if !(0.0..=1.0).contains(&d.jitter) {
+            problems.push("dispatch.jitter: must be from 0 to 1".into());
         }
     }
 
@@ -351,11 +590,28 @@ impl Settings {
                     || p.generic.secrets.iter().any(Secret::is_placeholder),
             ),
         ];
-        checks
+        let mut weak: Vec<&'static str> = checks
             .into_iter()
             .filter(|(_, bad)| *bad)
             .map(|(name, _)| name)
-            .collect()
+            .collect();
+        // Target credentials matter only when a rule sends there.
+        let used: std::collections::HashSet<&str> = self
+            .rules
+            .iter()
+            .filter_map(|r| r.action.split('.').next())
+            .collect();
+        let t = &self.targets;
+        for (target, name, secret) in [
+            ("bik", "targets.bik.auth_token", &t.bik.auth_token),
+            ("engati", "targets.engati.api_key", &t.engati.api_key),
+            ("botika", "targets.botika.api_token", &t.botika.api_token),
+        ] {
+            if used.contains(target) && secret.is_placeholder() {
+                weak.push(name);
+            }
+        }
+        weak
     }
 
     /// Refuses a non-loopback bind while any secret is empty or a shipped placeholder.

@@ -4,9 +4,11 @@
 //! `domain` events, `store` commits them atomically and durably, and answers queries.
 
 pub mod config;
+pub mod dispatch;
 pub mod domain;
 pub mod http;
 pub mod providers;
+pub mod rules;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -7,24 +7,33 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 
 use crate::config::Settings;
+use crate::dispatch::Dispatcher;
 use crate::http::{self, AppState};
+use crate::rules::Rules;
 use crate::store::Store;
 
 pub struct Application {
     port: u16,
     server: Server,
     store: Store,
+    dispatcher: Dispatcher,
 }
 
 impl Application {
-    /// Opens the store and binds `server.bind` (port 0 picks a free port, as tests do).
+    /// Opens the store, starts the dispatcher and binds `server.bind` (port 0 picks a free
+    /// port, as tests do).
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
-        let store = Store::open(&settings.store)?;
+        let rules = Arc::new(Rules::compile(&settings).map_err(|problems| {
+            anyhow::anyhow!("invalid rules:\n  - {}", problems.join("\n  - "))
+        })?);
+        let store = Store::open(&settings.store, Arc::clone(&rules))?;
         let listener = TcpListener::bind(&settings.server.bind)?;
         let port = listener.local_addr()?.port();
+        let dispatcher = Dispatcher::start(store.clone(), &settings, rules)?;
         let state = web::Data::new(AppState {
             settings: Arc::new(settings),
             store: store.clone(),
+            dispatcher: dispatcher.health(),
         });
         let workers = match state.settings.server.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -44,6 +53,7 @@ impl Application {
             port,
             server,
             store,
+            dispatcher,
         })
     }
 
@@ -56,11 +66,23 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until SIGTERM/SIGINT or a stop through [`Application::handle`], lets in-flight
-    /// requests finish, then flushes and closes the store.
+    /// Serves until SIGTERM/SIGINT or a stop through [`Application::handle`]: lets in-flight
+    /// requests finish, then calls in flight (bounded by `dispatch.shutdown_grace_seconds`),
+    /// then flushes and closes the store.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        self.store.close();
+        let Self {
+            store, dispatcher, ..
+        } = self;
+        // Joining the dispatcher blocks; keep it off this runtime's thread.
+        let stopped = tokio::task::spawn_blocking(move || {
+            dispatcher.stop();
+            store.close();
+        })
+        .await;
+        if stopped.is_err() {
+            tracing::error!("stopping the dispatcher panicked");
+        }
         result
     }
 }

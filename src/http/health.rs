@@ -15,7 +15,11 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    match state.store.readiness() {
+    match state
+        .store
+        .readiness()
+        .and_then(|()| state.dispatcher.check())
+    {
         Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready" })),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");

@@ -10,7 +10,7 @@ use super::auth::ApiCaller;
 use super::errors::ApiError;
 use super::{guarded, AppState};
 use crate::domain::MessageState;
-use crate::store::Lookup;
+use crate::store::{Action, Lookup};
 
 const MESSAGES_PREFIX: &str = "/v1/messages/";
 
@@ -36,22 +36,25 @@ async fn get_message(
         .decode_utf8()
         .map_err(|_| ApiError::bad_request("message id is not valid UTF-8"))?;
     match state.store.message(&id)? {
-        Some(message) => Ok(HttpResponse::Ok().json(view(&message, true))),
+        Some(message) => {
+            let actions = state.store.message_actions(&id)?;
+            Ok(HttpResponse::Ok().json(view(&message, true, &actions)))
+        }
         None => Err(ApiError::not_found(format!("no message with id {id:?}"))),
     }
 }
 
 /// Query parameters of the list routes, checked by hand so every mistake gets a clear 400.
-struct Paging {
-    limit: usize,
-    cursor: Option<String>,
+pub(super) struct Paging {
+    pub limit: usize,
+    pub cursor: Option<String>,
 }
 
 impl Paging {
     const DEFAULT: usize = 50;
     const MAX: usize = 500;
 
-    fn take(query: &mut HashMap<String, String>) -> Result<Self, ApiError> {
+    pub fn take(query: &mut HashMap<String, String>) -> Result<Self, ApiError> {
         let limit = match query.remove("limit") {
             None => Self::DEFAULT,
             Some(text) => match text.parse::<usize>() {
@@ -111,7 +114,11 @@ async fn find_messages(
     let page = state
         .store
         .lookup(&lookup, paging.limit, paging.cursor.as_deref())?;
-    let messages: Vec<Value> = page.items.iter().map(|m| view(m, false)).collect();
+    let mut messages = Vec::with_capacity(page.items.len());
+    for m in &page.items {
+        let actions = state.store.message_actions(m.message_id.as_str())?;
+        messages.push(view(m, false, &actions));
+    }
     Ok(HttpResponse::Ok().json(json!({ "messages": messages, "next_cursor": page.next_cursor })))
 }
 
@@ -135,7 +142,7 @@ async fn list_rejected(
 
 /// A message as the API shows it: the stored state, its timeline reduced to what clients need
 /// (or left out, for lists), and its follow-up actions.
-fn view(message: &MessageState, with_events: bool) -> Value {
+fn view(message: &MessageState, with_events: bool, actions: &[Action]) -> Value {
     let mut out: Map<String, Value> = match serde_json::to_value(message) {
         Ok(Value::Object(map)) => map,
         _ => Map::new(),
@@ -158,6 +165,9 @@ fn view(message: &MessageState, with_events: bool) -> Value {
             .collect();
         out.insert("events".into(), Value::Array(events));
     }
-    out.insert("actions".into(), Value::Array(Vec::new()));
+    out.insert(
+        "actions".into(),
+        Value::Array(actions.iter().map(Action::view).collect()),
+    );
     Value::Object(out)
 }

@@ -1,5 +1,6 @@
 //! HTTP routes. Each file is one area: inbound webhooks, the status API, health.
 
+mod actions;
 mod auth;
 mod body;
 pub mod errors;
@@ -25,11 +26,13 @@ use errors::ApiError;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: Store,
+    pub dispatcher: crate::dispatch::Health,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(webhooks::routes)
         .configure(messages::routes)
+        .configure(actions::routes)
         .configure(health::routes)
         .app_data(
             web::QueryConfig::default().error_handler(|e, _| {

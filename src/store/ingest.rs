@@ -8,9 +8,11 @@ use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
+use super::actions::{Action, ActionState, ActionTx};
 use super::query::RejectedEvent;
-use super::{index_value, key, Store, StoreError, Ticket};
+use super::{index_value, json_bytes as json, key, Store, StoreError, Ticket, TxResult};
 use crate::domain::{Event, MessageId, MessageState, Provider};
+use crate::rules::{action_id, Due, Rules, Step};
 
 /// What an adapter made of one element of a webhook body.
 #[derive(Debug)]
@@ -34,8 +36,6 @@ pub struct IngestOutcome {
     pub rejected: u32,
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
 impl Store {
     /// Stores every item of one request in one transaction and returns once it is durable.
     pub async fn ingest(
@@ -44,9 +44,12 @@ impl Store {
         items: Vec<IngestItem>,
         received_at: DateTime<Utc>,
     ) -> Result<IngestOutcome, StoreError> {
-        let (outcome, ticket) = self.commit(provider, items, received_at)?;
+        let (outcome, ticket, queued) = self.commit(provider, items, received_at)?;
         if let Some(ticket) = ticket {
             self.wait_durable(ticket).await?;
+        }
+        if queued {
+            self.notify_outbox();
         }
         Ok(outcome)
     }
@@ -56,7 +59,7 @@ impl Store {
         provider: Provider,
         items: Vec<IngestItem>,
         received_at: DateTime<Utc>,
-    ) -> Result<(IngestOutcome, Option<Ticket>), StoreError> {
+    ) -> Result<(IngestOutcome, Option<Ticket>, bool), StoreError> {
         let mut events = Vec::new();
         let mut rejected = Vec::new();
         let mut ignored = 0;
@@ -80,21 +83,36 @@ impl Store {
                     ..Default::default()
                 },
                 None,
+                false,
             ));
         }
 
         let t = &self.inner.trees;
         let fields = &self.inner.index_fields;
-        let outcome = (
+        let rules = &*self.inner.rules;
+        let (outcome, queued) = (
             &t.messages,
             &t.dedupe,
             &t.idx_callback,
             &t.idx_recipient,
             &t.aggregates,
             &t.rejected,
+            &t.actions,
+            &t.action_idx,
+            &t.outbox,
         )
             .transaction(
-                |(messages, dedupe, idx_callback, idx_recipient, aggregates, quarantine)| {
+                |(
+                    messages,
+                    dedupe,
+                    idx_callback,
+                    idx_recipient,
+                    aggregates,
+                    quarantine,
+                    actions,
+                    action_idx,
+                    outbox,
+                )| {
                     let mut outcome = IngestOutcome {
                         ignored,
                         rejected: rejected.len() as u32,
@@ -106,6 +124,13 @@ impl Store {
                         recipient: idx_recipient,
                         aggregates,
                     };
+                    let action_tx = ActionTx {
+                        actions,
+                        index: action_idx,
+                        outbox,
+                        aggregates,
+                    };
+                    let mut queued = false;
                     for event in &events {
                         if batch.apply(messages, dedupe, event.clone())? {
                             outcome.accepted += 1;
@@ -119,11 +144,10 @@ impl Store {
                         }
                         messages.insert(id.as_str().as_bytes(), json(after)?)?;
                         let old = Derived::of(before.as_ref(), fields);
-                        filing.refile(
-                            id,
-                            old.as_ref(),
-                            Derived::of(Some(after), fields).as_ref(),
-                        )?;
+                        let new = Derived::of(Some(after), fields);
+                        filing.refile(id, old.as_ref(), new.as_ref())?;
+                        let facets = new.map(|d| d.callback).unwrap_or_default();
+                        queued |= queue_actions(&action_tx, rules, after, facets, received_at)?;
                     }
                     for r in &rejected {
                         // A provider retrying a batch must not fill the quarantine with copies.
@@ -137,19 +161,82 @@ impl Store {
                             quarantine.insert(&r.id.to_be_bytes(), json(r)?)?;
                         }
                     }
-                    Ok(outcome)
+                    Ok((outcome, queued))
                 },
             )
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })?;
-        Ok((outcome, Some(self.inner.flusher.committed())))
+        Ok((outcome, Some(self.inner.flusher.committed()), queued))
     }
 }
 
-fn json<T: Serialize>(value: &T) -> TxResult<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| ConflictableTransactionError::Abort(e.into()))
+/// Queues what the rules ask for a message that just changed: each (message, rule) at most
+/// once, in the same transaction as the events. Returns whether anything was queued to send.
+fn queue_actions(
+    tx: &ActionTx<'_>,
+    rules: &Rules,
+    state: &MessageState,
+    facets: Vec<(String, String)>,
+    now: DateTime<Utc>,
+) -> TxResult<bool> {
+    let mut queued = false;
+    for due in rules.due(state) {
+        match due {
+            Due::Cancel { rule } => {
+                let id = action_id(state.message_id.as_str(), &rule.name);
+                let Some(old) = tx.load(&id)? else { continue };
+                // Only a timer that has not fired yet; a call already made is not undone.
+                if old.state == ActionState::Pending && old.attempts == 0 && !old.in_flight {
+                    let mut new = old.clone();
+                    new.state = ActionState::Cancelled;
+                    new.next_attempt_at = None;
+                    new.completed_at = Some(now);
+                    new.last_error = Some("cancelled: the awaited status arrived in time".into());
+                    tx.update(&old, &new)?;
+                }
+            }
+            Due::Fire { rule, at, step } => {
+                let id = action_id(state.message_id.as_str(), &rule.name);
+                if tx.load(&id)?.is_some() {
+                    continue;
+                }
+                let (request, skipped) = match step {
+                    Step::Send(request) => (Some(request), None),
+                    Step::Skip(reason) => (None, Some(reason)),
+                };
+                let due_at = at.map_or(now, |t| {
+                    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+                });
+                queued |= request.is_some();
+                tx.create(&Action {
+                    id,
+                    message_id: state.message_id.as_str().to_owned(),
+                    rule: rule.name.clone(),
+                    action: rule.action.as_str().to_owned(),
+                    state: if request.is_some() {
+                        ActionState::Pending
+                    } else {
+                        ActionState::Skipped
+                    },
+                    attempts: 0,
+                    next_attempt_at: request.is_some().then_some(due_at),
+                    completed_at: skipped.is_some().then_some(now),
+                    last_error: skipped,
+                    last_status: None,
+                    last_response: None,
+                    created_at: now,
+                    request,
+                    until: rule.awaited().to_vec(),
+                    facets: facets.clone(),
+                    schedule_from: 0,
+                    in_flight: false,
+                })?;
+            }
+        }
+    }
+    Ok(queued)
 }
 
 /// The messages one request touches, before and after, and the dedupe keys it has claimed.
@@ -295,7 +382,7 @@ impl Filing<'_> {
     }
 }
 
-fn add(tree: &TransactionalTree, k: Vec<u8>, delta: i64) -> TxResult<()> {
+pub(super) fn add(tree: &TransactionalTree, k: Vec<u8>, delta: i64) -> TxResult<()> {
     let current = tree
         .get(&k)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())

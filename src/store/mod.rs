@@ -17,10 +17,19 @@
 //! | `aggregates`    | `<field>\0<value>\0<metric>`                | count (i64 BE); metrics: `messages`, `clicked`, `status:<status>` |
 //! | `rejected`      | id (u64 BE, from `generate_id`, so in time order) | `RejectedEvent` JSON         |
 //! | `meta`          | `readyz`                                    | last readiness probe time          |
+//! | `actions`       | action id (`act_<hex>`, from message id and rule) | `Action` JSON                |
+//! | `action_idx`    | `a\0<created><id>`, `r\0<rule>\0<created><id>`, `s\0<state>\0<created><id>`, `q\0<rule>\0<state>\0<created><id>` | empty (`<created>` is unix ms, u64 BE) |
+//! |                 | `m\0<message id>\0<action id>`              | empty                              |
+//! | `outbox`        | `<due unix ms, u64 BE><action id>`          | target name                        |
+//! | `inflight`      | action id                                   | empty                              |
+//!
+//! Aggregates also count actions per callback value and state (`action:<state>`).
 //!
 //! One request is one multi-tree transaction over all of these, so state, timeline, dedupe
-//! keys, indexes and aggregates never disagree. Durability comes from [`durability::Flusher`].
+//! keys, indexes, aggregates and the actions the events triggered never disagree. Durability
+//! comes from [`durability::Flusher`]. See [`actions`] for the outbox's invariants.
 
+mod actions;
 mod durability;
 mod ingest;
 mod query;
@@ -28,11 +37,17 @@ mod query;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use actions::{
+    clock_ms, Action, ActionFilter, ActionState, Attempt, DueEntry, RetryOutcome, RetryPolicy,
+};
 pub use durability::{FlushFailed, Ticket};
 pub use ingest::{IngestItem, IngestOutcome};
 pub use query::{Lookup, Page, RejectedEvent};
 
+use sled::transaction::ConflictableTransactionError;
+
 use crate::config::StoreSettings;
+use crate::rules::Rules;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -59,6 +74,8 @@ struct Inner {
     trees: Trees,
     flusher: durability::Flusher,
     index_fields: Vec<String>,
+    rules: Arc<Rules>,
+    outbox_changed: tokio::sync::Notify,
 }
 
 #[derive(Clone)]
@@ -70,19 +87,28 @@ struct Trees {
     aggregates: sled::Tree,
     rejected: sled::Tree,
     meta: sled::Tree,
+    actions: sled::Tree,
+    action_idx: sled::Tree,
+    outbox: sled::Tree,
+    inflight: sled::Tree,
 }
 
 impl Store {
-    pub fn open(settings: &StoreSettings) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store; `rules` decide which actions ingest queues.
+    pub fn open(settings: &StoreSettings, rules: Arc<Rules>) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(&settings.path)
             .cache_capacity(settings.cache_capacity_bytes)
             .flush_every_ms(None)
             .open()?;
-        Self::with_db(db, settings)
+        Self::with_db(db, settings, rules)
     }
 
-    fn with_db(db: sled::Db, settings: &StoreSettings) -> Result<Self, StoreError> {
+    fn with_db(
+        db: sled::Db,
+        settings: &StoreSettings,
+        rules: Arc<Rules>,
+    ) -> Result<Self, StoreError> {
         let trees = Trees {
             messages: db.open_tree("messages")?,
             dedupe: db.open_tree("dedupe")?,
@@ -91,6 +117,10 @@ impl Store {
             aggregates: db.open_tree("aggregates")?,
             rejected: db.open_tree("rejected")?,
             meta: db.open_tree("meta")?,
+            actions: db.open_tree("actions")?,
+            action_idx: db.open_tree("action_idx")?,
+            outbox: db.open_tree("outbox")?,
+            inflight: db.open_tree("inflight")?,
         };
         let flusher = durability::Flusher::start(
             db.clone(),
@@ -103,6 +133,8 @@ impl Store {
                 trees,
                 flusher,
                 index_fields: settings.index_callback_fields.clone(),
+                rules,
+                outbox_changed: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -143,6 +175,12 @@ impl Store {
     }
 }
 
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn json_bytes<T: serde::Serialize>(value: &T) -> TxResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| ConflictableTransactionError::Abort(e.into()))
+}
+
 /// Joins key parts with the `\0` separator.
 fn key(parts: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
@@ -169,10 +207,15 @@ pub fn index_value(value: &serde_json::Value) -> Option<String> {
 
 #[cfg(test)]
 pub(crate) fn temporary(settings: &StoreSettings) -> Store {
+    temporary_with(settings, Rules::default())
+}
+
+#[cfg(test)]
+pub(crate) fn temporary_with(settings: &StoreSettings, rules: Rules) -> Store {
     let db = sled::Config::new()
         .temporary(true)
         .flush_every_ms(None)
         .open()
         .expect("temporary sled");
-    Store::with_db(db, settings).expect("open temporary store")
+    Store::with_db(db, settings, Arc::new(rules)).expect("open temporary store")
 }

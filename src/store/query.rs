@@ -100,7 +100,7 @@ impl Store {
 }
 
 /// Up to `limit` entries under `prefix`, after the key the cursor names.
-fn scan(
+pub(super) fn scan(
     tree: &sled::Tree,
     prefix: &[u8],
     limit: usize,

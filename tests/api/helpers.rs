@@ -24,6 +24,7 @@ pub const FIXTURE_MESSAGE_ID: &str =
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    settings: Settings,
     store_dir: TempDir,
     handle: ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -57,9 +58,21 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     start(settings, dir)
 }
 
+/// Starts the app with test settings plus the `[targets.*]`, `[dispatch]` and `[[rules]]` of
+/// `toml` (other sections there are ignored).
+pub async fn spawn_app_with_rules(toml: &str) -> TestApp {
+    let parsed = Settings::from_toml_str(toml).expect("rules config is valid");
+    spawn_app_with(|s| {
+        s.targets = parsed.targets;
+        s.dispatch = parsed.dispatch;
+        s.rules = parsed.rules;
+    })
+    .await
+}
+
 fn start(settings: Settings, store_dir: TempDir) -> TestApp {
     settings.validate().expect("test settings are valid");
-    let app = Application::build(settings).expect("application builds");
+    let app = Application::build(settings.clone()).expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
@@ -70,6 +83,7 @@ fn start(settings: Settings, store_dir: TempDir) -> TestApp {
     TestApp {
         address,
         client,
+        settings,
         store_dir,
         handle,
         server,
@@ -85,8 +99,38 @@ impl TestApp {
             .await
             .expect("server task")
             .expect("server stopped cleanly");
-        let settings = test_settings(&self.store_dir.path().join("store"));
-        start(settings, self.store_dir)
+        start(self.settings, self.store_dir)
+    }
+
+    /// POST with the API token and a JSON body.
+    pub async fn post_api(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(API_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The message's `actions`, once every one satisfies `done` (panics after 10 s).
+    pub async fn wait_for_actions(&self, id: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let actions = self
+                .message(id)
+                .await
+                .map(|m| m["actions"].as_array().cloned().unwrap_or_default())
+                .unwrap_or_default();
+            if done(&actions) {
+                return actions;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "actions of {id} never got there: {actions:#?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn post_bik(&self, body: impl Into<String>) -> reqwest::Response {
@@ -235,6 +279,31 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, needle: &str) {
         message.contains(needle),
         "{message:?} should mention {needle:?}"
     );
+}
+
+/// A BIK status webhook (a one-element array) for `message_id` at `at`, with `callback` as its
+/// callbackData string.
+pub fn bik_status(
+    message_id: &str,
+    status: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    callback: &Value,
+) -> String {
+    let secs = at.timestamp_millis();
+    serde_json::json!([{
+        "eventName": "message-status-update",
+        "eventInfo": {
+            "messageId": message_id,
+            "createdAt": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "channelId": "whatsapp",
+            "status": status,
+            "assetValue": "+919090909090",
+            "failureReason": null,
+            "callbackData": callback.to_string(),
+        },
+        "id": format!("{message_id}-{status}-{secs}"),
+    }])
+    .to_string()
 }
 
 /// A generic-route status event as JSON text.

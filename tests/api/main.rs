@@ -1,5 +1,6 @@
 //! One integration-test binary: every area of the public contract, against the real app.
 
+mod actions;
 mod bik;
 mod config;
 mod durability;

@@ -1,0 +1,344 @@
+//! The dispatcher: sends queued actions, apart from the request path.
+//!
+//! It runs on its own thread and runtime, so a slow target never holds an HTTP worker. Each
+//! pass takes the outbox's due entries in due order; an entry is claimed (one transaction)
+//! only when its target has a free `max_in_flight` slot and its `rate_per_second` allows a
+//! start, and its outcome is recorded in another transaction. It wakes when ingest or the API
+//! queues something, when a call finishes, or when the next entry falls due.
+//!
+//! On stop it claims nothing more and gives calls in flight `dispatch.shutdown_grace_seconds`
+//! to finish; any cut off stay marked in flight and are sent again on the next start.
+
+mod send;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{DispatchSettings, Limits, Settings};
+use crate::rules::{Rules, Target};
+use crate::store::{clock_ms, Action, ActionState, Attempt, DueEntry, RetryPolicy, Store};
+pub use send::Sender;
+
+/// Due entries looked at per pass.
+const SCAN: usize = 512;
+/// The longest the loop sleeps without looking (a safety net; wake-ups do the real work).
+const IDLE: Duration = Duration::from_secs(1);
+
+/// A running dispatcher. Dropping it does not stop it; call [`Dispatcher::stop`].
+pub struct Dispatcher {
+    stop: watch::Sender<bool>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    health: Health,
+}
+
+/// Whether the dispatcher loop is alive, for `/readyz`.
+#[derive(Clone, Default)]
+pub struct Health {
+    beat: Arc<AtomicI64>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Health {
+    fn beat(&self) {
+        self.beat.store(clock_ms() as i64, Ordering::Relaxed);
+    }
+
+    /// `Err` with the reason when the loop has stopped or not run for a while.
+    pub fn check(&self) -> Result<(), String> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err("the dispatcher has stopped".into());
+        }
+        let silent_ms = clock_ms() as i64 - self.beat.load(Ordering::Relaxed);
+        if silent_ms > 30_000 {
+            return Err(format!(
+                "the dispatcher has not run for {} s",
+                silent_ms / 1000
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Dispatcher {
+    pub fn start(store: Store, settings: &Settings, rules: Arc<Rules>) -> anyhow::Result<Self> {
+        let d = &settings.dispatch;
+        let sender = Arc::new(Sender::new(
+            settings.targets.clone(),
+            rules,
+            d.keep_response_bytes,
+            Duration::from_secs(d.max_retry_after_seconds),
+        )?);
+        let policy = Arc::new(Schedule::from(d));
+        let grace = Duration::from_secs(d.shutdown_grace_seconds);
+        let (stop, stop_rx) = watch::channel(false);
+        let health = Health::default();
+        health.beat();
+        let loop_health = health.clone();
+        let thread = std::thread::Builder::new()
+            .name("flowhook-dispatch".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("dispatcher runtime");
+                let worker = Worker {
+                    store,
+                    sender,
+                    policy,
+                    gates: HashMap::new(),
+                    finished: Arc::new(Notify::new()),
+                    health: loop_health.clone(),
+                };
+                runtime.block_on(worker.run(stop_rx, grace));
+                loop_health.stopped.store(true, Ordering::Relaxed);
+            })?;
+        Ok(Self {
+            stop,
+            thread: std::sync::Mutex::new(Some(thread)),
+            health,
+        })
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Stops claiming, waits (bounded) for calls in flight, and joins the thread.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.lock().expect("dispatcher lock").take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `dispatch.retry_schedule_seconds` with `dispatch.jitter`.
+pub struct Schedule {
+    seconds: Vec<f64>,
+    jitter: f64,
+}
+
+impl From<&DispatchSettings> for Schedule {
+    fn from(d: &DispatchSettings) -> Self {
+        Self {
+            seconds: d.retry_schedule_seconds.clone(),
+            jitter: d.jitter,
+        }
+    }
+}
+
+impl RetryPolicy for Schedule {
+    fn delay(&self, action_id: &str, failures: u32) -> Option<chrono::Duration> {
+        let base = *self.seconds.get(failures.checked_sub(1)? as usize)?;
+        // Spread retries of actions that failed together, the same way every time for one
+        // action and attempt (so a test can predict the bounds).
+        let digest = Sha256::new()
+            .chain_update(action_id.as_bytes())
+            .chain_update(failures.to_be_bytes())
+            .finalize();
+        let unit =
+            u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
+        let factor = 1.0 + self.jitter * (unit * 2.0 - 1.0);
+        Some(chrono::Duration::milliseconds(
+            (base * factor * 1000.0).round() as i64,
+        ))
+    }
+}
+
+/// A target's limits, as the loop applies them.
+struct Gate {
+    slots: Arc<Semaphore>,
+    interval: Option<Duration>,
+    next_start: Instant,
+}
+
+enum Blocked {
+    /// Every `max_in_flight` slot is taken; wait for a call to finish.
+    Busy,
+    /// The rate allows the next start at this instant.
+    Until(Instant),
+}
+
+impl Gate {
+    fn new(limits: Limits) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            interval: (limits.rate_per_second > 0.0)
+                .then(|| Duration::from_secs_f64(1.0 / limits.rate_per_second)),
+            next_start: Instant::now(),
+        }
+    }
+
+    fn try_start(&mut self, now: Instant) -> Result<OwnedSemaphorePermit, Blocked> {
+        if self.interval.is_some() && now < self.next_start {
+            return Err(Blocked::Until(self.next_start));
+        }
+        let permit = Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map_err(|_| Blocked::Busy)?;
+        if let Some(interval) = self.interval {
+            // No burst: starts are at least `interval` apart.
+            self.next_start = self.next_start.max(now) + interval;
+        }
+        Ok(permit)
+    }
+}
+
+struct Worker {
+    store: Store,
+    sender: Arc<Sender>,
+    policy: Arc<Schedule>,
+    gates: HashMap<Target, Gate>,
+    finished: Arc<Notify>,
+    health: Health,
+}
+
+impl Worker {
+    async fn run(mut self, mut stop: watch::Receiver<bool>, grace: Duration) {
+        match self.store.recover_in_flight() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(actions = n, "resending calls cut off by the last stop"),
+            Err(error) => tracing::error!(%error, "could not recover actions left in flight"),
+        }
+        let mut tasks = JoinSet::new();
+        while !*stop.borrow() {
+            self.health.beat();
+            while tasks.try_join_next().is_some() {}
+            let wake = match self.pass(&mut tasks) {
+                Ok(wake) => wake,
+                Err(error) => {
+                    tracing::error!(%error, "dispatcher pass failed");
+                    Some(Instant::now() + IDLE)
+                }
+            };
+            let wake = wake.unwrap_or(Instant::now() + IDLE);
+            tokio::select! {
+                _ = self.store.outbox_changed() => {}
+                _ = self.finished.notified() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, "waiting for calls in flight");
+            let drained =
+                tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+                    .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    left = tasks.len(),
+                    "calls still in flight at the end of the grace period; they are resent on the next start"
+                );
+                tasks.abort_all();
+            }
+        }
+    }
+
+    /// Starts what can start; returns when to look again (`None`: on the next wake-up).
+    fn pass(
+        &mut self,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<Option<Instant>, crate::store::StoreError> {
+        let now_ms = clock_ms();
+        let mut wake: Option<Instant> = None;
+        let mut blocked: HashSet<Target> = HashSet::new();
+        for entry in self.store.due_actions(now_ms, SCAN)? {
+            let target = entry.target.unwrap_or(Target::Http);
+            if blocked.contains(&target) {
+                continue;
+            }
+            let sender = &self.sender;
+            let gate = self
+                .gates
+                .entry(target)
+                .or_insert_with(|| Gate::new(sender.limits(target)));
+            let permit = match gate.try_start(Instant::now()) {
+                Ok(permit) => permit,
+                Err(Blocked::Busy) => {
+                    blocked.insert(target);
+                    continue;
+                }
+                Err(Blocked::Until(at)) => {
+                    blocked.insert(target);
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                    continue;
+                }
+            };
+            if let Some(action) = self.store.claim(&entry)? {
+                self.spawn(tasks, action, permit, &entry);
+            }
+        }
+        if let Some(next) = self.store.next_due_ms()? {
+            let now = clock_ms();
+            if next > now {
+                let at = Instant::now() + Duration::from_millis(next - now);
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+        }
+        Ok(wake)
+    }
+
+    fn spawn(
+        &self,
+        tasks: &mut JoinSet<()>,
+        action: Action,
+        permit: OwnedSemaphorePermit,
+        entry: &DueEntry,
+    ) {
+        let store = self.store.clone();
+        let sender = Arc::clone(&self.sender);
+        let policy = Arc::clone(&self.policy);
+        let finished = Arc::clone(&self.finished);
+        let late_ms = clock_ms().saturating_sub(entry.due_ms);
+        tasks.spawn(async move {
+            let started = std::time::Instant::now();
+            let attempt = sender.send(&action).await;
+            drop(permit);
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            match store.complete(&action.id, &attempt, &*policy) {
+                Ok(Some(done)) => log_outcome(&done, &attempt, elapsed_ms, late_ms),
+                Ok(None) => {}
+                Err(error) => tracing::error!(
+                    %error,
+                    action_id = %action.id,
+                    "could not record an attempt; the call will be made again"
+                ),
+            }
+            finished.notify_one();
+        });
+    }
+}
+
+fn log_outcome(action: &Action, attempt: &Attempt, elapsed_ms: u64, late_ms: u64) {
+    let span = tracing::info_span!(
+        "action",
+        action_id = %action.id,
+        rule = %action.rule,
+        action = %action.action,
+        attempt = action.attempts,
+    );
+    let _enter = span.enter();
+    match (action.state, attempt) {
+        (ActionState::Delivered, _) => {
+            tracing::info!(elapsed_ms, late_ms, "follow-up delivered")
+        }
+        (ActionState::Retrying, Attempt::Retry { error, .. }) => tracing::warn!(
+            %error,
+            next_attempt_at = ?action.next_attempt_at,
+            "follow-up failed; will retry"
+        ),
+        (_, _) => tracing::error!(
+            error = action.last_error.as_deref().unwrap_or(""),
+            "follow-up is dead"
+        ),
+    }
+}

@@ -1,0 +1,347 @@
+//! One attempt: build the request from a stored action and today's `[targets.*]`, send it,
+//! and classify the answer (CONTRACT section 4).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use serde_json::Value;
+
+use crate::config::{Limits, TargetSettings};
+use crate::rules::{Rules, Target};
+use crate::store::{Action, Attempt};
+
+/// The most of an answer's body flowhook reads (to look for `status`/`success`).
+const READ_LIMIT: usize = 64 * 1024;
+
+pub struct Sender {
+    client: reqwest::Client,
+    targets: TargetSettings,
+    rules: Arc<Rules>,
+    keep_bytes: usize,
+    max_retry_after: chrono::Duration,
+}
+
+impl Sender {
+    pub fn new(
+        targets: TargetSettings,
+        rules: Arc<Rules>,
+        keep_bytes: usize,
+        max_retry_after: Duration,
+    ) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("flowhook/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            client,
+            targets,
+            rules,
+            keep_bytes,
+            max_retry_after: chrono::Duration::from_std(max_retry_after)
+                .unwrap_or(chrono::Duration::days(1)),
+        })
+    }
+
+    pub fn limits(&self, target: Target) -> Limits {
+        match target {
+            Target::Bik => self.targets.bik.limits(),
+            Target::Engati => self.targets.engati.limits(),
+            Target::Botika => self.targets.botika.limits(),
+            Target::Http => self.targets.http,
+        }
+    }
+
+    pub async fn send(&self, action: &Action) -> Attempt {
+        let request = match self.request(action) {
+            Ok(r) => r,
+            Err(error) => {
+                return Attempt::Failed {
+                    error,
+                    status: None,
+                    body: None,
+                }
+            }
+        };
+        let timeout_ms = request.timeout().map_or(0, |t| t.as_millis());
+        match self.client.execute(request).await {
+            Err(e) if e.is_timeout() => Attempt::Retry {
+                error: format!("timed out after {timeout_ms} ms"),
+                status: None,
+                body: None,
+                retry_after: None,
+            },
+            Err(e) if e.is_builder() => Attempt::Failed {
+                error: format!("could not build the request: {e}"),
+                status: None,
+                body: None,
+            },
+            Err(e) => Attempt::Retry {
+                error: format!("could not reach the target: {}", error_chain(&e)),
+                status: None,
+                body: None,
+                retry_after: None,
+            },
+            Ok(response) => self.classify(response).await,
+        }
+    }
+
+    fn request(&self, action: &Action) -> Result<reqwest::Request, String> {
+        let out = action
+            .request
+            .as_ref()
+            .ok_or_else(|| "the action has no request".to_owned())?;
+        let t = &self.targets;
+        let base = |url: &str| url.trim_end_matches('/').to_owned();
+        let segment = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let (url, auth) = match out.target {
+            Target::Bik => (
+                format!("{}{}", base(&t.bik.base_url), out.path),
+                Some(format!("Basic {}", t.bik.auth_token.expose())),
+            ),
+            Target::Engati => (
+                format!(
+                    "{}/bot-api/v2.0/customer/{}/bot/{}/flow/{}",
+                    base(&t.engati.base_url),
+                    segment(&t.engati.customer_id),
+                    segment(&t.engati.bot_key),
+                    out.path
+                ),
+                Some(format!("Basic {}", t.engati.api_key.expose())),
+            ),
+            Target::Botika => (
+                format!("{}{}", base(&t.botika.base_url), out.path),
+                Some(format!("Bearer {}", t.botika.api_token.expose())),
+            ),
+            Target::Http => (out.path.clone(), None),
+        };
+        let body = serde_json::to_vec(&out.body).map_err(|e| e.to_string())?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &out.headers {
+            let name = HeaderName::try_from(name.as_str())
+                .map_err(|_| format!("header name {name:?} is not valid"))?;
+            let value = HeaderValue::try_from(value.as_str())
+                .map_err(|_| format!("header {name} has a value that is not valid"))?;
+            headers.insert(name, value);
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            "idempotency-key",
+            HeaderValue::try_from(action.id.as_str()).map_err(|e| e.to_string())?,
+        );
+        if let Some(auth) = auth {
+            let mut value = HeaderValue::try_from(auth).map_err(|_| {
+                format!(
+                    "the {} credential is not a valid header",
+                    out.target.as_str()
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        if out.target == Target::Http {
+            if let Some(key) = self.signing_key(action)? {
+                let timestamp = chrono::Utc::now().timestamp();
+                let signature = crate::providers::generic::sign(&key, &action.id, timestamp, &body);
+                let set = |h: &mut HeaderMap, name: &'static str, value: String| {
+                    h.insert(name, HeaderValue::try_from(value).expect("ASCII header"));
+                };
+                set(&mut headers, "webhook-id", action.id.clone());
+                set(&mut headers, "webhook-timestamp", timestamp.to_string());
+                set(&mut headers, "webhook-signature", signature);
+            }
+        }
+        let timeout = Duration::from_millis(self.limits(out.target).timeout_ms);
+        self.client
+            .post(&url)
+            .headers(headers)
+            .body(body)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("could not build the request to {url:?}: {e}"))
+    }
+
+    /// The key an `http.post` action is signed with; its rule must still be configured.
+    fn signing_key(&self, action: &Action) -> Result<Option<Vec<u8>>, String> {
+        match self.rules.get(&action.rule) {
+            Some(rule) => Ok(rule.signing_key().map(<[u8]>::to_vec)),
+            None => Err(format!(
+                "rule {:?} is no longer configured, so its signing secret is unknown",
+                action.rule
+            )),
+        }
+    }
+
+    async fn classify(&self, mut response: reqwest::Response) -> Attempt {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after)
+            .map(|d| d.min(self.max_retry_after));
+        let mut bytes = Vec::new();
+        let mut read_error = None;
+        while bytes.len() < READ_LIMIT {
+            match response.chunk().await {
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    read_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let code = status.as_u16();
+        let kept = || Some(truncate(&bytes, self.keep_bytes));
+        if let Some(e) = read_error {
+            // A 2xx whose body was cut off may or may not have been acted on: retry with the
+            // same Idempotency-Key.
+            return Attempt::Retry {
+                error: format!("HTTP {code}, then the answer was cut off: {e}"),
+                status: Some(code),
+                body: kept(),
+                retry_after,
+            };
+        }
+        if status.is_success() {
+            return match body_failure(&bytes) {
+                None => Attempt::Delivered { status: code },
+                Some((reported, error)) => {
+                    let error = format!("HTTP {code}, but the body says it failed: {error}");
+                    if reported.is_none_or(retryable) {
+                        Attempt::Retry {
+                            error,
+                            status: Some(code),
+                            body: kept(),
+                            retry_after,
+                        }
+                    } else {
+                        Attempt::Failed {
+                            error,
+                            status: Some(code),
+                            body: kept(),
+                        }
+                    }
+                }
+            };
+        }
+        let error = format!("HTTP {code}");
+        if retryable(code) {
+            Attempt::Retry {
+                error,
+                status: Some(code),
+                body: kept(),
+                retry_after,
+            }
+        } else {
+            Attempt::Failed {
+                error,
+                status: Some(code),
+                body: kept(),
+            }
+        }
+    }
+}
+
+/// 408, 429 and 5xx are worth another try; other codes are final.
+fn retryable(code: u16) -> bool {
+    code == 408 || code == 429 || (500..=599).contains(&code)
+}
+
+/// A JSON body that reports failure despite a 2xx: `status >= 400` (BIK answers errors this
+/// way) or `success: false`. Returns the reported status, if any, and a description.
+fn body_failure(bytes: &[u8]) -> Option<(Option<u16>, String)> {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(bytes) else {
+        return None;
+    };
+    let status = body.get("status").and_then(|s| match s {
+        Value::Number(n) => n.as_u64(),
+        Value::String(t) => t.trim().parse().ok(),
+        _ => None,
+    });
+    if let Some(code) = status.filter(|c| *c >= 400) {
+        let code = u16::try_from(code).unwrap_or(599);
+        return Some((Some(code), format!("status {code}")));
+    }
+    if body.get("success") == Some(&Value::Bool(false)) {
+        return Some((None, "success: false".into()));
+    }
+    None
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn parse_retry_after(text: &str) -> Option<chrono::Duration> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return chrono::Duration::try_seconds(secs.min(i64::MAX as u64) as i64);
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(text).ok()?;
+    Some((at.with_timezone(&chrono::Utc) - chrono::Utc::now()).max(chrono::Duration::zero()))
+}
+
+fn truncate(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.len() <= max {
+        return text.into_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_that_report_failure_are_failures() {
+        assert_eq!(body_failure(br#"{"status": 200, "success": true}"#), None);
+        assert_eq!(body_failure(b"not json"), None);
+        assert_eq!(
+            body_failure(br#"{"status": 400, "errors": []}"#).map(|f| f.0),
+            Some(Some(400))
+        );
+        assert_eq!(
+            body_failure(br#"{"status": "503"}"#).map(|f| f.0),
+            Some(Some(503))
+        );
+        assert_eq!(
+            body_failure(br#"{"success": false}"#).map(|f| f.0),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(chrono::Duration::seconds(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(chrono::Duration::zero())
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate("héllo".as_bytes(), 2), "h…");
+        assert_eq!(truncate(b"ok", 10), "ok");
+    }
+}

@@ -1,0 +1,435 @@
+//! Rules: when a message's timeline satisfies a `[[rules]]` entry, which follow-up to queue.
+//!
+//! Evaluation is a pure function of the message state (its set of events), like the state
+//! itself: the store asks [`Rules::due`] after every change, inside the same transaction, and
+//! queues each answer at most once per message and rule (the action id is derived from both).
+//!
+//! - `on = "status"` holds once the timeline has a status event in `statuses`; the earliest
+//!   such event is the trigger (`{{status}}`, `{{event.at}}`).
+//! - `on = "click"` holds once it has a click whose URL starts with `url_prefix`.
+//! - `on = "missing_status"` is a timer: once `since` is reached it is due `after_seconds`
+//!   after the event that reached it, and it is cancelled as soon as any of `statuses` is
+//!   reached. A status counts as reached by a later one on the `sent < delivered < read` path
+//!   (a read message was delivered).
+
+pub mod actions;
+pub mod template;
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+pub use actions::{ActionKind, Origin, Outbound, Target};
+use template::{text_of, Context, Missing, Template, Var};
+
+use crate::config::{decode_whsec, Secret, Settings, Trigger};
+use crate::domain::{EventKind, MessageState, Status, TimelineEvent};
+
+/// The compiled `[[rules]]`.
+#[derive(Debug, Default)]
+pub struct Rules {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub on: Trigger,
+    statuses: Vec<Status>,
+    url_prefix: Option<String>,
+    since: Option<Status>,
+    after: Duration,
+    when: Vec<(Var, Vec<String>)>,
+    pub action: ActionKind,
+    params: Template,
+    /// `http.post`: the Standard Webhooks key the request is signed with.
+    signing_key: Option<Vec<u8>>,
+}
+
+/// What a rule asks for a message right now.
+pub enum Due<'a> {
+    /// Queue the action (for a timer: at `at`).
+    Fire {
+        rule: &'a Rule,
+        at: Option<DateTime<Utc>>,
+        step: Step,
+    },
+    /// A timer whose awaited status has been reached: cancel it if it is still waiting.
+    Cancel { rule: &'a Rule },
+}
+
+/// The action to record: a request to send, or why there is none.
+pub enum Step {
+    Send(Outbound),
+    Skip(String),
+}
+
+impl Rules {
+    /// Checks every rule against the action table and the targets; each problem names the
+    /// rule and the key.
+    pub fn compile(settings: &Settings) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut rules = Vec::new();
+        let mut names = HashSet::new();
+        for (i, raw) in settings.rules.iter().enumerate() {
+            let at = format!("rules[{i}] ({})", raw.name);
+            if !names.insert(raw.name.clone()) {
+                problems.push(format!("{at}.name: duplicate rule name {:?}", raw.name));
+            }
+            match Rule::compile(raw, settings) {
+                Ok(rule) => rules.push(rule),
+                Err(errors) => problems.extend(errors.into_iter().map(|e| format!("{at}.{e}"))),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { rules })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// The targets some rule sends to.
+    pub fn targets(&self) -> HashSet<Target> {
+        self.rules.iter().map(|r| r.action.target()).collect()
+    }
+
+    /// Every rule that holds for this state, with what it asks for.
+    pub fn due<'a>(&'a self, state: &MessageState) -> Vec<Due<'a>> {
+        self.rules.iter().filter_map(|r| r.due(state)).collect()
+    }
+}
+
+/// The id of the action a rule queues for a message: the same every time, so the outbox
+/// holds at most one per pair, and the `Idempotency-Key` of every attempt.
+pub fn action_id(message_id: &str, rule: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(message_id.as_bytes())
+        .chain_update([0])
+        .chain_update(rule.as_bytes())
+        .finalize();
+    format!("act_{}", hex::encode(&digest[..12]))
+}
+
+impl Rule {
+    fn compile(
+        raw: &crate::config::RuleSettings,
+        settings: &Settings,
+    ) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let valid_name = !raw.name.is_empty()
+            && raw.name.len() <= 64
+            && raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !valid_name {
+            problems.push("name: must be 1 to 64 of [a-z0-9_-]".to_owned());
+        }
+        let statuses: Vec<Status> = raw.statuses.iter().map(|s| Status::parse(s)).collect();
+        let since = raw.since.as_deref().map(Status::parse);
+        match raw.on {
+            Trigger::Status | Trigger::MissingStatus if statuses.is_empty() => {
+                problems.push("statuses: list at least one status".into())
+            }
+            Trigger::Click if !statuses.is_empty() => {
+                problems.push("statuses: not used with on = \"click\"".into())
+            }
+            _ => {}
+        }
+        if raw.url_prefix.is_some() && raw.on != Trigger::Click {
+            problems.push("url_prefix: only used with on = \"click\"".into());
+        }
+        if raw.on == Trigger::MissingStatus {
+            if since.is_none() {
+                problems.push("since: required with on = \"missing_status\"".into());
+            }
+            if raw.after_seconds.is_none() {
+                problems.push("after_seconds: required with on = \"missing_status\"".into());
+            }
+        } else {
+            if raw.since.is_some() {
+                problems.push("since: only used with on = \"missing_status\"".into());
+            }
+            if raw.after_seconds.is_some() {
+                problems.push("after_seconds: only used with on = \"missing_status\"".into());
+            }
+        }
+        let after_seconds = raw.after_seconds.unwrap_or(0);
+        if after_seconds > 366 * 86_400 {
+            problems.push("after_seconds: at most a year".into());
+        }
+
+        let mut when = Vec::new();
+        for (name, expected) in &raw.when {
+            let var = match Var::parse(name) {
+                Ok(v) => v,
+                Err(e) => {
+                    problems.push(format!("when.{name}: {e}"));
+                    continue;
+                }
+            };
+            if var == Var::ClickUrl && raw.on != Trigger::Click {
+                problems.push(format!("when.{name}: only known with on = \"click\""));
+            }
+            let values = match expected {
+                Value::Array(items) => items.clone(),
+                other => vec![other.clone()],
+            };
+            if values.is_empty() || values.iter().any(|v| v.is_object() || v.is_array()) {
+                problems.push(format!(
+                    "when.{name}: expected a value or a list of values to match"
+                ));
+            }
+            when.push((var, values.iter().map(text_of).collect()));
+        }
+
+        let action = ActionKind::parse(&raw.action);
+        let mut signing_key = None;
+        let mut params = raw.params.clone();
+        match action {
+            None => problems.push(format!(
+                "action: unknown action {:?} (known: {})",
+                raw.action,
+                ActionKind::ALL.map(|a| a.as_str()).join(", ")
+            )),
+            Some(kind) => {
+                problems.extend(check_params(kind, &params));
+                if let Some(e) = check_target(kind.target(), settings) {
+                    problems.push(format!("action: {kind} {e}"));
+                }
+                if kind == ActionKind::HttpPost {
+                    match params.remove("secret") {
+                        Some(Value::String(s)) => match decode_whsec(&Secret::new(s)) {
+                            Ok(key) => signing_key = Some(key),
+                            Err(e) => problems.push(format!("params.secret: {e}")),
+                        },
+                        Some(_) => problems.push("params.secret: must be a whsec_ string".into()),
+                        None => {}
+                    }
+                }
+            }
+        }
+        let mut fields = Vec::with_capacity(params.len());
+        for (key, value) in &params {
+            match Template::parse(value) {
+                Ok(t) => {
+                    if raw.on != Trigger::Click && t.vars().contains(&&Var::ClickUrl) {
+                        problems.push(format!(
+                            "params.{key}: {{{{click.url}}}} is only known with on = \"click\""
+                        ));
+                    }
+                    fields.push((key.clone(), t))
+                }
+                Err(e) => problems.push(format!("params.{key}: {e}")),
+            }
+        }
+        let params = Template::Object(fields);
+        match action {
+            Some(action) if problems.is_empty() => Ok(Self {
+                name: raw.name.clone(),
+                on: raw.on,
+                statuses,
+                url_prefix: raw.url_prefix.clone(),
+                since,
+                after: Duration::seconds(after_seconds as i64),
+                when,
+                action,
+                params,
+                signing_key,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    pub fn signing_key(&self) -> Option<&[u8]> {
+        self.signing_key.as_deref()
+    }
+
+    fn due(&self, state: &MessageState) -> Option<Due<'_>> {
+        let (trigger, at) = match self.on {
+            Trigger::Status => (
+                state.events.iter().find(|e| {
+                    e.kind == EventKind::Status
+                        && e.status.as_ref().is_some_and(|s| self.statuses.contains(s))
+                })?,
+                None,
+            ),
+            Trigger::Click => (
+                state.events.iter().find(|e| {
+                    e.kind == EventKind::Click
+                        && e.url.as_deref().is_some_and(|u| {
+                            self.url_prefix.as_deref().is_none_or(|p| u.starts_with(p))
+                        })
+                })?,
+                None,
+            ),
+            Trigger::MissingStatus => {
+                if self.statuses.iter().any(|s| reached(state, s).is_some()) {
+                    return Some(Due::Cancel { rule: self });
+                }
+                let anchor = reached(state, self.since.as_ref()?)?;
+                (anchor, Some(anchor.at + self.after))
+            }
+        };
+        let facts = Facts { state, trigger };
+        let holds = self.when.iter().all(|(var, accepted)| {
+            facts
+                .get(var)
+                .is_some_and(|v| accepted.contains(&text_of(&v)))
+        });
+        if !holds {
+            return None;
+        }
+        let step = match self.params.render(&facts) {
+            Err(Missing(var)) => Step::Skip(format!("missing field: {var}")),
+            Ok(Value::Object(params)) => self.build(params, state),
+            Ok(_) => Step::Skip("params did not render to a table".into()),
+        };
+        Some(Due::Fire {
+            rule: self,
+            at,
+            step,
+        })
+    }
+
+    fn build(&self, params: Map<String, Value>, state: &MessageState) -> Step {
+        let origin = Origin {
+            message_id: state.message_id.as_str().to_owned(),
+            rule: self.name.clone(),
+        };
+        match self.action.build(params, &origin) {
+            Ok(request) => Step::Send(request),
+            Err(reason) => Step::Skip(reason),
+        }
+    }
+
+    /// The statuses whose arrival cancels a `missing_status` timer.
+    pub fn awaited(&self) -> &[Status] {
+        match self.on {
+            Trigger::MissingStatus => &self.statuses,
+            _ => &[],
+        }
+    }
+}
+
+/// The earliest event by which a message reached `status`: that status itself, or for
+/// `sent`/`delivered`, a later one on the `sent < delivered < read` path.
+pub fn reached<'a>(state: &'a MessageState, status: &Status) -> Option<&'a TimelineEvent> {
+    state.events.iter().find(|e| match &e.status {
+        Some(s) if e.kind == EventKind::Status => {
+            s == status || (status.rank() > 0 && s.rank() > status.rank())
+        }
+        _ => false,
+    })
+}
+
+/// Variable values for one message and the event that triggered the rule.
+struct Facts<'a> {
+    state: &'a MessageState,
+    trigger: &'a TimelineEvent,
+}
+
+impl Context for Facts<'_> {
+    fn get(&self, var: &Var) -> Option<Value> {
+        let text = |s: Option<&str>| s.map(|s| Value::String(s.to_owned()));
+        match var {
+            Var::MessageId => text(Some(self.state.message_id.as_str())),
+            Var::Recipient => text(self.state.recipient.as_deref()),
+            Var::Status => text(
+                self.trigger
+                    .status
+                    .as_ref()
+                    .or(self.state.status.as_ref())
+                    .map(Status::as_str),
+            ),
+            Var::Channel => text(self.state.channel.as_deref()),
+            Var::Provider => text(Some(self.state.provider.as_str())),
+            Var::ClickUrl => text(self.trigger.url.as_deref()),
+            Var::EventAt => text(Some(&crate::domain::rfc3339(self.trigger.at))),
+            Var::Callback(path) => self.state.callback_field(path).cloned(),
+        }
+    }
+}
+
+/// Param names and shapes against the action's table.
+fn check_params(kind: ActionKind, params: &Map<String, Value>) -> Vec<String> {
+    let spec = kind.spec();
+    let mut problems = Vec::new();
+    for key in params.keys() {
+        if !spec.required.contains(&key.as_str()) && !spec.optional.contains(&key.as_str()) {
+            let mut known: Vec<&str> = spec.required.to_vec();
+            known.extend(spec.optional);
+            problems.push(format!(
+                "params.{key}: unknown key for {kind} (known: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    for key in spec.required {
+        if !params.contains_key(*key) {
+            problems.push(format!("params.{key}: required by {kind}"));
+        }
+    }
+    if !spec.one_of.is_empty() && !spec.one_of.iter().any(|k| params.contains_key(*k)) {
+        problems.push(format!(
+            "params: {kind} needs one of {}",
+            spec.one_of.join(", ")
+        ));
+    }
+    for key in spec.tables {
+        if let Some(value) = params.get(*key) {
+            if !value.is_object() {
+                problems.push(format!("params.{key}: must be a table"));
+            }
+        }
+    }
+    problems
+}
+
+/// `None` when the target is configured; else what is missing.
+fn check_target(target: Target, settings: &Settings) -> Option<String> {
+    let t = &settings.targets;
+    let missing: Vec<&str> = match target {
+        Target::Bik => [
+            ("base_url", t.bik.base_url.is_empty()),
+            ("auth_token", t.bik.auth_token.expose().is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(k, bad)| bad.then_some(k))
+        .collect(),
+        Target::Engati => [
+            ("base_url", t.engati.base_url.is_empty()),
+            ("customer_id", t.engati.customer_id.is_empty()),
+            ("bot_key", t.engati.bot_key.is_empty()),
+            ("api_key", t.engati.api_key.expose().is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(k, bad)| bad.then_some(k))
+        .collect(),
+        Target::Botika => [
+            ("base_url", t.botika.base_url.is_empty()),
+            ("api_token", t.botika.api_token.expose().is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(k, bad)| bad.then_some(k))
+        .collect(),
+        Target::Http => Vec::new(),
+    };
+    (!missing.is_empty()).then(|| {
+        format!(
+            "needs [targets.{}] with {} set",
+            target.as_str(),
+            missing.join(", ")
+        )
+    })
+}

@@ -1,0 +1,665 @@
+//! Follow-up actions and the durable outbox.
+//!
+//! An action is created in the same transaction as the event that triggered it. From then on
+//! every change of state is one transaction over the action, its index entries, its outbox
+//! entry and the aggregates, so the four never disagree:
+//!
+//! - an action has an outbox entry (`<due ms><id>`) exactly while it is `pending` or
+//!   `retrying` and not in flight;
+//! - a claimed action is marked in flight and listed in `inflight`, which a start after a crash
+//!   puts back in the outbox (so a call cut off by a crash is made again, with the same
+//!   `Idempotency-Key`).
+
+use std::fmt;
+use std::ops::Bound;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::query::Page;
+use super::{json_bytes, key, Store, StoreError, TxResult};
+use crate::domain::{rfc3339, MessageState, Status};
+use crate::rules::{reached, Outbound, Target};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionState {
+    /// Waiting for its first attempt (or, for a timer, its deadline).
+    Pending,
+    /// Failed at least once; waiting for the next attempt.
+    Retrying,
+    Delivered,
+    /// Gave up: a final error, or the retry schedule ran out. Can be retried by hand.
+    Dead,
+    /// Never sent: a field its templates name is missing, or no valid request could be made.
+    Skipped,
+    /// A `missing_status` timer whose awaited status arrived in time.
+    Cancelled,
+}
+
+impl ActionState {
+    pub const ALL: [ActionState; 6] = [
+        Self::Pending,
+        Self::Retrying,
+        Self::Delivered,
+        Self::Dead,
+        Self::Skipped,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Retrying => "retrying",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    fn waiting(self) -> bool {
+        matches!(self, Self::Pending | Self::Retrying)
+    }
+}
+
+impl fmt::Display for ActionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One follow-up call and its history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub id: String,
+    pub message_id: String,
+    pub rule: String,
+    pub action: String,
+    pub state: ActionState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub last_status: Option<u16>,
+    pub last_response: Option<String>,
+    #[serde(with = "crate::domain::time_format::option")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(with = "crate::domain::time_format")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "crate::domain::time_format::option")]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The request; `None` for skipped actions.
+    pub request: Option<Outbound>,
+    /// A timer is cancelled when the message reaches any of these.
+    #[serde(default)]
+    pub until: Vec<Status>,
+    /// The indexed callback values the action counts under in the aggregates.
+    #[serde(default)]
+    pub facets: Vec<(String, String)>,
+    /// `attempts` when the retry schedule last started over (a manual retry).
+    #[serde(default)]
+    pub schedule_from: u32,
+    #[serde(default)]
+    pub in_flight: bool,
+}
+
+impl Action {
+    /// The action as the API shows it.
+    pub fn view(&self) -> Value {
+        json!({
+            "id": self.id,
+            "message_id": self.message_id,
+            "rule": self.rule,
+            "action": self.action,
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "last_status": self.last_status,
+            "last_response": self.last_response,
+            "next_attempt_at": self.next_attempt_at.map(rfc3339),
+            "created_at": rfc3339(self.created_at),
+            "completed_at": self.completed_at.map(rfc3339),
+        })
+    }
+
+    fn target(&self) -> Target {
+        self.request.as_ref().map_or(Target::Http, |r| r.target)
+    }
+
+    /// The outbox key while the action waits for an attempt.
+    fn outbox_key(&self) -> Option<Vec<u8>> {
+        if !self.state.waiting() || self.in_flight {
+            return None;
+        }
+        let due = self.next_attempt_at?.timestamp_millis().max(0) as u64;
+        Some(outbox_key(due, &self.id))
+    }
+
+    /// Index entries that change with the state.
+    fn state_entries(&self) -> [Vec<u8>; 2] {
+        let created = self.created_key();
+        let state = self.state.as_str().as_bytes();
+        [
+            key(&[b"s", state, &created]),
+            key(&[b"q", self.rule.as_bytes(), state, &created]),
+        ]
+    }
+
+    /// Index entries fixed for the action's life.
+    fn fixed_entries(&self) -> [Vec<u8>; 3] {
+        let created = self.created_key();
+        [
+            key(&[b"a", &created]),
+            key(&[b"r", self.rule.as_bytes(), &created]),
+            key(&[b"m", self.message_id.as_bytes(), self.id.as_bytes()]),
+        ]
+    }
+
+    /// Creation time then id: list order.
+    fn created_key(&self) -> Vec<u8> {
+        let mut k = (self.created_at.timestamp_millis().max(0) as u64)
+            .to_be_bytes()
+            .to_vec();
+        k.extend_from_slice(self.id.as_bytes());
+        k
+    }
+}
+
+fn outbox_key(due_ms: u64, id: &str) -> Vec<u8> {
+    let mut k = due_ms.to_be_bytes().to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The trees an action change touches, inside a transaction.
+pub(super) struct ActionTx<'a> {
+    pub actions: &'a TransactionalTree,
+    pub index: &'a TransactionalTree,
+    pub outbox: &'a TransactionalTree,
+    pub aggregates: &'a TransactionalTree,
+}
+
+impl ActionTx<'_> {
+    pub fn load(&self, id: &str) -> TxResult<Option<Action>> {
+        self.actions
+            .get(id.as_bytes())?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))
+            })
+            .transpose()
+    }
+
+    pub fn create(&self, action: &Action) -> TxResult<()> {
+        self.actions
+            .insert(action.id.as_bytes(), json_bytes(action)?)?;
+        for k in action
+            .fixed_entries()
+            .into_iter()
+            .chain(action.state_entries())
+        {
+            self.index.insert(k, &[])?;
+        }
+        if let Some(k) = action.outbox_key() {
+            self.outbox.insert(k, action.target().as_str().as_bytes())?;
+        }
+        self.count(action, 1)
+    }
+
+    /// Writes `new` over `old`, moving index entries, outbox entry and counts.
+    pub fn update(&self, old: &Action, new: &Action) -> TxResult<()> {
+        self.actions.insert(new.id.as_bytes(), json_bytes(new)?)?;
+        if old.state != new.state {
+            for k in old.state_entries() {
+                self.index.remove(k)?;
+            }
+            for k in new.state_entries() {
+                self.index.insert(k, &[])?;
+            }
+            self.count(old, -1)?;
+            self.count(new, 1)?;
+        }
+        let (before, after) = (old.outbox_key(), new.outbox_key());
+        if before != after {
+            if let Some(k) = before {
+                self.outbox.remove(k)?;
+            }
+            if let Some(k) = after {
+                self.outbox.insert(k, new.target().as_str().as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Per callback value: actions by state (`action:<state>`), for the stats.
+    fn count(&self, action: &Action, delta: i64) -> TxResult<()> {
+        let metric = format!("action:{}", action.state);
+        for (field, value) in &action.facets {
+            super::ingest::add(
+                self.aggregates,
+                key(&[field.as_bytes(), value.as_bytes(), metric.as_bytes()]),
+                delta,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// How one attempt went, as the dispatcher saw it.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    Delivered {
+        status: u16,
+    },
+    /// Worth another try; `retry_after` when the answer said when.
+    Retry {
+        error: String,
+        status: Option<u16>,
+        body: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    /// Final.
+    Failed {
+        error: String,
+        status: Option<u16>,
+        body: Option<String>,
+    },
+}
+
+/// When the next attempt of a failed action should be, if any.
+pub trait RetryPolicy {
+    /// `failures` counts the failed attempts since the schedule (re)started, from 1.
+    fn delay(&self, action_id: &str, failures: u32) -> Option<Duration>;
+}
+
+/// A due outbox entry.
+#[derive(Debug, Clone)]
+pub struct DueEntry {
+    pub key: Vec<u8>,
+    pub id: String,
+    pub due_ms: u64,
+    pub target: Option<Target>,
+}
+
+/// Filters for listing actions.
+#[derive(Debug, Clone, Default)]
+pub struct ActionFilter {
+    pub state: Option<ActionState>,
+    pub rule: Option<String>,
+}
+
+impl ActionFilter {
+    fn prefix(&self) -> Vec<u8> {
+        let mut prefix = match (&self.state, &self.rule) {
+            (None, None) => key(&[b"a"]),
+            (Some(s), None) => key(&[b"s", s.as_str().as_bytes()]),
+            (None, Some(r)) => key(&[b"r", r.as_bytes()]),
+            (Some(s), Some(r)) => key(&[b"q", r.as_bytes(), s.as_str().as_bytes()]),
+        };
+        prefix.push(0);
+        prefix
+    }
+}
+
+fn abort(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
+impl Store {
+    fn action_tx<R>(
+        &self,
+        f: impl Fn(&ActionTx<'_>, &TransactionalTree, &TransactionalTree) -> TxResult<R>,
+    ) -> Result<R, StoreError> {
+        let t = &self.inner.trees;
+        let result = (
+            &t.actions,
+            &t.action_idx,
+            &t.outbox,
+            &t.aggregates,
+            &t.inflight,
+            &t.messages,
+        )
+            .transaction(|(actions, index, outbox, aggregates, inflight, messages)| {
+                let tx = ActionTx {
+                    actions,
+                    index,
+                    outbox,
+                    aggregates,
+                };
+                f(&tx, inflight, messages)
+            })
+            .map_err(abort)?;
+        // Not waited for: a lost update is redone after a crash (at-least-once).
+        self.inner.flusher.committed();
+        Ok(result)
+    }
+
+    pub fn action(&self, id: &str) -> Result<Option<Action>, StoreError> {
+        self.inner
+            .trees
+            .actions
+            .get(id.as_bytes())?
+            .map(|b| serde_json::from_slice(&b).map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// A message's actions, in id order.
+    pub fn message_actions(&self, message_id: &str) -> Result<Vec<Action>, StoreError> {
+        let mut prefix = key(&[b"m", message_id.as_bytes()]);
+        prefix.push(0);
+        let mut out = Vec::new();
+        for entry in self.inner.trees.action_idx.scan_prefix(&prefix) {
+            let (k, _) = entry?;
+            if let Some(action) = self.action(&index_id(&k, prefix.len()))? {
+                out.push(action);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Actions matching the filter, oldest first.
+    pub fn actions(
+        &self,
+        filter: &ActionFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<Action>, StoreError> {
+        let prefix = filter.prefix();
+        let page = super::query::scan(&self.inner.trees.action_idx, &prefix, limit, cursor)?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for (k, _) in &page.items {
+            if let Some(action) = self.action(&index_id(k, prefix.len() + 8))? {
+                items.push(action);
+            }
+        }
+        Ok(Page {
+            items,
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// Outbox entries due by `now_ms`, earliest first, at most `limit`.
+    pub fn due_actions(&self, now_ms: u64, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
+        let end = (now_ms + 1).to_be_bytes();
+        let mut out = Vec::new();
+        for entry in self.inner.trees.outbox.range(..end.as_slice()).take(limit) {
+            let (k, v) = entry?;
+            if k.len() < 8 {
+                continue;
+            }
+            let due_ms = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+            out.push(DueEntry {
+                id: String::from_utf8_lossy(&k[8..]).into_owned(),
+                key: k.to_vec(),
+                due_ms,
+                target: std::str::from_utf8(&v).ok().and_then(Target::parse),
+            });
+        }
+        Ok(out)
+    }
+
+    /// When the earliest waiting action is due (unix ms), if any waits.
+    pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.inner.trees.outbox.first()?.and_then(|(k, _)| {
+            k.get(..8)
+                .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+        }))
+    }
+
+    /// The number of actions waiting in the outbox.
+    pub fn outbox_depth(&self) -> usize {
+        self.inner.trees.outbox.len()
+    }
+
+    /// Takes a due action for sending: marks it in flight and counts the attempt. `None` when
+    /// it is no longer waiting, or when it was a timer whose awaited status has arrived (it is
+    /// then cancelled).
+    pub fn claim(&self, entry: &DueEntry) -> Result<Option<Action>, StoreError> {
+        let claimed = self.action_tx(|tx, inflight, messages| {
+            let Some(old) = tx.load(&entry.id)? else {
+                tx.outbox.remove(entry.key.as_slice())?;
+                return Ok(None);
+            };
+            if old.outbox_key().as_deref() != Some(entry.key.as_slice()) {
+                // A stale entry: the action moved on since the scan (its own key, if it has
+                // one, is another).
+                tx.outbox.remove(entry.key.as_slice())?;
+                return Ok(None);
+            }
+            let mut new = old.clone();
+            if !old.until.is_empty() {
+                let state: Option<MessageState> = messages
+                    .get(old.message_id.as_bytes())?
+                    .map(|b| serde_json::from_slice(&b))
+                    .transpose()
+                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
+                if let Some(status) = state
+                    .as_ref()
+                    .and_then(|s| old.until.iter().find(|u| reached(s, u).is_some()))
+                {
+                    new.state = ActionState::Cancelled;
+                    new.completed_at = Some(crate::domain::now());
+                    new.next_attempt_at = None;
+                    new.last_error = Some(format!("cancelled: message reached {status}"));
+                    tx.update(&old, &new)?;
+                    return Ok(None);
+                }
+            }
+            new.in_flight = true;
+            new.attempts += 1;
+            tx.update(&old, &new)?;
+            inflight.insert(new.id.as_bytes(), &[])?;
+            Ok(Some(new))
+        })?;
+        Ok(claimed)
+    }
+
+    /// Records how a claimed action's attempt went.
+    pub fn complete(
+        &self,
+        id: &str,
+        attempt: &Attempt,
+        policy: &dyn RetryPolicy,
+    ) -> Result<Option<Action>, StoreError> {
+        self.action_tx(|tx, inflight, _| {
+            inflight.remove(id.as_bytes())?;
+            let Some(old) = tx.load(id)? else {
+                return Ok(None);
+            };
+            let mut new = old.clone();
+            new.in_flight = false;
+            let now = crate::domain::now();
+            match attempt {
+                Attempt::Delivered { status } => {
+                    new.state = ActionState::Delivered;
+                    new.last_status = Some(*status);
+                    new.last_error = None;
+                    new.last_response = None;
+                    new.next_attempt_at = None;
+                    new.completed_at = Some(now);
+                }
+                Attempt::Retry {
+                    error,
+                    status,
+                    body,
+                    retry_after,
+                } => {
+                    new.last_error = Some(error.clone());
+                    new.last_status = *status;
+                    new.last_response = body.clone();
+                    let failures = new.attempts.saturating_sub(new.schedule_from);
+                    match policy.delay(id, failures) {
+                        Some(delay) => {
+                            let delay = retry_after.map_or(delay, |r| r.max(Duration::zero()));
+                            new.state = ActionState::Retrying;
+                            new.next_attempt_at = Some(now + delay);
+                        }
+                        None => {
+                            new.state = ActionState::Dead;
+                            new.last_error =
+                                Some(format!("gave up after {} attempts: {error}", new.attempts));
+                            new.next_attempt_at = None;
+                            new.completed_at = Some(now);
+                        }
+                    }
+                }
+                Attempt::Failed {
+                    error,
+                    status,
+                    body,
+                } => {
+                    new.state = ActionState::Dead;
+                    new.last_error = Some(error.clone());
+                    new.last_status = *status;
+                    new.last_response = body.clone();
+                    new.next_attempt_at = None;
+                    new.completed_at = Some(now);
+                }
+            }
+            tx.update(&old, &new)?;
+            Ok(Some(new))
+        })
+    }
+
+    /// Puts every action a crash left in flight back in the outbox, due now.
+    pub fn recover_in_flight(&self) -> Result<usize, StoreError> {
+        let ids: Vec<String> = self
+            .inner
+            .trees
+            .inflight
+            .iter()
+            .keys()
+            .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()))
+            .collect::<Result<_, _>>()?;
+        let now = crate::domain::now();
+        for id in &ids {
+            self.action_tx(|tx, inflight, _| {
+                inflight.remove(id.as_bytes())?;
+                if let Some(old) = tx.load(id)? {
+                    if old.in_flight {
+                        let mut new = old.clone();
+                        new.in_flight = false;
+                        new.next_attempt_at = Some(now);
+                        tx.update(&old, &new)?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Requeues one `dead` (or `retrying`) action now, with a fresh retry schedule.
+    pub fn retry_action(&self, id: &str) -> Result<RetryOutcome, StoreError> {
+        let outcome = self.action_tx(|tx, _, _| {
+            let Some(old) = tx.load(id)? else {
+                return Ok(RetryOutcome::NotFound);
+            };
+            if old.in_flight || !matches!(old.state, ActionState::Dead | ActionState::Retrying) {
+                return Ok(RetryOutcome::NotRetryable(old));
+            }
+            let new = requeued(&old);
+            tx.update(&old, &new)?;
+            Ok(RetryOutcome::Requeued(new))
+        })?;
+        if matches!(outcome, RetryOutcome::Requeued(_)) {
+            self.inner.outbox_changed.notify_one();
+        }
+        Ok(outcome)
+    }
+
+    /// Requeues every action in `state` (and of `rule`, if given), `batch` per transaction, so
+    /// that memory stays bounded however many match. Returns how many were requeued.
+    pub fn retry_actions(&self, filter: &ActionFilter, batch: usize) -> Result<u64, StoreError> {
+        let prefix = filter.prefix();
+        let mut total = 0u64;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let start = match &after {
+                Some(k) => Bound::Excluded(k.clone()),
+                None => Bound::Included(prefix.clone()),
+            };
+            let mut ids = Vec::with_capacity(batch);
+            for entry in self
+                .inner
+                .trees
+                .action_idx
+                .range::<Vec<u8>, _>((start, Bound::Unbounded))
+                .take(batch)
+            {
+                let (k, _) = entry?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                ids.push(index_id(&k, prefix.len() + 8));
+                after = Some(k.to_vec());
+            }
+            if ids.is_empty() {
+                break;
+            }
+            total += self.action_tx(|tx, _, _| {
+                let mut n = 0;
+                for id in &ids {
+                    let Some(old) = tx.load(id)? else { continue };
+                    if old.in_flight || Some(old.state) != filter.state {
+                        continue;
+                    }
+                    tx.update(&old, &requeued(&old))?;
+                    n += 1;
+                }
+                Ok(n)
+            })?;
+            self.inner.outbox_changed.notify_one();
+            if ids.len() < batch {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Wakes when something was added to the outbox.
+    pub async fn outbox_changed(&self) {
+        self.inner.outbox_changed.notified().await
+    }
+
+    /// Wakes a dispatcher waiting in [`Store::outbox_changed`].
+    pub fn notify_outbox(&self) {
+        self.inner.outbox_changed.notify_one();
+    }
+}
+
+/// The action id at the end of an index key.
+fn index_id(k: &[u8], from: usize) -> String {
+    String::from_utf8_lossy(k.get(from..).unwrap_or_default()).into_owned()
+}
+
+fn requeued(old: &Action) -> Action {
+    let mut new = old.clone();
+    new.state = ActionState::Pending;
+    new.schedule_from = old.attempts;
+    new.next_attempt_at = Some(crate::domain::now());
+    new.completed_at = None;
+    new
+}
+
+/// What a single retry request found.
+#[derive(Debug)]
+pub enum RetryOutcome {
+    Requeued(Action),
+    NotRetryable(Action),
+    NotFound,
+}
+
+/// `now` in unix ms, the outbox's clock.
+pub fn clock_ms() -> u64 {
+    Utc::now().timestamp_millis().max(0) as u64
+}
