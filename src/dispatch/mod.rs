@@ -11,7 +11,7 @@
 
 mod send;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,12 +27,13 @@ use crate::rules::{Rules, Target};
 use crate::store::{clock_ms, Action, ActionState, Attempt, DueEntry, RetryPolicy, Store};
 pub use send::Sender;
 
-/// Due entries looked at per pass.
-const SCAN: usize = 512;
+/// Due entries read at once per target.
+const SCAN: usize = 256;
 /// The longest the loop sleeps without looking (a safety net; wake-ups do the real work).
 const IDLE: Duration = Duration::from_secs(1);
 
-/// A running dispatcher. Dropping it does not stop it; call [`Dispatcher::stop`].
+/// A running dispatcher. [`Dispatcher::stop`] stops it gracefully; dropping it stops the
+/// loop without waiting.
 pub struct Dispatcher {
     stop: watch::Sender<bool>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -90,11 +91,13 @@ impl Dispatcher {
                     .build()
                     .expect("dispatcher runtime");
                 let worker = Worker {
-                    store,
-                    sender,
-                    policy,
+                    calls: Calls {
+                        store,
+                        sender,
+                        policy,
+                        finished: Arc::new(Notify::new()),
+                    },
                     gates: HashMap::new(),
-                    finished: Arc::new(Notify::new()),
                     health: loop_health.clone(),
                 };
                 runtime.block_on(worker.run(stop_rx, grace));
@@ -193,17 +196,24 @@ impl Gate {
 }
 
 struct Worker {
+    calls: Calls,
+    gates: HashMap<Target, Gate>,
+    health: Health,
+}
+
+/// What a call in flight needs.
+#[derive(Clone)]
+struct Calls {
     store: Store,
     sender: Arc<Sender>,
     policy: Arc<Schedule>,
-    gates: HashMap<Target, Gate>,
+    /// Notified when a call has finished and freed its slot.
     finished: Arc<Notify>,
-    health: Health,
 }
 
 impl Worker {
     async fn run(mut self, mut stop: watch::Receiver<bool>, grace: Duration) {
-        match self.store.recover_in_flight() {
+        match self.calls.store.recover_in_flight() {
             Ok(0) => {}
             Ok(n) => tracing::warn!(actions = n, "resending calls cut off by the last stop"),
             Err(error) => tracing::error!(%error, "could not recover actions left in flight"),
@@ -221,10 +231,11 @@ impl Worker {
             };
             let wake = wake.unwrap_or(Instant::now() + IDLE);
             tokio::select! {
-                _ = self.store.outbox_changed() => {}
-                _ = self.finished.notified() => {}
+                _ = self.calls.store.outbox_changed() => {}
+                _ = self.calls.finished.notified() => {}
                 _ = tokio::time::sleep_until(wake) => {}
-                _ = stop.changed() => {}
+                // A dropped `Dispatcher` stops the loop too.
+                changed = stop.changed() => if changed.is_err() { break },
             }
         }
         let in_flight = tasks.len();
@@ -244,49 +255,57 @@ impl Worker {
     }
 
     /// Starts what can start; returns when to look again (`None`: on the next wake-up).
+    ///
+    /// Each target is read only while it has room for another call, and only as far as it
+    /// has room, so a saturated or slow target costs nothing and never holds up the others.
     fn pass(
         &mut self,
         tasks: &mut JoinSet<()>,
     ) -> Result<Option<Instant>, crate::store::StoreError> {
-        let now_ms = clock_ms();
         let mut wake: Option<Instant> = None;
-        let mut blocked: HashSet<Target> = HashSet::new();
-        for entry in self.store.due_actions(now_ms, SCAN)? {
-            let target = entry.target.unwrap_or(Target::Http);
-            if blocked.contains(&target) {
-                continue;
-            }
-            let sender = &self.sender;
+        let mut sooner = |at: Instant| wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
+        for target in Target::ALL {
+            let calls = &self.calls;
             let gate = self
                 .gates
                 .entry(target)
-                .or_insert_with(|| Gate::new(sender.limits(target)));
-            let permit = match gate.try_start(Instant::now()) {
-                Ok(permit) => permit,
-                Err(Blocked::Busy) => {
-                    blocked.insert(target);
-                    continue;
+                .or_insert_with(|| Gate::new(calls.sender.limits(target)));
+            'target: loop {
+                let room = gate.slots.available_permits();
+                if room == 0 {
+                    // A finishing call wakes the loop.
+                    break;
                 }
-                Err(Blocked::Until(at)) => {
-                    blocked.insert(target);
-                    wake = Some(wake.map_or(at, |w| w.min(at)));
-                    continue;
+                let entries = calls
+                    .store
+                    .due_actions(target, clock_ms(), room.min(SCAN))?;
+                if entries.is_empty() {
+                    if let Some(next) = calls.store.next_due_ms(target)? {
+                        let wait = next.saturating_sub(clock_ms());
+                        sooner(Instant::now() + Duration::from_millis(wait));
+                    }
+                    break;
                 }
-            };
-            if let Some(action) = self.store.claim(&entry)? {
-                self.spawn(tasks, action, permit, &entry);
-            }
-        }
-        if let Some(next) = self.store.next_due_ms()? {
-            let now = clock_ms();
-            if next > now {
-                let at = Instant::now() + Duration::from_millis(next - now);
-                wake = Some(wake.map_or(at, |w| w.min(at)));
+                for entry in &entries {
+                    let permit = match gate.try_start(Instant::now()) {
+                        Ok(permit) => permit,
+                        Err(Blocked::Busy) => break 'target,
+                        Err(Blocked::Until(at)) => {
+                            sooner(at);
+                            break 'target;
+                        }
+                    };
+                    if let Some(action) = calls.store.claim(entry)? {
+                        calls.spawn(tasks, action, permit, entry);
+                    }
+                }
             }
         }
         Ok(wake)
     }
+}
 
+impl Calls {
     fn spawn(
         &self,
         tasks: &mut JoinSet<()>,
@@ -294,17 +313,22 @@ impl Worker {
         permit: OwnedSemaphorePermit,
         entry: &DueEntry,
     ) {
-        let store = self.store.clone();
-        let sender = Arc::clone(&self.sender);
-        let policy = Arc::clone(&self.policy);
-        let finished = Arc::clone(&self.finished);
+        let Calls {
+            store,
+            sender,
+            policy,
+            finished,
+        } = self.clone();
         let late_ms = clock_ms().saturating_sub(entry.due_ms);
         tasks.spawn(async move {
             let started = std::time::Instant::now();
             let attempt = sender.send(&action).await;
-            drop(permit);
             let elapsed_ms = started.elapsed().as_millis() as u64;
-            match store.complete(&action.id, &attempt, &*policy) {
+            // The slot stays taken until the outcome is on disk: at most `max_in_flight`
+            // calls per target can be repeated after a crash.
+            let recorded = store.complete(&action.id, &attempt, &*policy).await;
+            drop(permit);
+            match recorded {
                 Ok(Some(done)) => log_outcome(&done, &attempt, elapsed_ms, late_ms),
                 Ok(None) => {}
                 Err(error) => tracing::error!(

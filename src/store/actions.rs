@@ -20,7 +20,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 
 use super::query::Page;
-use super::{json_bytes, key, Store, StoreError, TxResult};
+use super::{json_bytes, key, Store, StoreError, Ticket, TxResult};
 use crate::domain::{rfc3339, MessageState, Status};
 use crate::rules::{reached, Outbound, Target};
 
@@ -138,7 +138,7 @@ impl Action {
             return None;
         }
         let due = self.next_attempt_at?.timestamp_millis().max(0) as u64;
-        Some(outbox_key(due, &self.id))
+        Some(outbox_key(self.target(), due, &self.id))
     }
 
     /// Index entries that change with the state.
@@ -171,10 +171,17 @@ impl Action {
     }
 }
 
-fn outbox_key(due_ms: u64, id: &str) -> Vec<u8> {
-    let mut k = due_ms.to_be_bytes().to_vec();
+/// `<target>\0<due ms><id>`: each target's entries in due order, so the dispatcher reads
+/// only targets with room for another call.
+fn outbox_key(target: Target, due_ms: u64, id: &str) -> Vec<u8> {
+    let mut k = key(&[target.as_str().as_bytes(), b""]);
+    k.extend_from_slice(&due_ms.to_be_bytes());
     k.extend_from_slice(id.as_bytes());
     k
+}
+
+fn outbox_prefix(target: Target) -> Vec<u8> {
+    key(&[target.as_str().as_bytes(), b""])
 }
 
 /// The trees an action change touches, inside a transaction.
@@ -207,7 +214,7 @@ impl ActionTx<'_> {
             self.index.insert(k, &[])?;
         }
         if let Some(k) = action.outbox_key() {
-            self.outbox.insert(k, action.target().as_str().as_bytes())?;
+            self.outbox.insert(k, &[])?;
         }
         self.count(action, 1)
     }
@@ -231,7 +238,7 @@ impl ActionTx<'_> {
                 self.outbox.remove(k)?;
             }
             if let Some(k) = after {
-                self.outbox.insert(k, new.target().as_str().as_bytes())?;
+                self.outbox.insert(k, &[])?;
             }
         }
         Ok(())
@@ -284,7 +291,7 @@ pub struct DueEntry {
     pub key: Vec<u8>,
     pub id: String,
     pub due_ms: u64,
-    pub target: Option<Target>,
+    pub target: Target,
 }
 
 /// Filters for listing actions.
@@ -319,6 +326,13 @@ impl Store {
         &self,
         f: impl Fn(&ActionTx<'_>, &TransactionalTree, &TransactionalTree) -> TxResult<R>,
     ) -> Result<R, StoreError> {
+        Ok(self.action_tx_ticket(f)?.0)
+    }
+
+    fn action_tx_ticket<R>(
+        &self,
+        f: impl Fn(&ActionTx<'_>, &TransactionalTree, &TransactionalTree) -> TxResult<R>,
+    ) -> Result<(R, Ticket), StoreError> {
         let t = &self.inner.trees;
         let result = (
             &t.actions,
@@ -338,9 +352,9 @@ impl Store {
                 f(&tx, inflight, messages)
             })
             .map_err(abort)?;
-        // Not waited for: a lost update is redone after a crash (at-least-once).
-        self.inner.flusher.committed();
-        Ok(result)
+        // Callers that need the change on disk wait for the ticket; for the others a lost
+        // update is redone after a crash (at-least-once).
+        Ok((result, self.inner.flusher.committed()))
     }
 
     pub fn action(&self, id: &str) -> Result<Option<Action>, StoreError> {
@@ -387,32 +401,52 @@ impl Store {
         })
     }
 
-    /// Outbox entries due by `now_ms`, earliest first, at most `limit`.
-    pub fn due_actions(&self, now_ms: u64, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
-        let end = (now_ms + 1).to_be_bytes();
+    /// A target's outbox entries due by `now_ms`, earliest first, at most `limit`.
+    pub fn due_actions(
+        &self,
+        target: Target,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
+        let prefix = outbox_prefix(target);
+        let mut end = prefix.clone();
+        end.extend_from_slice(&(now_ms + 1).to_be_bytes());
         let mut out = Vec::new();
-        for entry in self.inner.trees.outbox.range(..end.as_slice()).take(limit) {
-            let (k, v) = entry?;
-            if k.len() < 8 {
+        for entry in self
+            .inner
+            .trees
+            .outbox
+            .range(prefix.as_slice()..end.as_slice())
+            .take(limit)
+        {
+            let (k, _) = entry?;
+            let Some(rest) = k.get(prefix.len()..).filter(|r| r.len() >= 8) else {
                 continue;
-            }
-            let due_ms = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+            };
             out.push(DueEntry {
-                id: String::from_utf8_lossy(&k[8..]).into_owned(),
+                id: String::from_utf8_lossy(&rest[8..]).into_owned(),
+                due_ms: u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")),
                 key: k.to_vec(),
-                due_ms,
-                target: std::str::from_utf8(&v).ok().and_then(Target::parse),
+                target,
             });
         }
         Ok(out)
     }
 
-    /// When the earliest waiting action is due (unix ms), if any waits.
-    pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self.inner.trees.outbox.first()?.and_then(|(k, _)| {
-            k.get(..8)
-                .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
-        }))
+    /// When a target's earliest waiting action is due (unix ms), if any waits.
+    pub fn next_due_ms(&self, target: Target) -> Result<Option<u64>, StoreError> {
+        let prefix = outbox_prefix(target);
+        Ok(self
+            .inner
+            .trees
+            .outbox
+            .scan_prefix(&prefix)
+            .next()
+            .transpose()?
+            .and_then(|(k, _)| {
+                let due = k.get(prefix.len()..prefix.len() + 8)?;
+                Some(u64::from_be_bytes(due.try_into().ok()?))
+            }))
     }
 
     /// The number of actions waiting in the outbox.
@@ -463,14 +497,15 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Records how a claimed action's attempt went.
-    pub fn complete(
+    /// Records how a claimed action's attempt went, and returns once that is on disk (so a
+    /// crash can repeat only calls still in flight).
+    pub async fn complete(
         &self,
         id: &str,
         attempt: &Attempt,
-        policy: &dyn RetryPolicy,
+        policy: &(dyn RetryPolicy + Sync),
     ) -> Result<Option<Action>, StoreError> {
-        self.action_tx(|tx, inflight, _| {
+        let (done, ticket) = self.action_tx_ticket(|tx, inflight, _| {
             inflight.remove(id.as_bytes())?;
             let Some(old) = tx.load(id)? else {
                 return Ok(None);
@@ -527,7 +562,9 @@ impl Store {
             }
             tx.update(&old, &new)?;
             Ok(Some(new))
-        })
+        })?;
+        self.wait_durable(ticket).await?;
+        Ok(done)
     }
 
     /// Puts every action a crash left in flight back in the outbox, due now.

@@ -20,7 +20,7 @@
 //! | `actions`       | action id (`act_<hex>`, from message id and rule) | `Action` JSON                |
 //! | `action_idx`    | `a\0<created><id>`, `r\0<rule>\0<created><id>`, `s\0<state>\0<created><id>`, `q\0<rule>\0<state>\0<created><id>` | empty (`<created>` is unix ms, u64 BE) |
 //! |                 | `m\0<message id>\0<action id>`              | empty                              |
-//! | `outbox`        | `<due unix ms, u64 BE><action id>`          | target name                        |
+//! | `outbox`        | `<target>\0<due unix ms, u64 BE><action id>` | empty                            |
 //! | `inflight`      | action id                                   | empty                              |
 //!
 //! Aggregates also count actions per callback value and state (`action:<state>`).

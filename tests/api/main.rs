@@ -3,6 +3,7 @@
 mod actions;
 mod bik;
 mod config;
+mod crash;
 mod durability;
 mod generic;
 mod helpers;

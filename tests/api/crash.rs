@@ -1,0 +1,275 @@
+//! The real binary, killed with SIGKILL in the middle of a stream of webhooks that trigger
+//! follow-ups against a target that fails its first calls, then restarted on the same store.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::helpers::*;
+
+const WEBHOOKS: usize = 3000;
+const KILL_AFTER: usize = 1200;
+const MAX_IN_FLIGHT: usize = 8;
+const FAIL_FIRST: usize = 300;
+
+/// Fails the first `FAIL_FIRST` calls with 503, then answers 200; records every call as
+/// (message id, idempotency key, answered 200).
+#[derive(Clone, Default)]
+struct Target {
+    calls: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<(String, String, bool)>>>,
+}
+
+impl Respond for Target {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let ok = n >= FAIL_FIRST;
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let key = request
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        self.seen.lock().unwrap().push((
+            body["message"].as_str().unwrap_or_default().to_owned(),
+            key,
+            ok,
+        ));
+        ResponseTemplate::new(if ok { 200 } else { 503 })
+    }
+}
+
+/// A running `flowhook serve`, killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(config: &Path, address: &str, log: &Path) -> Process {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_flowhook"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start flowhook");
+    let process = Process(child);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(resp) = client.get(format!("{address}/healthz")).send().await {
+            if resp.status().is_success() {
+                return process;
+            }
+        }
+        assert!(Instant::now() < deadline, "flowhook did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_loses_no_acknowledged_webhook_and_no_follow_up() {
+    let started = Instant::now();
+    let mock = MockServer::start().await;
+    let target = Target::default();
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(target.clone())
+        .mount(&mock)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+bind = "127.0.0.1:{port}"
+workers = 2
+[store]
+path = "{store}"
+durability = "sync"
+[api]
+token = "{API_TOKEN}"
+[providers.bik]
+basic_auth = ["{BIK_KEY}"]
+[targets.http]
+max_in_flight = {MAX_IN_FLIGHT}
+rate_per_second = 0
+timeout_ms = 2000
+[dispatch]
+retry_schedule_seconds = [0.05, 0.1, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]
+jitter = 0.1
+[log]
+level = "warn"
+[[rules]]
+name = "hook"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+[rules.params]
+url = "{mock}/hook"
+body = {{ message = "{{{{message_id}}}}", order = "{{{{callback.order_id}}}}" }}
+"#,
+            store = dir.path().join("store").display(),
+            mock = mock.uri(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("flowhook.log");
+    let mut process = start(&config, &address, &log).await;
+
+    // A stream of webhooks, 32 at a time; SIGKILL once KILL_AFTER have been acknowledged.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let killed = Arc::new(Mutex::new(false));
+    let now = Utc::now();
+    let pid = process.0.id();
+    futures_util::stream::iter(0..WEBHOOKS)
+        .for_each_concurrent(32, |i| {
+            let (client, address, acked, killed) = (
+                client.clone(),
+                address.clone(),
+                acked.clone(),
+                killed.clone(),
+            );
+            async move {
+                let id = format!("wamid.CRASH{i:05}==");
+                let body = bik_status(&id, "read", now, &json!({"order_id": format!("O{i}")}));
+                let resp = client
+                    .post(format!("{address}/webhooks/bik"))
+                    .header("Authorization", format!("Basic {BIK_KEY}"))
+                    .header("Content-Type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                if matches!(&resp, Ok(r) if r.status().as_u16() == 200) {
+                    let mut acked = acked.lock().unwrap();
+                    acked.push(id);
+                    let mut killed = killed.lock().unwrap();
+                    if acked.len() >= KILL_AFTER && !*killed {
+                        *killed = true;
+                        // SIGKILL: no handler, no flush, nothing graceful.
+                        let status = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                        assert!(status.unwrap().success());
+                    }
+                }
+            }
+        })
+        .await;
+    let _ = process.0.wait();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= KILL_AFTER,
+        "only {} acknowledged",
+        acked.len()
+    );
+    let calls_before_restart = target.calls.load(Ordering::SeqCst);
+
+    eprintln!("crash test: killed at {:?}", started.elapsed());
+    let process = start(&config, &address, &log).await;
+    eprintln!("crash test: restarted at {:?}", started.elapsed());
+    // Every acknowledged webhook is in the store.
+    let api = |path: String| {
+        client
+            .get(format!("{address}{path}"))
+            .bearer_auth(API_TOKEN)
+            .send()
+    };
+    for id in &acked {
+        let resp = api(format!("/v1/messages/{}", encode_segment(id)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "acknowledged {id} was lost");
+    }
+    eprintln!("crash test: checked at {:?}", started.elapsed());
+    // Every follow-up they triggered is eventually delivered.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let acked_set: HashSet<&String> = acked.iter().collect();
+    loop {
+        let delivered: HashSet<String> = target
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, ok)| *ok)
+            .map(|(id, _, _)| id.clone())
+            .collect();
+        let missing = acked_set
+            .iter()
+            .filter(|id| !delivered.contains(**id))
+            .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged webhooks never got their follow-up; log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = target.seen.lock().unwrap().clone();
+    let mut keys: HashMap<&str, HashSet<&str>> = HashMap::new();
+    let mut successes: HashMap<&str, usize> = HashMap::new();
+    for (id, key, ok) in &seen {
+        keys.entry(id).or_default().insert(key);
+        if *ok {
+            *successes.entry(id).or_default() += 1;
+        }
+    }
+    assert!(
+        keys.values().all(|k| k.len() == 1),
+        "one Idempotency-Key per follow-up"
+    );
+    let repeated = successes.values().filter(|n| **n > 1).count();
+    assert!(
+        repeated <= MAX_IN_FLIGHT,
+        "{repeated} follow-ups were delivered twice; only calls in flight at the kill may be"
+    );
+    let page: Value = api("/v1/actions?state=delivered&limit=1".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["actions"][0]["state"], "delivered");
+    drop(process);
+    eprintln!(
+        "crash test: {} acknowledged of {WEBHOOKS}, {calls_before_restart} calls before the kill, \
+         {} calls in all, {repeated} delivered twice, {:?}",
+        acked.len(),
+        seen.len(),
+        started.elapsed()
+    );
+}
