@@ -445,21 +445,22 @@ impl Settings {
             Some(p) => p.to_owned(),
             None => PathBuf::from(DEFAULT_CONFIG_PATH),
         };
-        let settings: Settings = Figment::new()
+        let figment = Figment::new()
             .merge(Toml::file(&file))
-            .merge(Env::prefixed("FLOWHOOK__").split("__"))
+            .merge(Env::prefixed("FLOWHOOK__").split("__"));
+        let settings: Settings = figment
             .extract()
-            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+            .map_err(|e| ConfigError::Parse(describe_figment_error(e, &figment)))?;
         settings.validate()?;
         Ok(settings)
     }
 
     /// Parses TOML text over the defaults (no file, no environment) and validates it.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let settings: Settings = Figment::new()
-            .merge(Toml::string(text))
+        let figment = Figment::new().merge(Toml::string(text));
+        let settings: Settings = figment
             .extract()
-            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+            .map_err(|e| ConfigError::Parse(describe_figment_error(e, &figment)))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -645,11 +646,29 @@ pub fn decode_whsec(secret: &Secret) -> Result<Vec<u8>, String> {
         .map_err(|_| "the text after whsec_ must be base64".to_owned())
 }
 
-fn describe_figment_error(error: figment::Error) -> String {
+fn describe_figment_error(error: figment::Error, figment: &Figment) -> String {
     error
         .into_iter()
         .map(|e| {
-            let key = e.path.join(".");
+            let mut key = e.path.join(".");
+            // `rules.2.colour` -> `rules[2] (unread-after-a-day).colour`, like the rule checks.
+            if let [first, index, rest @ ..] = e.path.as_slice() {
+                if first == "rules" && index.parse::<usize>().is_ok() {
+                    let name = figment
+                        .find_value("rules")
+                        .ok()
+                        .and_then(|rules| rules.into_array())
+                        .and_then(|rules| rules.into_iter().nth(index.parse().ok()?))
+                        .and_then(|rule| rule.into_dict())
+                        .and_then(|mut rule| rule.remove("name"))
+                        .and_then(|name| name.into_string())
+                        .unwrap_or_default();
+                    key = format!("rules[{index}] ({name})");
+                    if !rest.is_empty() {
+                        key = format!("{key}.{}", rest.join("."));
+                    }
+                }
+            }
             let source = match e.metadata.as_ref() {
                 Some(m) => match &m.source {
                     Some(src) => format!("{} {src}", m.name),

@@ -433,3 +433,129 @@ fn check_target(target: Target, settings: &Settings) -> Option<String> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::{CallbackData, Event, MessageId, Provider};
+
+    fn state(statuses: &[(&str, i64)]) -> MessageState {
+        let mut state = None;
+        for (status, secs) in statuses {
+            let event = Event {
+                message_id: MessageId::parse("wamid.R==").unwrap(),
+                provider: Provider::Bik,
+                kind: EventKind::Status,
+                status: Some(Status::parse(status)),
+                url: None,
+                at: Utc.timestamp_opt(1_795_255_200 + secs, 0).unwrap(),
+                received_at: Utc.timestamp_opt(1_795_260_000, 0).unwrap(),
+                event_id: None,
+                recipient: Some("+91".into()),
+                channel: Some("whatsapp".into()),
+                failure_reason: None,
+                callback: CallbackData::decode(&json!({"qty": 3, "campaign": "c"}), 4096),
+            };
+            state = Some(MessageState::apply(state, event).0);
+        }
+        state.unwrap()
+    }
+
+    fn rules(toml: &str) -> Rules {
+        let settings = Settings::from_toml_str(toml).unwrap();
+        Rules::compile(&settings).unwrap()
+    }
+
+    const TIMER: &str = r#"
+[[rules]]
+name = "t"
+on = "missing_status"
+statuses = ["read"]
+since = "delivered"
+after_seconds = 60
+action = "http.post"
+params = { url = "http://x/{{callback.qty}}", body = { at = "{{event.at}}" } }
+"#;
+
+    #[test]
+    fn a_later_status_on_the_path_counts_as_reached() {
+        let s = state(&[("read", 5)]);
+        assert!(reached(&s, &Status::Delivered).is_some());
+        assert!(reached(&s, &Status::Sent).is_some());
+        assert!(reached(&s, &Status::Failed).is_none());
+        let failed = state(&[("failed", 1)]);
+        assert!(reached(&failed, &Status::Sent).is_none());
+    }
+
+    #[test]
+    fn a_timer_is_due_after_since_and_cancelled_by_an_awaited_status_in_any_order() {
+        let rules = rules(TIMER);
+        match rules
+            .due(&state(&[("sent", 1), ("delivered", 10)]))
+            .as_slice()
+        {
+            [Due::Fire {
+                at: Some(at),
+                step: Step::Send(request),
+                ..
+            }] => {
+                assert_eq!(*at, Utc.timestamp_opt(1_795_255_200 + 70, 0).unwrap());
+                assert_eq!(request.path, "http://x/3");
+                assert_eq!(request.body, json!({"at": "2026-11-21T10:00:10Z"}));
+            }
+            _ => panic!("expected a timer"),
+        }
+        // Read before delivered, or without it: nothing to wait for.
+        for order in [
+            vec![("read", 20), ("delivered", 10)],
+            vec![("delivered", 10), ("read", 20)],
+            vec![("read", 20)],
+        ] {
+            assert!(matches!(
+                rules.due(&state(&order)).as_slice(),
+                [Due::Cancel { .. }]
+            ));
+        }
+        assert!(rules.due(&state(&[("sent", 1)])).is_empty());
+    }
+
+    #[test]
+    fn when_compares_text_forms_and_lists_mean_any_of() {
+        let r = rules(
+            r#"
+[[rules]]
+name = "w"
+on = "status"
+statuses = ["delivered"]
+when = { "callback.qty" = ["2", 3], "channel" = "whatsapp" }
+action = "http.post"
+params = { url = "http://x", body = {} }
+"#,
+        );
+        assert_eq!(r.due(&state(&[("delivered", 1)])).len(), 1);
+        assert!(r.due(&state(&[("sent", 1)])).is_empty());
+        let other = rules(
+            r#"
+[[rules]]
+name = "w"
+on = "status"
+statuses = ["delivered"]
+when = { "callback.campaign" = "other" }
+action = "http.post"
+params = { url = "http://x", body = {} }
+"#,
+        );
+        assert!(other.due(&state(&[("delivered", 1)])).is_empty());
+    }
+
+    #[test]
+    fn action_ids_are_stable_per_message_and_rule() {
+        assert_eq!(action_id("m", "r"), action_id("m", "r"));
+        assert_ne!(action_id("m", "r"), action_id("m", "r2"));
+        assert_ne!(action_id("m\0r", ""), action_id("m", "\0r"));
+        assert!(action_id("m", "r").starts_with("act_"));
+    }
+}

@@ -124,3 +124,132 @@ fn check_config_accepts_the_shipped_file() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
+
+/// The rules of CONTRACT section 4, with their targets configured.
+const CONTRACT_RULES: &str = r#"
+[targets.bik]
+auth_token = "k"
+[targets.engati]
+customer_id = "1"
+bot_key = "b"
+api_key = "k"
+
+[[rules]]
+name = "cart-read-followup"
+on = "status"
+statuses = ["read"]
+when = { "callback.campaign" = "abandoned_cart", "channel" = ["whatsapp", "rcs"] }
+action = "bik.initiate_flow"
+[rules.params]
+flow_id = "cart_followup"
+medium = "whatsapp"
+phone_number = "{{recipient}}"
+carry_payload = { order_id = ["{{callback.order_id}}"] }
+
+[[rules]]
+name = "checkout-click"
+on = "click"
+url_prefix = "https://shop.example.com/checkout"
+action = "bik.send_event"
+[rules.params]
+event_name = "checkoutLinkClicked"
+phone_number = "{{recipient}}"
+event_properties = { orderId = "{{callback.order_id}}", url = "{{click.url}}" }
+
+[[rules]]
+name = "unread-after-a-day"
+on = "missing_status"
+statuses = ["read"]
+since = "delivered"
+after_seconds = 86400
+action = "engati.trigger_flow"
+[rules.params]
+flow_key = "reengage"
+channel = "whatsapp"
+phone_no = "{{recipient}}"
+attributes = { order_id = "{{callback.order_id}}" }
+"#;
+
+#[test]
+fn the_contract_rules_are_valid() {
+    let settings = Settings::from_toml_str(CONTRACT_RULES).expect("contract rules load");
+    assert_eq!(settings.rules.len(), 3);
+}
+
+#[test]
+fn rule_mistakes_name_the_rule_and_the_key() {
+    let cases = [
+        (
+            CONTRACT_RULES.replace("bik.initiate_flow", "bik.start_flow"),
+            r#"rules[0] (cart-read-followup).action: unknown action "bik.start_flow""#,
+        ),
+        (
+            CONTRACT_RULES.replace("flow_id = ", "flow = "),
+            "rules[0] (cart-read-followup).params.flow: unknown key for bik.initiate_flow",
+        ),
+        (
+            CONTRACT_RULES.replace("flow_id = ", "flow = "),
+            "rules[0] (cart-read-followup).params.flow_id: required by bik.initiate_flow",
+        ),
+        (
+            CONTRACT_RULES.replace("{{recipient}}", "{{recipent}}"),
+            r#"rules[0] (cart-read-followup).params.phone_number: unknown variable "recipent""#,
+        ),
+        (
+            CONTRACT_RULES.replace("{{callback.order_id}}\"]", "{{callback.order_id\"]"),
+            "rules[0] (cart-read-followup).params.carry_payload: unclosed placeholder",
+        ),
+        (
+            CONTRACT_RULES.replace("name = \"checkout-click\"", "name = \"cart-read-followup\""),
+            r#"rules[1] (cart-read-followup).name: duplicate rule name"#,
+        ),
+        (
+            CONTRACT_RULES.replace("api_key = \"k\"", ""),
+            "rules[2] (unread-after-a-day).action: engati.trigger_flow needs [targets.engati] with api_key set",
+        ),
+        (
+            CONTRACT_RULES.replace("after_seconds = 86400", ""),
+            "rules[2] (unread-after-a-day).after_seconds: required",
+        ),
+        (
+            CONTRACT_RULES.replace("on = \"click\"", "on = \"status\"\nstatuses = [\"read\"]"),
+            "rules[1] (checkout-click).url_prefix: only used with on = \"click\"",
+        ),
+        (
+            CONTRACT_RULES.replace("on = \"click\"", "on = \"tap\""),
+            "rules[1] (checkout-click).on: unknown variant: found `tap`",
+        ),
+        (
+            CONTRACT_RULES.replace("since = \"delivered\"", "since = \"delivered\"\ncolour = 1"),
+            "rules[2] (unread-after-a-day).colour: unknown field",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let error = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        assert!(
+            error.contains(expected),
+            "expected {expected:?} in:\n{error}"
+        );
+    }
+}
+
+#[test]
+fn check_config_rejects_bad_rules_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        CONTRACT_RULES.replace("engati.trigger_flow", "engati.nope"),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_flowhook"))
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("rules[2] (unread-after-a-day).action: unknown action \"engati.nope\""),
+        "{stderr}"
+    );
+}

@@ -93,19 +93,11 @@ async fn start(config: &Path, address: &str, log: &Path) -> Process {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sigkill_loses_no_acknowledged_webhook_and_no_follow_up() {
-    let started = Instant::now();
-    let mock = MockServer::start().await;
-    let target = Target::default();
-    Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(target.clone())
-        .mount(&mock)
-        .await;
-    let dir = tempfile::tempdir().unwrap();
+/// Writes a config for a real process on a free port with one `http.post` rule on `read` to
+/// `{mock}/hook`; returns its path and the base URL.
+fn write_config(dir: &Path, mock: &str, extra: &str) -> (std::path::PathBuf, String) {
     let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("config.toml");
+    let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
@@ -123,12 +115,10 @@ basic_auth = ["{BIK_KEY}"]
 [targets.http]
 max_in_flight = {MAX_IN_FLIGHT}
 rate_per_second = 0
-timeout_ms = 2000
-[dispatch]
-retry_schedule_seconds = [0.05, 0.1, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]
-jitter = 0.1
+timeout_ms = 5000
 [log]
-level = "warn"
+level = "info"
+{extra}
 [[rules]]
 name = "hook"
 on = "status"
@@ -138,11 +128,28 @@ action = "http.post"
 url = "{mock}/hook"
 body = {{ message = "{{{{message_id}}}}", order = "{{{{callback.order_id}}}}" }}
 "#,
-            store = dir.path().join("store").display(),
-            mock = mock.uri(),
+            store = dir.join("store").display(),
         ),
     )
     .unwrap();
+    (config, format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_loses_no_acknowledged_webhook_and_no_follow_up() {
+    let started = Instant::now();
+    let mock = MockServer::start().await;
+    let target = Target::default();
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(target.clone())
+        .mount(&mock)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, address) = write_config(
+        dir.path(),
+        &mock.uri(),
+        "[dispatch]\nretry_schedule_seconds = [0.05, 0.1, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]\njitter = 0.1",
+    );
     let log = dir.path().join("flowhook.log");
     let mut process = start(&config, &address, &log).await;
 
@@ -271,5 +278,85 @@ body = {{ message = "{{{{message_id}}}}", order = "{{{{callback.order_id}}}}" }}
         acked.len(),
         seen.len(),
         started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_call_in_flight_finish_and_exits_0() {
+    let mock = MockServer::start().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(move |_: &Request| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            ResponseTemplate::new(200).set_delay(Duration::from_millis(1500))
+        })
+        .mount(&mock)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, address) = write_config(dir.path(), &mock.uri(), "");
+    let log = dir.path().join("flowhook.log");
+    let mut process = start(&config, &address, &log).await;
+    let client = reqwest::Client::new();
+    let id = "wamid.SIGTERM==";
+    let resp = client
+        .post(format!("{address}/webhooks/bik"))
+        .header("Authorization", format!("Basic {BIK_KEY}"))
+        .body(bik_status(
+            id,
+            "read",
+            Utc::now(),
+            &json!({"order_id": "O1"}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = process.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = process.0.wait().unwrap();
+        (status, process)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "log: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+
+    let _process = start(&config, &address, &log).await;
+    let message: Value = client
+        .get(format!("{address}/v1/messages/{}", encode_segment(id)))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let action = &message["actions"][0];
+    assert_eq!(
+        action["state"], "delivered",
+        "finished before the exit: {action}"
+    );
+    assert_eq!(action["attempts"], 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "not sent again after the restart"
     );
 }
