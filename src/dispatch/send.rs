@@ -208,30 +208,18 @@ impl Sender {
                 retry_after,
             };
         }
-        if status.is_success() {
-            return match body_failure(&bytes) {
-                None => Attempt::Delivered { status: code },
-                Some((reported, error)) => {
-                    let error = format!("HTTP {code}, but the body says it failed: {error}");
-                    if reported.is_none_or(retryable) {
-                        Attempt::Retry {
-                            error,
-                            status: Some(code),
-                            body: kept(),
-                            retry_after,
-                        }
-                    } else {
-                        Attempt::Failed {
-                            error,
-                            status: Some(code),
-                            body: kept(),
-                        }
-                    }
-                }
-            };
-        }
-        let error = format!("HTTP {code}");
-        if retryable(code) {
+        let (error, retry) = if status.is_success() {
+            match body_failure(&bytes) {
+                None => return Attempt::Delivered { status: code },
+                Some((reported, error)) => (
+                    format!("HTTP {code}, but the body says it failed: {error}"),
+                    reported.is_none_or(retryable),
+                ),
+            }
+        } else {
+            (format!("HTTP {code}"), retryable(code))
+        };
+        if retry {
             Attempt::Retry {
                 error,
                 status: Some(code),

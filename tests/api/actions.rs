@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{json, Value};
-use wiremock::matchers::{method, path, path_regex};
+use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::helpers::*;
@@ -39,6 +39,13 @@ impl Script {
 
     fn requests(&self) -> Vec<(Instant, Request)> {
         self.seen.lock().unwrap().clone()
+    }
+
+    async fn mount_at(&self, server: &MockServer, at: &str) {
+        Mock::given(path(at))
+            .respond_with(self.clone())
+            .mount(server)
+            .await;
     }
 
     async fn mount(&self, server: &MockServer) {
@@ -88,6 +95,27 @@ url = "{mock}/hook"
 body = {{ message = "{{{{message_id}}}}", order = "{{{{callback.order_id}}}}" }}
 "#
     )
+}
+
+/// One `http.post` rule on `read` per name, each posting to `{mock}/<name>`.
+fn hooks(mock: &str, schedule: &str, names: &[&str]) -> String {
+    let mut config = format!("[dispatch]\nretry_schedule_seconds = {schedule}\njitter = 0.0\n");
+    for name in names {
+        config.push_str(&format!(
+            "[[rules]]\nname = \"{name}\"\non = \"status\"\nstatuses = [\"read\"]\n\
+             action = \"http.post\"\nparams = {{ url = \"{mock}/{name}\", body = {{ a = 1 }} }}\n"
+        ));
+    }
+    config
+}
+
+/// Posts a BIK `read` for `id` with the cart callback data, asserting 200.
+async fn post_read(app: &TestApp, id: &str) {
+    counts(
+        app.post_bik(bik_status(id, "read", Utc::now(), &cart()))
+            .await,
+    )
+    .await;
 }
 
 fn header<'a>(req: &'a Request, name: &str) -> &'a str {
@@ -309,11 +337,7 @@ async fn server_errors_are_retried_with_the_same_idempotency_key_until_success()
     script.mount(&mock).await;
     let app = spawn_app_with_rules(&hook_rule(&mock.uri(), r#"["read"]"#, "")).await;
     let id = "wamid.RETRY==";
-    counts(
-        app.post_bik(bik_status(id, "read", Utc::now(), &cart()))
-            .await,
-    )
-    .await;
+    post_read(&app, id).await;
     let actions = app.wait_for_actions(id, all_in("delivered", 1)).await;
     assert_eq!(actions[0]["attempts"], 3);
     let keys: Vec<String> = script
@@ -334,11 +358,7 @@ async fn retry_after_is_honoured() {
     script.mount(&mock).await;
     let app = spawn_app_with_rules(&hook_rule(&mock.uri(), r#"["read"]"#, "")).await;
     let id = "wamid.LATER==";
-    counts(
-        app.post_bik(bik_status(id, "read", Utc::now(), &cart()))
-            .await,
-    )
-    .await;
+    post_read(&app, id).await;
     app.wait_for_actions(id, all_in("delivered", 1)).await;
     let seen = script.requests();
     assert_eq!(seen.len(), 2);
@@ -357,11 +377,7 @@ async fn a_client_error_is_final_and_keeps_the_answer_until_retried_by_hand() {
     script.mount(&mock).await;
     let app = spawn_app_with_rules(&hook_rule(&mock.uri(), r#"["read"]"#, "")).await;
     let id = "wamid.DEAD==";
-    counts(
-        app.post_bik(bik_status(id, "read", Utc::now(), &cart()))
-            .await,
-    )
-    .await;
+    post_read(&app, id).await;
     let actions = app.wait_for_actions(id, all_in("dead", 1)).await;
     let dead = &actions[0];
     assert_eq!(dead["attempts"], 1);
@@ -414,41 +430,12 @@ async fn a_failure_reported_in_a_200_body_is_a_failure() {
         Vec::new(),
         ResponseTemplate::new(200).set_body_json(json!({"success": false})),
     );
-    Mock::given(path("/rejected"))
-        .respond_with(rejected.clone())
-        .mount(&mock)
-        .await;
-    Mock::given(path("/unsure"))
-        .respond_with(unsure.clone())
-        .mount(&mock)
-        .await;
-    let m = mock.uri();
-    let config = format!(
-        r#"
-[dispatch]
-retry_schedule_seconds = [0.05, 0.05]
-jitter = 0.0
-[[rules]]
-name = "rejected"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = {{ url = "{m}/rejected", body = {{ a = 1 }} }}
-[[rules]]
-name = "unsure"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = {{ url = "{m}/unsure", body = {{ a = 1 }} }}
-"#
-    );
+    rejected.mount_at(&mock, "/rejected").await;
+    unsure.mount_at(&mock, "/unsure").await;
+    let config = hooks(&mock.uri(), "[0.05, 0.05]", &["rejected", "unsure"]);
     let app = spawn_app_with_rules(&config).await;
     let id = "wamid.BODY==";
-    counts(
-        app.post_bik(bik_status(id, "read", Utc::now(), &cart()))
-            .await,
-    )
-    .await;
+    post_read(&app, id).await;
     let actions = app.wait_for_actions(id, all_in("dead", 2)).await;
     // status 400 in the body: final at once.
     let r = by_rule(&actions, "rejected");
@@ -480,11 +467,7 @@ async fn the_rate_limit_spaces_calls() {
     let app = spawn_app_with_rules(&hook_rule(&mock.uri(), r#"["read"]"#, limits)).await;
     let ids: Vec<String> = (0..6).map(|i| format!("wamid.RATE{i}==")).collect();
     for id in &ids {
-        counts(
-            app.post_bik(bik_status(id, "read", Utc::now(), &cart()))
-                .await,
-        )
-        .await;
+        post_read(&app, id).await;
     }
     for id in &ids {
         app.wait_for_actions(id, all_in("delivered", 1)).await;
@@ -655,11 +638,7 @@ async fn the_actions_api_filters_pages_and_requeues_in_bulk() {
     let app = spawn_app_with_rules(&hook_rule(&mock.uri(), r#"["read"]"#, "")).await;
     let ids: Vec<String> = (0..5).map(|i| format!("wamid.BULK{i}==")).collect();
     for id in &ids {
-        counts(
-            app.post_bik(bik_status(id, "read", Utc::now(), &cart()))
-                .await,
-        )
-        .await;
+        post_read(&app, id).await;
     }
     for id in &ids {
         app.wait_for_actions(id, all_in("dead", 1)).await;
@@ -762,41 +741,12 @@ async fn a_graceful_stop_lets_calls_in_flight_finish_and_pending_ones_resume() {
         ResponseTemplate::new(200).set_delay(Duration::from_millis(700)),
     );
     let flaky = Script::new(vec![ResponseTemplate::new(503)], ResponseTemplate::new(200));
-    Mock::given(path_regex("^/slow"))
-        .respond_with(slow.clone())
-        .mount(&mock)
-        .await;
-    Mock::given(path_regex("^/flaky"))
-        .respond_with(flaky.clone())
-        .mount(&mock)
-        .await;
-    let m = mock.uri();
-    let config = format!(
-        r#"
-[dispatch]
-retry_schedule_seconds = [1.5]
-jitter = 0.0
-[[rules]]
-name = "slow"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = {{ url = "{m}/slow", body = {{ a = 1 }} }}
-[[rules]]
-name = "flaky"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = {{ url = "{m}/flaky", body = {{ a = 1 }} }}
-"#
-    );
+    slow.mount_at(&mock, "/slow").await;
+    flaky.mount_at(&mock, "/flaky").await;
+    let config = hooks(&mock.uri(), "[1.5]", &["slow", "flaky"]);
     let app = spawn_app_with_rules(&config).await;
     let id = "wamid.STOP==";
-    counts(
-        app.post_bik(bik_status(id, "read", Utc::now(), &cart()))
-            .await,
-    )
-    .await;
+    post_read(&app, id).await;
     // Wait until the slow call is in flight and the flaky one has failed once.
     let deadline = Instant::now() + Duration::from_secs(5);
     while slow.requests().is_empty() || flaky.requests().is_empty() {
