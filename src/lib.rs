@@ -7,6 +7,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod http;
+pub mod observe;
 pub mod providers;
 pub mod rules;
 pub mod startup;

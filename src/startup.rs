@@ -23,6 +23,8 @@ impl Application {
     /// Opens the store, starts the dispatcher and binds `server.bind` (port 0 picks a free
     /// port, as tests do).
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Before anything records a metric.
+        crate::observe::handle();
         let rules = Arc::new(Rules::compile(&settings).map_err(|problems| {
             anyhow::anyhow!("invalid rules:\n  - {}", problems.join("\n  - "))
         })?);

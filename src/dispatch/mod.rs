@@ -323,7 +323,16 @@ impl Calls {
         tasks.spawn(async move {
             let started = std::time::Instant::now();
             let attempt = sender.send(&action).await;
-            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let elapsed = started.elapsed();
+            let elapsed_ms = elapsed.as_millis() as u64;
+            let result = match &attempt {
+                Attempt::Delivered { .. } => "delivered",
+                Attempt::Retry { .. } => "retry",
+                Attempt::Failed { .. } => "failed",
+            };
+            let target = action.request.as_ref().map_or("none", |r| r.target.as_str());
+            metrics::histogram!(crate::observe::DISPATCH_SECONDS, "target" => target, "result" => result)
+                .record(elapsed);
             // The slot stays taken until the outcome is on disk: at most `max_in_flight`
             // calls per target can be repeated after a crash.
             let recorded = store.complete(&action.id, &attempt, &*policy).await;

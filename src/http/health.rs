@@ -4,10 +4,12 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::{guarded, AppState};
+use crate::observe;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(guarded("/healthz").route(web::get().to(healthz)))
-        .service(guarded("/readyz").route(web::get().to(readyz)));
+        .service(guarded("/readyz").route(web::get().to(readyz)))
+        .service(guarded("/metrics").route(web::get().to(metrics)));
 }
 
 async fn healthz() -> HttpResponse {
@@ -27,4 +29,28 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
                 .json(json!({ "status": "not ready", "reason": reason }))
         }
     }
+}
+
+/// Prometheus text. Gauges that describe the store are read now, at scrape time.
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let store = &state.store;
+    match store.size_on_disk() {
+        Ok(bytes) => metrics::gauge!(observe::STORE_BYTES).set(bytes as f64),
+        Err(error) => tracing::warn!(%error, "could not read the store size"),
+    }
+    match store.action_counts() {
+        Ok(counts) => {
+            for (s, n) in counts {
+                metrics::gauge!(observe::OUTBOX_DEPTH, "state" => s.as_str()).set(n as f64);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not count actions"),
+    }
+    match store.oldest_due_ms() {
+        Ok(ms) => metrics::gauge!(observe::OUTBOX_OLDEST_DUE).set(ms as f64 / 1000.0),
+        Err(error) => tracing::warn!(%error, "could not read the outbox"),
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(observe::handle().render())
 }

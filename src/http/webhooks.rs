@@ -9,17 +9,49 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::errors::ApiError;
 use super::{body, guarded, AppState};
 use crate::domain::Provider;
+use crate::observe;
 use crate::providers::{bik, generic, meta, ParseContext, Refusal};
 use crate::store::IngestItem;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(guarded("/webhooks/bik").route(web::post().to(bik_webhook)))
-        .service(
-            guarded("/webhooks/meta")
-                .route(web::get().to(meta_handshake))
-                .route(web::post().to(meta_webhook)),
-        )
-        .service(guarded("/webhooks/generic").route(web::post().to(generic_webhook)));
+    cfg.service(
+        guarded("/webhooks/bik")
+            .route(web::post().to(|req, payload, state| {
+                counted(Provider::Bik, bik_webhook(req, payload, state))
+            })),
+    )
+    .service(
+        guarded("/webhooks/meta")
+            .route(web::get().to(meta_handshake))
+            .route(web::post().to(|req, payload, state| {
+                counted(Provider::Meta, meta_webhook(req, payload, state))
+            })),
+    )
+    .service(
+        guarded("/webhooks/generic").route(web::post().to(|req, payload, state| {
+            counted(Provider::Generic, generic_webhook(req, payload, state))
+        })),
+    );
+}
+
+/// Counts a refused webhook request in the metrics, by why it was refused.
+async fn counted(
+    provider: Provider,
+    handler: impl std::future::Future<Output = Result<HttpResponse, ApiError>>,
+) -> Result<HttpResponse, ApiError> {
+    let result = handler.await;
+    if let Err(error) = &result {
+        let outcome = match error.status.as_u16() {
+            401 => "unauthorized",
+            400 => "invalid",
+            413 => "too_large",
+            503 => "unavailable",
+            _ => "error",
+        };
+        metrics::counter!(observe::WEBHOOKS, "provider" => provider.as_str(), "outcome" => outcome)
+            .increment(1);
+    }
+    result
 }
 
 async fn bik_webhook(
@@ -116,7 +148,19 @@ async fn store(
     items: Vec<IngestItem>,
     ctx: ParseContext,
 ) -> Result<HttpResponse, ApiError> {
+    let started = std::time::Instant::now();
     let outcome = state.store.ingest(provider, items, ctx.received_at).await?;
+    metrics::histogram!(observe::INGEST_SECONDS, "provider" => provider.as_str())
+        .record(started.elapsed());
+    for (outcome_name, n) in [
+        ("accepted", outcome.accepted),
+        ("duplicate", outcome.duplicates),
+        ("ignored", outcome.ignored),
+        ("rejected", outcome.rejected),
+    ] {
+        metrics::counter!(observe::WEBHOOKS, "provider" => provider.as_str(), "outcome" => outcome_name)
+            .increment(u64::from(n));
+    }
     tracing::info!(
         provider = provider.as_str(),
         accepted = outcome.accepted,

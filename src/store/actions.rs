@@ -22,6 +22,7 @@ use sled::Transactional;
 use super::query::Page;
 use super::{json_bytes, key, Store, StoreError, Ticket, TxResult};
 use crate::domain::{rfc3339, MessageState, Status};
+use crate::observe;
 use crate::rules::{reached, Outbound, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -244,10 +245,12 @@ impl ActionTx<'_> {
         Ok(())
     }
 
-    /// Per callback value: actions by state (`action:<state>`), for the stats.
+    /// Actions by state (`action:<state>`), per callback value for the stats and overall
+    /// (under the empty field, which no indexed field can be) for the metrics.
     fn count(&self, action: &Action, delta: i64) -> TxResult<()> {
         let metric = format!("action:{}", action.state);
-        for (field, value) in &action.facets {
+        let overall = (String::new(), String::new());
+        for (field, value) in action.facets.iter().chain([&overall]) {
             super::ingest::add(
                 self.aggregates,
                 key(&[field.as_bytes(), value.as_bytes(), metric.as_bytes()]),
@@ -449,6 +452,36 @@ impl Store {
             }))
     }
 
+    /// How many actions are in each state.
+    pub fn action_counts(&self) -> Result<Vec<(ActionState, i64)>, StoreError> {
+        ActionState::ALL
+            .into_iter()
+            .map(|state| {
+                let metric = format!("action:{state}");
+                let count = self
+                    .inner
+                    .trees
+                    .aggregates
+                    .get(key(&[b"", b"", metric.as_bytes()]))?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                    .map_or(0, i64::from_be_bytes);
+                Ok((state, count))
+            })
+            .collect()
+    }
+
+    /// How long the most overdue waiting action has been due, in ms (0 when none is).
+    pub fn oldest_due_ms(&self) -> Result<u64, StoreError> {
+        let now = clock_ms();
+        let mut oldest = 0;
+        for target in Target::ALL {
+            if let Some(due) = self.next_due_ms(target)? {
+                oldest = oldest.max(now.saturating_sub(due));
+            }
+        }
+        Ok(oldest)
+    }
+
     /// The number of actions waiting in the outbox.
     pub fn outbox_depth(&self) -> usize {
         self.inner.trees.outbox.len()
@@ -485,6 +518,7 @@ impl Store {
                     new.next_attempt_at = None;
                     new.last_error = Some(format!("cancelled: message reached {status}"));
                     tx.update(&old, &new)?;
+                    observe::action(&old.rule, &old.action, "cancelled");
                     return Ok(None);
                 }
             }
@@ -564,6 +598,14 @@ impl Store {
             Ok(Some(new))
         })?;
         self.wait_durable(ticket).await?;
+        if let Some(action) = &done {
+            let outcome = match action.state {
+                ActionState::Delivered => "delivered",
+                ActionState::Retrying => "retried",
+                _ => "dead",
+            };
+            observe::action(&action.rule, &action.action, outcome);
+        }
         Ok(done)
     }
 
@@ -608,7 +650,8 @@ impl Store {
             tx.update(&old, &new)?;
             Ok(RetryOutcome::Requeued(new))
         })?;
-        if matches!(outcome, RetryOutcome::Requeued(_)) {
+        if let RetryOutcome::Requeued(action) = &outcome {
+            observe::action(&action.rule, &action.action, "requeued");
             self.inner.outbox_changed.notify_one();
         }
         Ok(outcome)
@@ -643,18 +686,22 @@ impl Store {
             if ids.is_empty() {
                 break;
             }
-            total += self.action_tx(|tx, _, _| {
-                let mut n = 0;
+            let done = self.action_tx(|tx, _, _| {
+                let mut done = Vec::new();
                 for id in &ids {
                     let Some(old) = tx.load(id)? else { continue };
                     if old.in_flight || Some(old.state) != filter.state {
                         continue;
                     }
                     tx.update(&old, &requeued(&old))?;
-                    n += 1;
+                    done.push((old.rule, old.action));
                 }
-                Ok(n)
+                Ok(done)
             })?;
+            for (rule, action) in &done {
+                observe::action(rule, action, "requeued");
+            }
+            total += done.len() as u64;
             self.inner.outbox_changed.notify_one();
             if ids.len() < batch {
                 break;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::Durability;
+use crate::observe;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Progress {
@@ -141,10 +142,16 @@ fn run(shared: &Shared, db: &sled::Db, mode: Durability, relaxed_interval: Durat
         let target = shared.committed.load(Ordering::Acquire);
         let already = shared.progress.borrow().flushed;
         if target > already || shared.stop.load(Ordering::Acquire) {
+            let started = std::time::Instant::now();
             match db.flush() {
-                Ok(_) => shared
-                    .progress
-                    .send_modify(|p| p.flushed = p.flushed.max(target)),
+                Ok(_) => {
+                    metrics::histogram!(observe::FLUSH_SECONDS).record(started.elapsed());
+                    metrics::histogram!(observe::GROUP_COMMIT_BATCH)
+                        .record(target.saturating_sub(already) as f64);
+                    shared
+                        .progress
+                        .send_modify(|p| p.flushed = p.flushed.max(target))
+                }
                 Err(error) => {
                     tracing::error!(%error, "store flush failed");
                     shared

@@ -11,7 +11,8 @@ use sled::Transactional;
 use super::actions::{Action, ActionState, ActionTx};
 use super::query::RejectedEvent;
 use super::{index_value, json_bytes as json, key, Store, StoreError, Ticket, TxResult};
-use crate::domain::{Event, MessageId, MessageState, Provider};
+use crate::domain::{Event, EventKind, MessageId, MessageState, Provider};
+use crate::observe;
 use crate::rules::{action_id, Due, Rules, Step};
 
 /// What an adapter made of one element of a webhook body.
@@ -44,11 +45,18 @@ impl Store {
         items: Vec<IngestItem>,
         received_at: DateTime<Utc>,
     ) -> Result<IngestOutcome, StoreError> {
-        let (outcome, ticket, queued) = self.commit(provider, items, received_at)?;
+        let (outcome, ticket, report) = self.commit(provider, items, received_at)?;
         if let Some(ticket) = ticket {
             self.wait_durable(ticket).await?;
         }
-        if queued {
+        for (kind, status) in &report.events {
+            metrics::counter!(observe::EVENTS, "kind" => kind.as_str(), "status" => status.clone())
+                .increment(1);
+        }
+        for (rule, action, outcome) in &report.actions {
+            observe::action(rule, action, outcome);
+        }
+        if report.actions.iter().any(|a| a.2 == "queued") {
             self.notify_outbox();
         }
         Ok(outcome)
@@ -59,7 +67,7 @@ impl Store {
         provider: Provider,
         items: Vec<IngestItem>,
         received_at: DateTime<Utc>,
-    ) -> Result<(IngestOutcome, Option<Ticket>, bool), StoreError> {
+    ) -> Result<(IngestOutcome, Option<Ticket>, Report), StoreError> {
         let mut events = Vec::new();
         let mut rejected = Vec::new();
         let mut ignored = 0;
@@ -83,14 +91,14 @@ impl Store {
                     ..Default::default()
                 },
                 None,
-                false,
+                Report::default(),
             ));
         }
 
         let t = &self.inner.trees;
         let fields = &self.inner.index_fields;
         let rules = &*self.inner.rules;
-        let (outcome, queued) = (
+        let (outcome, report) = (
             &t.messages,
             &t.dedupe,
             &t.idx_callback,
@@ -130,10 +138,14 @@ impl Store {
                         outbox,
                         aggregates,
                     };
-                    let mut queued = false;
+                    let mut report = Report::default();
                     for event in &events {
                         if batch.apply(messages, dedupe, event.clone())? {
                             outcome.accepted += 1;
+                            report.events.push((
+                                event.kind,
+                                event.status.as_ref().map_or("", |s| s.as_str()).to_owned(),
+                            ));
                         } else {
                             outcome.duplicates += 1;
                         }
@@ -147,7 +159,14 @@ impl Store {
                         let new = Derived::of(Some(after), fields);
                         filing.refile(id, old.as_ref(), new.as_ref())?;
                         let facets = new.map(|d| d.callback).unwrap_or_default();
-                        queued |= queue_actions(&action_tx, rules, after, facets, received_at)?;
+                        queue_actions(
+                            &action_tx,
+                            rules,
+                            after,
+                            facets,
+                            received_at,
+                            &mut report.actions,
+                        )?;
                     }
                     for r in &rejected {
                         // A provider retrying a batch must not fill the quarantine with copies.
@@ -161,27 +180,36 @@ impl Store {
                             quarantine.insert(&r.id.to_be_bytes(), json(r)?)?;
                         }
                     }
-                    Ok((outcome, queued))
+                    Ok((outcome, report))
                 },
             )
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })?;
-        Ok((outcome, Some(self.inner.flusher.committed()), queued))
+        Ok((outcome, Some(self.inner.flusher.committed()), report))
     }
 }
 
+/// What one commit did, for the metrics once it is durable.
+#[derive(Default)]
+struct Report {
+    /// Accepted events: kind and status.
+    events: Vec<(EventKind, String)>,
+    /// Actions queued, skipped or cancelled: rule, action, outcome.
+    actions: Vec<(String, String, &'static str)>,
+}
+
 /// Queues what the rules ask for a message that just changed: each (message, rule) at most
-/// once, in the same transaction as the events. Returns whether anything was queued to send.
+/// once, in the same transaction as the events. Each outcome is added to `report`.
 fn queue_actions(
     tx: &ActionTx<'_>,
     rules: &Rules,
     state: &MessageState,
     facets: Vec<(String, String)>,
     now: DateTime<Utc>,
-) -> TxResult<bool> {
-    let mut queued = false;
+    report: &mut Vec<(String, String, &'static str)>,
+) -> TxResult<()> {
     for due in rules.due(state) {
         match due {
             Due::Cancel { rule } => {
@@ -195,6 +223,7 @@ fn queue_actions(
                     new.completed_at = Some(now);
                     new.last_error = Some("cancelled: the awaited status arrived in time".into());
                     tx.update(&old, &new)?;
+                    report.push((old.rule.clone(), old.action.clone(), "cancelled"));
                 }
             }
             Due::Fire { rule, at, step } => {
@@ -209,7 +238,12 @@ fn queue_actions(
                 let due_at = at.map_or(now, |t| {
                     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
                 });
-                queued |= request.is_some();
+                let outcome = if request.is_some() {
+                    "queued"
+                } else {
+                    "skipped"
+                };
+                report.push((rule.name.clone(), rule.action.as_str().to_owned(), outcome));
                 tx.create(&Action {
                     id,
                     message_id: state.message_id.as_str().to_owned(),
@@ -236,7 +270,7 @@ fn queue_actions(
             }
         }
     }
-    Ok(queued)
+    Ok(())
 }
 
 /// The messages one request touches, before and after, and the dedupe keys it has claimed.

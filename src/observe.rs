@@ -1,0 +1,92 @@
+//! Prometheus metrics through the `metrics` facade; `/metrics` renders them.
+//!
+//! Every metric name lives here, so the README's table and the code cannot drift apart.
+//! The recorder is process-wide (the facade's design): it is installed once, on first use.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Webhook events by provider and outcome (`accepted`, `duplicate`, `ignored`, `rejected`),
+/// and refused requests (`unauthorized`, `invalid`, `too_large`, `unavailable`).
+pub const WEBHOOKS: &str = "flowhook_webhooks_total";
+/// Accepted events by kind and status.
+pub const EVENTS: &str = "flowhook_events_total";
+/// From a verified body to its durable commit, per request.
+pub const INGEST_SECONDS: &str = "flowhook_ingest_duration_seconds";
+/// Commits made durable by one flush.
+pub const GROUP_COMMIT_BATCH: &str = "flowhook_group_commit_batch_size";
+/// One `Db::flush`.
+pub const FLUSH_SECONDS: &str = "flowhook_flush_duration_seconds";
+/// Action outcomes by rule and action: `queued`, `skipped`, `delivered`, `retried`, `dead`,
+/// `cancelled`, `requeued`.
+pub const ACTIONS: &str = "flowhook_actions_total";
+/// Actions by state (gauge, read at scrape time).
+pub const OUTBOX_DEPTH: &str = "flowhook_outbox_actions";
+/// How long the most overdue waiting action has been due (0 when none is overdue).
+pub const OUTBOX_OLDEST_DUE: &str = "flowhook_outbox_oldest_due_seconds";
+/// One outbound call, by target and result (`delivered`, `retry`, `failed`).
+pub const DISPATCH_SECONDS: &str = "flowhook_dispatch_duration_seconds";
+/// The sled directory's size.
+pub const STORE_BYTES: &str = "flowhook_store_size_bytes";
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// The process's recorder handle, installing it on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(GROUP_COMMIT_BATCH.into()), BATCH_BUCKETS)
+            })
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed, in which case ours stays unused.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows ours only");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        WEBHOOKS,
+        "Webhook events by provider and outcome, and refused requests"
+    );
+    describe_counter!(EVENTS, "Accepted events by kind and status");
+    describe_histogram!(
+        INGEST_SECONDS,
+        Unit::Seconds,
+        "Verified body to durable commit"
+    );
+    describe_histogram!(GROUP_COMMIT_BATCH, "Commits made durable by one flush");
+    describe_histogram!(
+        FLUSH_SECONDS,
+        Unit::Seconds,
+        "One flush of the store to disk"
+    );
+    describe_counter!(ACTIONS, "Follow-up action outcomes by rule and action");
+    describe_gauge!(OUTBOX_DEPTH, "Actions by state");
+    describe_gauge!(
+        OUTBOX_OLDEST_DUE,
+        Unit::Seconds,
+        "Time the most overdue action has waited"
+    );
+    describe_histogram!(DISPATCH_SECONDS, Unit::Seconds, "One outbound call");
+    describe_gauge!(STORE_BYTES, Unit::Bytes, "Size of the store on disk");
+}
+
+/// Counts an action outcome.
+pub fn action(rule: &str, action: &str, outcome: &'static str) {
+    metrics::counter!(ACTIONS, "rule" => rule.to_owned(), "action" => action.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
