@@ -43,6 +43,7 @@ impl Application {
         };
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(http::request_id::middleware))
                 .app_data(state.clone())
                 .configure(http::routes)
                 .default_service(web::to(http::not_found))

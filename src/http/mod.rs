@@ -6,6 +6,7 @@ mod body;
 pub mod errors;
 mod health;
 mod messages;
+pub mod request_id;
 mod webhooks;
 
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::helpers::*;
+use crate::process::{free_port, start};
 
 const WEBHOOKS: usize = 3000;
 const KILL_AFTER: usize = 1200;
@@ -45,51 +46,6 @@ impl Respond for Target {
             ok,
         ));
         ResponseTemplate::new(if ok { 200 } else { 503 })
-    }
-}
-
-/// A running `flowhook serve`, killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start(config: &Path, address: &str, log: &Path) -> Process {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_flowhook"))
-        .args(["--config", config.to_str().unwrap(), "serve"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start flowhook");
-    let process = Process(child);
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(resp) = client.get(format!("{address}/healthz")).send().await {
-            if resp.status().is_success() {
-                return process;
-            }
-        }
-        assert!(Instant::now() < deadline, "flowhook did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

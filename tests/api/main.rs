@@ -7,5 +7,7 @@ mod crash;
 mod durability;
 mod generic;
 mod helpers;
+mod logs;
 mod messages;
 mod meta;
+mod process;

@@ -1,0 +1,50 @@
+//! Running the real `flowhook` binary, for tests that kill it, signal it or read its logs.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `flowhook serve`, killed when dropped.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn start(config: &Path, address: &str, log: &Path) -> Process {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_flowhook"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start flowhook");
+    let process = Process(child);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(resp) = client.get(format!("{address}/healthz")).send().await {
+            if resp.status().is_success() {
+                return process;
+            }
+        }
+        assert!(Instant::now() < deadline, "flowhook did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
