@@ -70,7 +70,8 @@ pub enum Durability {
 pub struct StoreSettings {
     pub path: PathBuf,
     pub durability: Durability,
-    pub retention_days: u32,
+    /// Messages whose last event is older than this are purged (fractions allowed).
+    pub retention_days: f64,
     pub dedupe_days: u32,
     pub index_callback_fields: Vec<String>,
     pub max_callback_bytes: usize,
@@ -78,6 +79,10 @@ pub struct StoreSettings {
     pub cache_capacity_bytes: u64,
     /// How often `durability = "relaxed"` flushes.
     pub relaxed_flush_ms: u64,
+    /// How often the background purge runs (fractions allowed).
+    pub purge_interval_seconds: f64,
+    /// `/readyz` reports not ready below this much free disk where the store lives.
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for StoreSettings {
@@ -85,12 +90,14 @@ impl Default for StoreSettings {
         Self {
             path: "data".into(),
             durability: Durability::Sync,
-            retention_days: 30,
+            retention_days: 30.0,
             dedupe_days: 8,
             index_callback_fields: vec!["order_id".into(), "campaign".into()],
             max_callback_bytes: 4096,
             cache_capacity_bytes: 64 * 1024 * 1024,
             relaxed_flush_ms: 5,
+            purge_interval_seconds: 60.0,
+            min_free_disk_bytes: 100 * 1024 * 1024,
         }
     }
 }
@@ -482,8 +489,13 @@ impl Settings {
                 "store.dedupe_days: must be at least 8 (Meta retries for up to 7 days)".into(),
             );
         }
-        if self.store.retention_days == 0 {
-            problems.push("store.retention_days: must be at least 1".into());
+        if !(self.store.retention_days > 0.0 && self.store.retention_days.is_finite()) {
+            problems.push("store.retention_days: must be positive".into());
+        }
+        if !(self.store.purge_interval_seconds > 0.0
+            && self.store.purge_interval_seconds.is_finite())
+        {
+            problems.push("store.purge_interval_seconds: must be positive".into());
         }
         if self.store.max_callback_bytes == 0 {
             problems.push("store.max_callback_bytes: must be positive".into());

@@ -27,6 +27,8 @@ pub const OUTBOX_DEPTH: &str = "flowhook_outbox_actions";
 pub const OUTBOX_OLDEST_DUE: &str = "flowhook_outbox_oldest_due_seconds";
 /// One outbound call, by target and result (`delivered`, `retry`, `failed`).
 pub const DISPATCH_SECONDS: &str = "flowhook_dispatch_duration_seconds";
+/// What the background purge removed, by kind.
+pub const PURGED: &str = "flowhook_purged_total";
 /// The sled directory's size.
 pub const STORE_BYTES: &str = "flowhook_store_size_bytes";
 
@@ -83,6 +85,7 @@ fn describe() {
     );
     describe_histogram!(DISPATCH_SECONDS, Unit::Seconds, "One outbound call");
     describe_gauge!(STORE_BYTES, Unit::Bytes, "Size of the store on disk");
+    describe_counter!(PURGED, "Entries removed by retention, by kind");
 }
 
 /// Counts an action outcome.

@@ -10,13 +10,14 @@ use crate::config::Settings;
 use crate::dispatch::Dispatcher;
 use crate::http::{self, AppState};
 use crate::rules::Rules;
-use crate::store::Store;
+use crate::store::{Janitor, Store};
 
 pub struct Application {
     port: u16,
     server: Server,
     store: Store,
     dispatcher: Dispatcher,
+    janitor: Janitor,
 }
 
 impl Application {
@@ -32,6 +33,7 @@ impl Application {
         let listener = TcpListener::bind(&settings.server.bind)?;
         let port = listener.local_addr()?.port();
         let dispatcher = Dispatcher::start(store.clone(), &settings, rules)?;
+        let janitor = Janitor::start(store.clone(), &settings.store)?;
         let state = web::Data::new(AppState {
             settings: Arc::new(settings),
             store: store.clone(),
@@ -57,6 +59,7 @@ impl Application {
             server,
             store,
             dispatcher,
+            janitor,
         })
     }
 
@@ -75,10 +78,14 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         let Self {
-            store, dispatcher, ..
+            store,
+            dispatcher,
+            janitor,
+            ..
         } = self;
-        // Joining the dispatcher blocks; keep it off this runtime's thread.
+        // Joining threads blocks; keep it off this runtime's thread.
         let stopped = tokio::task::spawn_blocking(move || {
+            janitor.stop();
             dispatcher.stop();
             store.close();
         })

@@ -245,6 +245,23 @@ impl ActionTx<'_> {
         Ok(())
     }
 
+    /// Removes an action and everything filed for it.
+    pub fn delete(&self, action: &Action, inflight: &TransactionalTree) -> TxResult<()> {
+        self.actions.remove(action.id.as_bytes())?;
+        for k in action
+            .fixed_entries()
+            .into_iter()
+            .chain(action.state_entries())
+        {
+            self.index.remove(k)?;
+        }
+        if let Some(k) = action.outbox_key() {
+            self.outbox.remove(k)?;
+        }
+        inflight.remove(action.id.as_bytes())?;
+        self.count(action, -1)
+    }
+
     /// Actions by state (`action:<state>`), per callback value for the stats and overall
     /// (under the empty field, which no indexed field can be) for the metrics.
     fn count(&self, action: &Action, delta: i64) -> TxResult<()> {
@@ -317,7 +334,7 @@ impl ActionFilter {
     }
 }
 
-fn abort(e: TransactionError<StoreError>) -> StoreError {
+pub(super) fn abort(e: TransactionError<StoreError>) -> StoreError {
     match e {
         TransactionError::Abort(e) => e,
         TransactionError::Storage(e) => StoreError::Sled(e),
@@ -371,16 +388,24 @@ impl Store {
 
     /// A message's actions, in id order.
     pub fn message_actions(&self, message_id: &str) -> Result<Vec<Action>, StoreError> {
-        let mut prefix = key(&[b"m", message_id.as_bytes()]);
-        prefix.push(0);
         let mut out = Vec::new();
-        for entry in self.inner.trees.action_idx.scan_prefix(&prefix) {
-            let (k, _) = entry?;
-            if let Some(action) = self.action(&index_id(&k, prefix.len()))? {
+        for id in self.message_action_ids(message_id)? {
+            if let Some(action) = self.action(&id)? {
                 out.push(action);
             }
         }
         Ok(out)
+    }
+
+    pub(super) fn message_action_ids(&self, message_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut prefix = key(&[b"m", message_id.as_bytes()]);
+        prefix.push(0);
+        self.inner
+            .trees
+            .action_idx
+            .scan_prefix(&prefix)
+            .map(|entry| Ok(index_id(&entry?.0, prefix.len())))
+            .collect()
     }
 
     /// Actions matching the filter, oldest first.

@@ -108,6 +108,7 @@ impl Store {
             &t.actions,
             &t.action_idx,
             &t.outbox,
+            &t.idx_time,
         )
             .transaction(
                 |(
@@ -120,6 +121,7 @@ impl Store {
                     actions,
                     action_idx,
                     outbox,
+                    idx_time,
                 )| {
                     let mut outcome = IngestOutcome {
                         ignored,
@@ -155,6 +157,14 @@ impl Store {
                             continue;
                         }
                         messages.insert(id.as_str().as_bytes(), json(after)?)?;
+                        let old_time = before.as_ref().map(super::time_key);
+                        let new_time = super::time_key(after);
+                        if old_time.as_ref() != Some(&new_time) {
+                            if let Some(k) = old_time {
+                                idx_time.remove(k)?;
+                            }
+                            idx_time.insert(new_time, &[])?;
+                        }
                         let old = Derived::of(before.as_ref(), fields);
                         let new = Derived::of(Some(after), fields);
                         filing.refile(id, old.as_ref(), new.as_ref())?;
@@ -329,7 +339,7 @@ impl Batch {
 
 /// What a message contributes to the secondary indexes and aggregates.
 #[derive(PartialEq)]
-struct Derived {
+pub(super) struct Derived {
     recipient: Option<String>,
     callback: Vec<(String, String)>,
     status: Option<String>,
@@ -337,7 +347,7 @@ struct Derived {
 }
 
 impl Derived {
-    fn of(state: Option<&MessageState>, fields: &[String]) -> Option<Self> {
+    pub(super) fn of(state: Option<&MessageState>, fields: &[String]) -> Option<Self> {
         let state = state?;
         Some(Self {
             recipient: state
@@ -364,15 +374,20 @@ impl Derived {
 }
 
 /// The trees a message is filed in besides `messages`.
-struct Filing<'a> {
-    callback: &'a TransactionalTree,
-    recipient: &'a TransactionalTree,
-    aggregates: &'a TransactionalTree,
+pub(super) struct Filing<'a> {
+    pub callback: &'a TransactionalTree,
+    pub recipient: &'a TransactionalTree,
+    pub aggregates: &'a TransactionalTree,
 }
 
 impl Filing<'_> {
     /// Moves a message's index entries and aggregate counts from its old to its new state.
-    fn refile(&self, id: &MessageId, old: Option<&Derived>, new: Option<&Derived>) -> TxResult<()> {
+    pub(super) fn refile(
+        &self,
+        id: &MessageId,
+        old: Option<&Derived>,
+        new: Option<&Derived>,
+    ) -> TxResult<()> {
         if old == new {
             return Ok(());
         }

@@ -14,6 +14,7 @@
 //! |                 | `r\0<provider>\0<sha256 of raw>` (quarantined) | first seen, unix seconds (u64 BE) |
 //! | `idx_callback`  | `<field>\0<value>\0<message id>`            | empty                              |
 //! | `idx_recipient` | `<recipient>\0<message id>`                 | empty                              |
+//! | `idx_time`      | `<updated_at unix ms, u64 BE><message id>`  | empty (retention reads it in order)|
 //! | `aggregates`    | `<field>\0<value>\0<metric>`                | count (i64 BE); metrics: `messages`, `clicked`, `status:<status>` |
 //! | `rejected`      | id (u64 BE, from `generate_id`, so in time order) | `RejectedEvent` JSON         |
 //! | `meta`          | `readyz`                                    | last readiness probe time          |
@@ -33,6 +34,7 @@ mod actions;
 mod durability;
 mod ingest;
 mod query;
+mod retention;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,7 @@ pub use actions::{
 pub use durability::{FlushFailed, Ticket};
 pub use ingest::{IngestItem, IngestOutcome};
 pub use query::{Lookup, Page, RejectedEvent};
+pub use retention::{Janitor, Purged};
 
 use sled::transaction::ConflictableTransactionError;
 
@@ -76,6 +79,8 @@ struct Inner {
     index_fields: Vec<String>,
     rules: Arc<Rules>,
     outbox_changed: tokio::sync::Notify,
+    path: std::path::PathBuf,
+    min_free_disk: u64,
 }
 
 #[derive(Clone)]
@@ -84,6 +89,7 @@ struct Trees {
     dedupe: sled::Tree,
     idx_callback: sled::Tree,
     idx_recipient: sled::Tree,
+    idx_time: sled::Tree,
     aggregates: sled::Tree,
     rejected: sled::Tree,
     meta: sled::Tree,
@@ -114,6 +120,7 @@ impl Store {
             dedupe: db.open_tree("dedupe")?,
             idx_callback: db.open_tree("idx_callback")?,
             idx_recipient: db.open_tree("idx_recipient")?,
+            idx_time: db.open_tree("idx_time")?,
             aggregates: db.open_tree("aggregates")?,
             rejected: db.open_tree("rejected")?,
             meta: db.open_tree("meta")?,
@@ -135,6 +142,8 @@ impl Store {
                 index_fields: settings.index_callback_fields.clone(),
                 rules,
                 outbox_changed: tokio::sync::Notify::new(),
+                path: settings.path.clone(),
+                min_free_disk: settings.min_free_disk_bytes,
             }),
         })
     }
@@ -144,8 +153,17 @@ impl Store {
         Ok(self.inner.flusher.wait(ticket).await?)
     }
 
-    /// Ready when a write goes through and the last flush succeeded; the reason otherwise.
+    /// Ready when a write goes through, the last flush succeeded and the disk has at least
+    /// `store.min_free_disk_bytes` free; the reason otherwise.
     pub fn readiness(&self) -> Result<(), String> {
+        let free = free_disk_bytes(&self.inner.path)
+            .map_err(|e| format!("cannot read the free disk space of the store: {e}"))?;
+        if free < self.inner.min_free_disk {
+            return Err(format!(
+                "only {free} bytes free on the store's disk, below store.min_free_disk_bytes ({})",
+                self.inner.min_free_disk
+            ));
+        }
         let now = chrono::Utc::now().timestamp().to_be_bytes();
         self.inner
             .trees
@@ -179,6 +197,26 @@ type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn json_bytes<T: serde::Serialize>(value: &T) -> TxResult<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| ConflictableTransactionError::Abort(e.into()))
+}
+
+/// Free bytes for unprivileged writers on the file system holding `path` (or, before the
+/// store exists there, the nearest existing parent).
+fn free_disk_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(std::path::Path::new("."));
+    let stat = rustix::fs::statvfs(existing)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// A message's entry in `idx_time`: when it last changed, then its id.
+fn time_key(state: &crate::domain::MessageState) -> Vec<u8> {
+    let mut k = (state.updated_at.timestamp_millis().max(0) as u64)
+        .to_be_bytes()
+        .to_vec();
+    k.extend_from_slice(state.message_id.as_str().as_bytes());
+    k
 }
 
 /// Joins key parts with the `\0` separator.

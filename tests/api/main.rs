@@ -11,3 +11,4 @@ mod logs;
 mod messages;
 mod meta;
 mod process;
+mod retention;

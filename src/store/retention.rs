@@ -1,0 +1,351 @@
+//! Retention: messages (with their indexes, counts and actions) whose last event is older than
+//! `store.retention_days`, quarantined events as old, and dedupe keys older than
+//! `store.dedupe_days` are purged in the background, in bounded batches.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sled::Transactional;
+
+use super::actions::{abort, ActionTx};
+use super::ingest::{Derived, Filing};
+use super::{time_key, Store, StoreError};
+use crate::config::StoreSettings;
+use crate::domain::MessageState;
+
+/// Entries removed per transaction.
+const BATCH: usize = 500;
+
+/// What one purge removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub messages: u64,
+    pub actions: u64,
+    pub rejected: u64,
+    pub dedupe_keys: u64,
+}
+
+impl Store {
+    /// Purges what is older than the cutoffs: messages last updated before `messages_before`
+    /// (and quarantined events received before it), dedupe keys first seen before
+    /// `dedupe_before`.
+    pub fn purge(
+        &self,
+        messages_before: DateTime<Utc>,
+        dedupe_before: DateTime<Utc>,
+    ) -> Result<Purged, StoreError> {
+        let mut purged = Purged::default();
+        self.purge_messages(messages_before, &mut purged)?;
+        self.purge_rejected(messages_before, &mut purged)?;
+        self.purge_dedupe(dedupe_before, &mut purged)?;
+        self.inner.flusher.committed();
+        Ok(purged)
+    }
+
+    fn purge_messages(&self, before: DateTime<Utc>, purged: &mut Purged) -> Result<(), StoreError> {
+        let t = &self.inner.trees;
+        let end = (before.timestamp_millis().max(0) as u64).to_be_bytes();
+        loop {
+            let mut batch = Vec::with_capacity(BATCH);
+            for entry in t.idx_time.range(..end.as_slice()).take(BATCH) {
+                let (k, _) = entry?;
+                let id = String::from_utf8_lossy(k.get(8..).unwrap_or_default()).into_owned();
+                let actions = self.message_action_ids(&id)?;
+                batch.push((k.to_vec(), id, actions));
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let fields = &self.inner.index_fields;
+            let (messages, actions) = (
+                &t.messages,
+                &t.idx_time,
+                &t.idx_callback,
+                &t.idx_recipient,
+                &t.aggregates,
+                &t.actions,
+                &t.action_idx,
+                &t.outbox,
+                &t.inflight,
+            )
+                .transaction(
+                    |(
+                        messages,
+                        idx_time,
+                        idx_callback,
+                        idx_recipient,
+                        aggregates,
+                        actions,
+                        action_idx,
+                        outbox,
+                        inflight,
+                    )| {
+                        let filing = Filing {
+                            callback: idx_callback,
+                            recipient: idx_recipient,
+                            aggregates,
+                        };
+                        let action_tx = ActionTx {
+                            actions,
+                            index: action_idx,
+                            outbox,
+                            aggregates,
+                        };
+                        let (mut n_messages, mut n_actions) = (0, 0);
+                        for (k, id, action_ids) in &batch {
+                            idx_time.remove(k.as_slice())?;
+                            let Some(bytes) = messages.get(id.as_bytes())? else {
+                                continue;
+                            };
+                            let state: MessageState =
+                                serde_json::from_slice(&bytes).map_err(|e| {
+                                    sled::transaction::ConflictableTransactionError::Abort(
+                                        StoreError::from(e),
+                                    )
+                                })?;
+                            if time_key(&state) != *k {
+                                // Updated since the scan: it has a newer entry and stays.
+                                continue;
+                            }
+                            messages.remove(id.as_bytes())?;
+                            let old = Derived::of(Some(&state), fields);
+                            filing.refile(&state.message_id, old.as_ref(), None)?;
+                            n_messages += 1;
+                            for action_id in action_ids {
+                                if let Some(action) = action_tx.load(action_id)? {
+                                    action_tx.delete(&action, inflight)?;
+                                    n_actions += 1;
+                                }
+                            }
+                        }
+                        Ok((n_messages, n_actions))
+                    },
+                )
+                .map_err(abort)?;
+            purged.messages += messages;
+            purged.actions += actions;
+            if batch.len() < BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    fn purge_rejected(&self, before: DateTime<Utc>, purged: &mut Purged) -> Result<(), StoreError> {
+        let tree = &self.inner.trees.rejected;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0u64;
+            let mut done = true;
+            for entry in tree.iter().take(BATCH) {
+                let (k, v) = entry?;
+                let event: super::RejectedEvent = serde_json::from_slice(&v)?;
+                // Ids follow arrival, so the first newer one ends the purge.
+                if event.received_at >= before {
+                    break;
+                }
+                batch.remove(k);
+                n += 1;
+                done = n < BATCH as u64;
+            }
+            tree.apply_batch(batch)?;
+            purged.rejected += n;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    fn purge_dedupe(&self, before: DateTime<Utc>, purged: &mut Purged) -> Result<(), StoreError> {
+        let tree = &self.inner.trees.dedupe;
+        let cutoff = before.timestamp();
+        let mut expired = Vec::with_capacity(BATCH);
+        let remove = |expired: &mut Vec<sled::IVec>| -> Result<(), StoreError> {
+            let mut batch = sled::Batch::default();
+            for k in expired.drain(..) {
+                batch.remove(k);
+            }
+            Ok(tree.apply_batch(batch)?)
+        };
+        for entry in tree.iter() {
+            let (k, v) = entry?;
+            let first_seen = <[u8; 8]>::try_from(v.as_ref())
+                .map(i64::from_be_bytes)
+                .unwrap_or(i64::MAX);
+            if first_seen < cutoff {
+                expired.push(k);
+                purged.dedupe_keys += 1;
+                if expired.len() == BATCH {
+                    remove(&mut expired)?;
+                }
+            }
+        }
+        remove(&mut expired)
+    }
+}
+
+/// The background purge: a thread that runs [`Store::purge`] every
+/// `store.purge_interval_seconds`.
+pub struct Janitor {
+    stop: Mutex<Option<mpsc::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Janitor {
+    pub fn start(store: Store, settings: &StoreSettings) -> std::io::Result<Self> {
+        let interval = Duration::from_secs_f64(settings.purge_interval_seconds);
+        let retention = days(settings.retention_days);
+        let dedupe = days(f64::from(settings.dedupe_days));
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("flowhook-purge".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(interval) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                let now = Utc::now();
+                match store.purge(now - retention, now - dedupe) {
+                    Ok(purged) if purged != Purged::default() => {
+                        for (kind, n) in [
+                            ("messages", purged.messages),
+                            ("actions", purged.actions),
+                            ("rejected", purged.rejected),
+                            ("dedupe_keys", purged.dedupe_keys),
+                        ] {
+                            metrics::counter!(crate::observe::PURGED, "kind" => kind).increment(n);
+                        }
+                        tracing::info!(
+                            messages = purged.messages,
+                            actions = purged.actions,
+                            rejected = purged.rejected,
+                            dedupe_keys = purged.dedupe_keys,
+                            "purged expired data"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(%error, "purge failed; will try again"),
+                }
+            })?;
+        Ok(Self {
+            stop: Mutex::new(Some(stop)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn stop(&self) {
+        drop(self.stop.lock().expect("janitor lock").take());
+        if let Some(thread) = self.thread.lock().expect("janitor lock").take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn days(days: f64) -> chrono::Duration {
+    chrono::Duration::milliseconds((days * 86_400_000.0) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::{CallbackData, Event, EventKind, MessageId, Provider, Status};
+    use crate::store::{key, temporary, IngestItem, Lookup};
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_795_255_200 + secs, 0).unwrap()
+    }
+
+    fn event(id: &str, status: &str, received: i64) -> IngestItem {
+        IngestItem::Event(Box::new(Event {
+            message_id: MessageId::parse(id).unwrap(),
+            provider: Provider::Generic,
+            kind: EventKind::Status,
+            status: Some(Status::parse(status)),
+            url: None,
+            at: at(received),
+            received_at: at(received),
+            event_id: Some(format!("{id}-{status}")),
+            recipient: Some("+91".into()),
+            channel: None,
+            failure_reason: None,
+            callback: CallbackData::decode(&json!({"campaign": "c"}), 4096),
+        }))
+    }
+
+    async fn ingest(store: &Store, items: Vec<IngestItem>, received: i64) {
+        store
+            .ingest(Provider::Generic, items, at(received))
+            .await
+            .unwrap();
+    }
+
+    fn count(store: &Store, metric: &str) -> i64 {
+        store
+            .inner
+            .trees
+            .aggregates
+            .get(key(&[b"campaign", b"c", metric.as_bytes()]))
+            .unwrap()
+            .map_or(0, |v| i64::from_be_bytes(v.as_ref().try_into().unwrap()))
+    }
+
+    #[tokio::test]
+    async fn purging_removes_old_messages_with_their_indexes_and_counts() {
+        let store = temporary(&StoreSettings::default());
+        ingest(&store, vec![event("old", "sent", 0)], 0).await;
+        ingest(&store, vec![event("kept", "sent", 10)], 10).await;
+        // A later event keeps a message alive.
+        ingest(&store, vec![event("touched", "sent", 0)], 0).await;
+        ingest(&store, vec![event("touched", "read", 20)], 20).await;
+        let bad = IngestItem::Rejected {
+            reason: "no id".into(),
+            raw: "{}".into(),
+        };
+        ingest(&store, vec![bad], 0).await;
+        assert_eq!(count(&store, "messages"), 3);
+
+        let purged = store.purge(at(5), at(-1)).unwrap();
+        assert_eq!(
+            (purged.messages, purged.rejected, purged.dedupe_keys),
+            (1, 1, 0)
+        );
+        assert!(store.message("old").unwrap().is_none());
+        assert!(store.message("kept").unwrap().is_some());
+        assert!(store.message("touched").unwrap().is_some());
+        assert_eq!(count(&store, "messages"), 2);
+        assert_eq!(count(&store, "status:sent"), 1);
+        let by_recipient = store
+            .lookup(&Lookup::Recipient("+91".into()), 10, None)
+            .unwrap();
+        assert_eq!(by_recipient.items.len(), 2);
+        assert!(store.rejected(10, None).unwrap().items.is_empty());
+        assert_eq!(store.purge(at(5), at(-1)).unwrap(), Purged::default());
+    }
+
+    #[tokio::test]
+    async fn expired_dedupe_keys_go_and_the_event_counts_as_new_again() {
+        let store = temporary(&StoreSettings::default());
+        ingest(&store, vec![event("m", "sent", 0)], 0).await;
+        let again = || vec![event("m", "sent", 0)];
+        let outcome = store
+            .ingest(Provider::Generic, again(), at(1))
+            .await
+            .unwrap();
+        assert_eq!(outcome.duplicates, 1);
+        // Two keys: the provider event id and the natural key.
+        let purged = store.purge(at(-100), at(5)).unwrap();
+        assert_eq!((purged.dedupe_keys, purged.messages), (2, 0));
+        // The timeline still holds the event, so the state does not change either way.
+        let outcome = store
+            .ingest(Provider::Generic, again(), at(6))
+            .await
+            .unwrap();
+        assert_eq!(outcome.accepted, 1);
+        assert_eq!(store.message("m").unwrap().unwrap().events.len(), 1);
+    }
+}
