@@ -2,8 +2,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flowhook::config::Settings;
+use std::io::Read;
+
+use flowhook::config::{Secret, Settings};
 use flowhook::startup::Application;
+use flowhook::store::Store;
 
 /// flowhook: verified webhooks in, durable message state, follow-ups out.
 #[derive(Parser)]
@@ -22,10 +25,46 @@ enum Command {
     Serve,
     /// Load and validate the configuration, then exit.
     CheckConfig,
+    /// Print the signature headers for the body on stdin, to send signed requests by hand.
+    Sign {
+        #[arg(value_enum)]
+        scheme: Scheme,
+        /// generic: a `whsec_...` secret; meta: the app secret.
+        #[arg(long)]
+        secret: String,
+        /// generic: the `webhook-id` [default: msg_<random>]
+        #[arg(long)]
+        id: Option<String>,
+        /// generic: the `webhook-timestamp` in unix seconds [default: now]
+        #[arg(long)]
+        timestamp: Option<i64>,
+    },
+    /// Write every message (state, events, actions) and quarantined event to stdout as JSON
+    /// lines. Stop the service first: the store allows one process at a time.
+    Export,
+    /// Restore an export from stdin into an empty store.
+    Import,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Scheme {
+    /// Standard Webhooks (`POST /webhooks/generic`).
+    Generic,
+    /// X-Hub-Signature-256 (`POST /webhooks/meta`).
+    Meta,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Sign {
+        scheme,
+        secret,
+        id,
+        timestamp,
+    }) = &cli.command
+    {
+        return sign(*scheme, secret, id.as_deref(), *timestamp);
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -36,6 +75,89 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => check_config(&settings),
         Command::Serve => serve(settings),
+        Command::Export => backup(&settings, Direction::Export),
+        Command::Import => backup(&settings, Direction::Import),
+        Command::Sign { .. } => unreachable!("handled before the config is loaded"),
+    }
+}
+
+fn sign(scheme: Scheme, secret: &str, id: Option<&str>, timestamp: Option<i64>) -> ExitCode {
+    let mut body = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut body) {
+        eprintln!("flowhook: could not read the body from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    match scheme {
+        Scheme::Meta => {
+            println!(
+                "X-Hub-Signature-256: {}",
+                flowhook::providers::meta::sign(&body, secret)
+            );
+        }
+        Scheme::Generic => {
+            let key = match flowhook::config::decode_whsec(&Secret::new(secret)) {
+                Ok(key) => key,
+                Err(e) => {
+                    eprintln!("flowhook: --secret {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let now = chrono::Utc::now();
+            let id = id.map_or_else(
+                || format!("msg_{:x}", now.timestamp_nanos_opt().unwrap_or_default()),
+                str::to_owned,
+            );
+            let timestamp = timestamp.unwrap_or(now.timestamp());
+            let signature = flowhook::providers::generic::sign(&key, &id, timestamp, &body);
+            println!("webhook-id: {id}");
+            println!("webhook-timestamp: {timestamp}");
+            println!("webhook-signature: {signature}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+enum Direction {
+    Export,
+    Import,
+}
+
+fn backup(settings: &Settings, direction: Direction) -> ExitCode {
+    let store = match Store::open(&settings.store, Default::default()) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!(
+                "flowhook: cannot open the store at {}: {e} (is flowhook running on it? stop it first)",
+                settings.store.path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match direction {
+        Direction::Export => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            store.export(&mut out)
+        }
+        Direction::Import => store.import(&mut std::io::stdin().lock()),
+    };
+    store.close();
+    match result {
+        Ok(moved) => {
+            let verb = match direction {
+                Direction::Export => "exported",
+                Direction::Import => "imported",
+            };
+            eprintln!(
+                "{verb} {} messages, {} actions, {} quarantined events",
+                moved.messages, moved.actions, moved.rejected
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flowhook: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -57,15 +57,31 @@ impl Event {
     /// What makes two events the same event when the provider sends no id, or a new id on a
     /// retry: message, kind, status (or, for a click, its URL) and timestamp.
     pub fn natural_key(&self) -> String {
-        let what = subject(self.kind, self.status.as_ref(), self.url.as_deref());
-        format!(
-            "{}|{}|{}|{}",
-            self.message_id,
-            self.kind.as_str(),
-            super::rfc3339(self.at),
-            what
+        natural_key(
+            &self.message_id,
+            self.kind,
+            self.status.as_ref(),
+            self.url.as_deref(),
+            self.at,
         )
     }
+}
+
+/// See [`Event::natural_key`]; shared with the timeline's events.
+pub(crate) fn natural_key(
+    message_id: &MessageId,
+    kind: EventKind,
+    status: Option<&Status>,
+    url: Option<&str>,
+    at: DateTime<Utc>,
+) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        message_id,
+        kind.as_str(),
+        super::rfc3339(at),
+        subject(kind, status, url)
+    )
 }
 
 impl EventKind {

@@ -63,6 +63,17 @@ pub struct TimelineEvent {
 }
 
 impl TimelineEvent {
+    /// The event's natural key (see [`Event::natural_key`]) under its message's id.
+    pub fn natural_key(&self, message_id: &MessageId) -> String {
+        super::event::natural_key(
+            message_id,
+            self.kind,
+            self.status.as_ref(),
+            self.url.as_deref(),
+            self.at,
+        )
+    }
+
     fn sort_key(&self) -> (DateTime<Utc>, EventKind, &str) {
         (
             self.at,

@@ -31,6 +31,7 @@
 //! comes from [`durability::Flusher`]. See [`actions`] for the outbox's invariants.
 
 mod actions;
+mod backup;
 mod durability;
 mod ingest;
 mod query;
@@ -42,6 +43,7 @@ use std::time::Duration;
 pub use actions::{
     clock_ms, Action, ActionFilter, ActionState, Attempt, DueEntry, RetryOutcome, RetryPolicy,
 };
+pub use backup::{BackupError, Moved};
 pub use durability::{FlushFailed, Ticket};
 pub use ingest::{IngestItem, IngestOutcome};
 pub use query::{Lookup, Page, RejectedEvent};

@@ -70,7 +70,8 @@ pub async fn spawn_app_with_rules(toml: &str) -> TestApp {
     .await
 }
 
-fn start(settings: Settings, store_dir: TempDir) -> TestApp {
+/// Starts the app on `settings`, keeping `store_dir` alive as long as it runs.
+pub fn start(settings: Settings, store_dir: TempDir) -> TestApp {
     settings.validate().expect("test settings are valid");
     let app = Application::build(settings.clone()).expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -94,12 +95,18 @@ impl TestApp {
     /// Stops gracefully (in-flight requests finish, the store is flushed and closed) and
     /// starts again over the same store directory.
     pub async fn restart(self) -> TestApp {
+        let (settings, store_dir) = self.stop().await;
+        start(settings, store_dir)
+    }
+
+    /// Stops gracefully and hands back what it ran on.
+    pub async fn stop(self) -> (Settings, TempDir) {
         self.handle.stop(true).await;
         self.server
             .await
             .expect("server task")
             .expect("server stopped cleanly");
-        start(self.settings, self.store_dir)
+        (self.settings, self.store_dir)
     }
 
     /// POST with the API token and a JSON body.

@@ -2,6 +2,7 @@
 
 mod actions;
 mod bik;
+mod cli;
 mod config;
 mod crash;
 mod durability;

@@ -1,0 +1,178 @@
+//! Backup as JSON lines: `{"message": <state with its timeline>, "actions": [...]}` per
+//! message, then `{"rejected": <quarantined event>}` per quarantined event. Import rebuilds
+//! everything derived (indexes, counts, dedupe keys, outbox) into an empty store.
+
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+
+use super::actions::{abort, Action, ActionTx};
+use super::ingest::{Derived, Filing};
+use super::{json_bytes, key, time_key, RejectedEvent, Store, StoreError};
+use crate::domain::MessageState;
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Message {
+        message: Box<MessageState>,
+        actions: Vec<Action>,
+    },
+    Rejected {
+        rejected: RejectedEvent,
+    },
+}
+
+/// What an export or import moved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Moved {
+    pub messages: u64,
+    pub actions: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not write: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("line {line}: {error}")]
+    BadLine { line: usize, error: String },
+    #[error("the store already holds data; import only into an empty store")]
+    NotEmpty,
+}
+
+impl Store {
+    /// Writes every message (state, timeline, actions) and quarantined event as JSON lines.
+    pub fn export(&self, out: &mut dyn Write) -> Result<Moved, BackupError> {
+        let mut moved = Moved::default();
+        for entry in self.inner.trees.messages.iter() {
+            let (k, v) = entry.map_err(StoreError::from)?;
+            let message: MessageState = serde_json::from_slice(&v).map_err(StoreError::from)?;
+            let actions = self.message_actions(&String::from_utf8_lossy(&k))?;
+            moved.messages += 1;
+            moved.actions += actions.len() as u64;
+            let line = Line::Message {
+                message: Box::new(message),
+                actions,
+            };
+            serde_json::to_writer(&mut *out, &line).map_err(StoreError::from)?;
+            out.write_all(b"\n")?;
+        }
+        for entry in self.inner.trees.rejected.iter() {
+            let (_, v) = entry.map_err(StoreError::from)?;
+            let rejected: RejectedEvent = serde_json::from_slice(&v).map_err(StoreError::from)?;
+            moved.rejected += 1;
+            serde_json::to_writer(&mut *out, &Line::Rejected { rejected })
+                .map_err(StoreError::from)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        Ok(moved)
+    }
+
+    /// Restores an export into this store, which must be empty; flushes before returning.
+    pub fn import(&self, input: &mut dyn BufRead) -> Result<Moved, BackupError> {
+        let t = &self.inner.trees;
+        if !t.messages.is_empty() || !t.actions.is_empty() || !t.rejected.is_empty() {
+            return Err(BackupError::NotEmpty);
+        }
+        let mut moved = Moved::default();
+        for (i, line) in input.lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parsed: Line = serde_json::from_str(&line).map_err(|e| BackupError::BadLine {
+                line: i + 1,
+                error: e.to_string(),
+            })?;
+            match parsed {
+                Line::Message { message, actions } => {
+                    self.restore(&message, &actions)?;
+                    moved.messages += 1;
+                    moved.actions += actions.len() as u64;
+                }
+                Line::Rejected { rejected } => {
+                    t.rejected
+                        .insert(
+                            rejected.id.to_be_bytes(),
+                            serde_json::to_vec(&rejected).map_err(StoreError::from)?,
+                        )
+                        .map_err(StoreError::from)?;
+                    moved.rejected += 1;
+                }
+            }
+        }
+        self.inner.db.flush().map_err(StoreError::from)?;
+        Ok(moved)
+    }
+
+    /// Files one message and its actions as ingest would have.
+    fn restore(&self, message: &MessageState, actions: &[Action]) -> Result<(), StoreError> {
+        let t = &self.inner.trees;
+        let fields = &self.inner.index_fields;
+        (
+            &t.messages,
+            &t.dedupe,
+            &t.idx_callback,
+            &t.idx_recipient,
+            &t.idx_time,
+            &t.aggregates,
+            &t.actions,
+            &t.action_idx,
+            &t.outbox,
+        )
+            .transaction(
+                |(
+                    messages,
+                    dedupe,
+                    idx_callback,
+                    idx_recipient,
+                    idx_time,
+                    aggregates,
+                    a,
+                    ai,
+                    o,
+                )| {
+                    let id = &message.message_id;
+                    messages.insert(id.as_str().as_bytes(), json_bytes(message)?)?;
+                    idx_time.insert(time_key(message), &[])?;
+                    let filing = Filing {
+                        callback: idx_callback,
+                        recipient: idx_recipient,
+                        aggregates,
+                    };
+                    filing.refile(id, None, Derived::of(Some(message), fields).as_ref())?;
+                    for event in &message.events {
+                        let seen = event.received_at.timestamp().max(0).to_be_bytes();
+                        dedupe.insert(key(&[b"n", event.natural_key(id).as_bytes()]), &seen)?;
+                        if let Some(event_id) = &event.event_id {
+                            let k = key(&[
+                                b"i",
+                                event.provider.as_str().as_bytes(),
+                                event_id.as_bytes(),
+                            ]);
+                            dedupe.insert(k, &seen)?;
+                        }
+                    }
+                    let tx = ActionTx {
+                        actions: a,
+                        index: ai,
+                        outbox: o,
+                        aggregates,
+                    };
+                    for action in actions {
+                        // A call in flight when the export was taken is simply due again.
+                        let mut action = action.clone();
+                        action.in_flight = false;
+                        tx.create(&action)?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(abort)
+    }
+}

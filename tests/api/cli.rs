@@ -1,0 +1,218 @@
+//! The CLI's `sign`, `export` and `import`, run as the real binary.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::*;
+
+/// Runs `flowhook args...` with `stdin`; returns stdout, asserting success.
+fn flowhook(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowhook"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "flowhook {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+fn headers(output: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8(output.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (name, value) = l.split_once(": ").expect("Name: value");
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sign_prints_headers_the_server_accepts() {
+    let app = spawn_app().await;
+    let body = generic_status("wamid.SIGNED==", "sent", Utc::now().timestamp(), json!({}));
+    let signed = headers(&flowhook(
+        &["sign", "generic", "--secret", GENERIC_SECRET],
+        body.as_bytes(),
+    ));
+    assert_eq!(
+        signed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+    );
+    let pairs: Vec<(&str, &str)> = signed
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let resp = app.post_generic_with_headers(body, &pairs).await;
+    assert_eq!(counts(resp).await, (1, 0, 0, 0));
+
+    let body = fixture("meta/statuses-sent.json");
+    let signed = headers(&flowhook(
+        &["sign", "meta", "--secret", META_SECRET],
+        body.as_bytes(),
+    ));
+    assert_eq!(signed[0].0, "X-Hub-Signature-256");
+    let resp = app.post_meta_with_signature(body, Some(&signed[0].1)).await;
+    assert_eq!(counts(resp).await.0, 1);
+
+    let fixed = headers(&flowhook(
+        &[
+            "sign",
+            "generic",
+            "--secret",
+            GENERIC_SECRET,
+            "--id",
+            "msg_1",
+            "--timestamp",
+            "1700000000",
+        ],
+        b"{}",
+    ));
+    assert_eq!(
+        fixed[2].1,
+        sign_generic(GENERIC_SECRET, "msg_1", 1_700_000_000, "{}")
+    );
+}
+
+fn config_for(store: &Path) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "[store]\npath = \"{}\"", store.display()).unwrap();
+    file
+}
+
+#[tokio::test]
+async fn export_then_import_restores_messages_actions_and_quarantine() {
+    let mock = MockServer::start().await;
+    Mock::given(wiremock::matchers::path("/dead"))
+        .respond_with(ResponseTemplate::new(400))
+        .mount(&mock)
+        .await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    let m = mock.uri();
+    let app = spawn_app_with_rules(&format!(
+        r#"
+[[rules]]
+name = "ok"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+params = {{ url = "{m}/ok", body = {{ id = "{{{{message_id}}}}" }} }}
+[[rules]]
+name = "dead"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+params = {{ url = "{m}/dead", body = {{ id = "{{{{callback.order_id}}}}" }} }}
+[[rules]]
+name = "later"
+on = "missing_status"
+statuses = ["read"]
+since = "sent"
+after_seconds = 86400
+action = "http.post"
+params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
+"#
+    ))
+    .await;
+    let now = Utc::now();
+    let with_order = json!({"order_id": "O-1", "campaign": "spring"});
+    counts(
+        app.post_bik(bik_status("wamid.A==", "read", now, &with_order))
+            .await,
+    )
+    .await;
+    counts(
+        app.post_bik(bik_status("wamid.B==", "sent", now, &json!({})))
+            .await,
+    )
+    .await;
+    counts(
+        app.post_bik(bik_status("wamid.C==", "read", now, &json!({})))
+            .await,
+    )
+    .await;
+    let no_id = json!({"type": "message.status", "status": "read", "timestamp": 1});
+    counts(app.post_generic("wh_q", no_id.to_string()).await).await;
+    for id in ["wamid.A==", "wamid.C=="] {
+        app.wait_for_actions(id, |a| {
+            a.len() == 2 && a.iter().all(|x| x["state"] != "pending")
+        })
+        .await;
+    }
+    let ids = ["wamid.A==", "wamid.B==", "wamid.C=="];
+    let mut before = Vec::new();
+    for id in ids {
+        before.push(app.message(id).await.unwrap());
+    }
+    let listed_before: Value = app.get("/v1/actions").await.json().await.unwrap();
+    let (settings, dir) = app.stop().await;
+
+    let original = config_for(&settings.store.path);
+    let exported = flowhook(
+        &["--config", original.path().to_str().unwrap(), "export"],
+        b"",
+    );
+    let lines: Vec<Value> = String::from_utf8(exported.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "three messages and one quarantined event");
+
+    let restored_dir = tempfile::tempdir().unwrap();
+    let restored = config_for(&restored_dir.path().join("store"));
+    let restored_path = restored.path().to_str().unwrap();
+    flowhook(&["--config", restored_path, "import"], &exported);
+    assert_eq!(
+        flowhook(&["--config", restored_path, "export"], b""),
+        exported
+    );
+    // A second import into the now full store is refused.
+    let output = Command::new(env!("CARGO_BIN_EXE_flowhook"))
+        .args(["--config", restored_path, "import"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("empty store"));
+
+    // The restored store answers the API as the original did, indexes included.
+    let mut settings = settings;
+    settings.store.path = restored_dir.path().join("store");
+    let app = start(settings, dir);
+    for (id, expected) in ids.iter().zip(&before) {
+        assert_eq!(&app.message(id).await.unwrap(), expected, "{id}");
+    }
+    let listed: Value = app.get("/v1/actions").await.json().await.unwrap();
+    assert_eq!(listed, listed_before);
+    let by_order: Value = app
+        .get("/v1/messages?callback.order_id=O-1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_order["messages"][0]["message_id"], "wamid.A==");
+    let rejected: Value = app.get("/v1/rejected").await.json().await.unwrap();
+    assert_eq!(rejected["rejected"].as_array().unwrap().len(), 1);
+    // Restored dedupe keys: the same webhook again is a duplicate.
+    let again = app
+        .post_bik(bik_status("wamid.A==", "read", now, &with_order))
+        .await;
+    assert_eq!(counts(again).await, (0, 1, 0, 0));
+}
