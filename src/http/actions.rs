@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 use super::auth::ApiCaller;
 use super::errors::ApiError;
 use super::messages::Paging;
+#[allow(unused_imports)] // used by the OpenAPI annotations
+use super::openapi::{ActionPage, ActionView, ErrorBody, Requeued, RetryAll as RetryAllDoc};
 use super::{body, guarded, AppState};
 use crate::store::{ActionFilter, ActionState, RetryOutcome};
 
@@ -31,7 +33,21 @@ fn parse_state(text: &str) -> Result<ActionState, ApiError> {
     })
 }
 
-async fn list_actions(
+/// Queued follow-up calls, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/actions",
+    tag = "actions",
+    params(
+        ("state" = Option<String>, Query, description = "pending, retrying, delivered, dead, skipped or cancelled"),
+        ("rule" = Option<String>, Query),
+        ("limit" = Option<usize>, Query, description = "1 to 500, default 50"),
+        ("cursor" = Option<String>, Query),
+    ),
+    security(("api_token" = [])),
+    responses((status = 200, body = ActionPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
+)]
+pub(super) async fn list_actions(
     _: ApiCaller,
     query: web::Query<HashMap<String, String>>,
     state: web::Data<AppState>,
@@ -58,7 +74,21 @@ async fn list_actions(
     Ok(HttpResponse::Ok().json(json!({ "actions": actions, "next_cursor": page.next_cursor })))
 }
 
-async fn retry_one(
+/// Requeues one dead (or retrying) action now, with a fresh retry schedule.
+#[utoipa::path(
+    post,
+    path = "/v1/actions/{id}/retry",
+    tag = "actions",
+    params(("id" = String, Path, description = "the action id")),
+    security(("api_token" = [])),
+    responses(
+        (status = 200, body = ActionView),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not dead or retrying, or in flight", body = ErrorBody),
+    )
+)]
+pub(super) async fn retry_one(
     _: ApiCaller,
     id: web::Path<String>,
     state: web::Data<AppState>,
@@ -94,7 +124,16 @@ fn dead() -> String {
     "dead".into()
 }
 
-async fn retry_all(
+/// Requeues every matching action, in bounded batches.
+#[utoipa::path(
+    post,
+    path = "/v1/actions/retry",
+    tag = "actions",
+    request_body(content = RetryAllDoc, content_type = "application/json"),
+    security(("api_token" = [])),
+    responses((status = 200, body = Requeued), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
+)]
+pub(super) async fn retry_all(
     _: ApiCaller,
     req: HttpRequest,
     payload: web::Payload,

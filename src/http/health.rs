@@ -3,6 +3,8 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+#[allow(unused_imports)] // used by the OpenAPI annotations
+use super::openapi::{Health, Readiness};
 use super::{guarded, AppState};
 use crate::observe;
 
@@ -12,11 +14,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(guarded("/metrics").route(web::get().to(metrics)));
 }
 
-async fn healthz() -> HttpResponse {
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub(super) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// Ready to take traffic: store writable and flushing, free disk above the floor,
+/// dispatcher running.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses((status = 200, body = Readiness), (status = 503, description = "Not ready, with the reason", body = Readiness))
+)]
+pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match state
         .store
         .readiness()
@@ -32,7 +44,14 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus text. Gauges that describe the store are read now, at scrape time.
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
+pub(super) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let store = &state.store;
     match store.size_on_disk() {
         Ok(bytes) => metrics::gauge!(observe::STORE_BYTES).set(bytes as f64),

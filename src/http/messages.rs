@@ -8,6 +8,8 @@ use serde_json::{json, Map, Value};
 
 use super::auth::ApiCaller;
 use super::errors::ApiError;
+#[allow(unused_imports)] // used by the OpenAPI annotations
+use super::openapi::{ErrorBody, MessagePage, MessageView, RejectedPage};
 use super::{guarded, AppState};
 use crate::domain::MessageState;
 use crate::store::{Action, Lookup};
@@ -21,7 +23,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(guarded("/v1/rejected").route(web::get().to(list_rejected)));
 }
 
-async fn get_message(
+/// One message: state, timeline and actions. Percent-encode the id as one path segment.
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{message_id}",
+    tag = "status",
+    params(("message_id" = String, Path, description = "the provider's message id, percent-encoded")),
+    security(("api_token" = [])),
+    responses(
+        (status = 200, body = MessageView),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "Unknown message", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_message(
     _: ApiCaller,
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -74,7 +89,25 @@ impl Paging {
     }
 }
 
-async fn find_messages(
+/// Messages by an indexed callback field (`?callback.<field>=`) or by `?recipient=`.
+#[utoipa::path(
+    get,
+    path = "/v1/messages",
+    tag = "status",
+    params(
+        ("callback.order_id" = Option<String>, Query, description = "any field in store.index_callback_fields, as callback.<field>"),
+        ("recipient" = Option<String>, Query, description = "the recipient as the provider sent it"),
+        ("limit" = Option<usize>, Query, description = "1 to 500, default 50"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    security(("api_token" = [])),
+    responses(
+        (status = 200, body = MessagePage),
+        (status = 400, description = "No filter, two filters, an unindexed field, a bad limit or cursor", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    )
+)]
+pub(super) async fn find_messages(
     _: ApiCaller,
     query: web::Query<HashMap<String, String>>,
     state: web::Data<AppState>,
@@ -122,7 +155,19 @@ async fn find_messages(
     Ok(HttpResponse::Ok().json(json!({ "messages": messages, "next_cursor": page.next_cursor })))
 }
 
-async fn list_rejected(
+/// Quarantined events, oldest first, with the reason.
+#[utoipa::path(
+    get,
+    path = "/v1/rejected",
+    tag = "status",
+    params(
+        ("limit" = Option<usize>, Query, description = "1 to 500, default 50"),
+        ("cursor" = Option<String>, Query),
+    ),
+    security(("api_token" = [])),
+    responses((status = 200, body = RejectedPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
+)]
+pub(super) async fn list_rejected(
     _: ApiCaller,
     query: web::Query<HashMap<String, String>>,
     state: web::Data<AppState>,

@@ -6,6 +6,7 @@ mod body;
 pub mod errors;
 mod health;
 mod messages;
+pub mod openapi;
 pub mod request_id;
 mod webhooks;
 
@@ -35,6 +36,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(messages::routes)
         .configure(actions::routes)
         .configure(health::routes)
+        .configure(openapi::routes)
         .app_data(
             web::QueryConfig::default().error_handler(|e, _| {
                 ApiError::bad_request(format!("bad query string: {e}")).into()

@@ -7,11 +7,15 @@ use actix_web::http::header::{HeaderName, AUTHORIZATION};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::errors::ApiError;
+#[allow(unused_imports)] // used by the OpenAPI annotations
+use super::openapi::ErrorBody;
 use super::{body, guarded, AppState};
 use crate::domain::Provider;
 use crate::observe;
 use crate::providers::{bik, generic, meta, ParseContext, Refusal};
-use crate::store::IngestItem;
+use crate::store::{IngestItem, IngestOutcome};
+#[allow(unused_imports)]
+use serde_json::Value;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -54,7 +58,22 @@ async fn counted(
     result
 }
 
-async fn bik_webhook(
+/// BIK status updates and link clicks (a JSON array of events, or one).
+#[utoipa::path(
+    post,
+    path = "/webhooks/bik",
+    tag = "webhooks",
+    request_body(content = Value, description = "BIK webhook events", content_type = "application/json"),
+    security(("bik_basic" = [])),
+    responses(
+        (status = 200, description = "Every event durably stored, every follow-up queued", body = IngestOutcome),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "Verification failed; nothing stored", body = ErrorBody),
+        (status = 413, description = "Over server.max_body_bytes", body = ErrorBody),
+        (status = 503, description = "The store cannot make the write durable", body = ErrorBody),
+    )
+)]
+pub(super) async fn bik_webhook(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -73,7 +92,22 @@ async fn bik_webhook(
     .await
 }
 
-async fn meta_handshake(
+/// Meta's subscription handshake: echoes `hub.challenge`.
+#[utoipa::path(
+    get,
+    path = "/webhooks/meta",
+    tag = "webhooks",
+    params(
+        ("hub.mode" = String, Query, description = "`subscribe`"),
+        ("hub.verify_token" = String, Query, description = "must equal providers.meta.verify_token"),
+        ("hub.challenge" = String, Query, description = "echoed back"),
+    ),
+    responses(
+        (status = 200, description = "The challenge", body = String, content_type = "text/plain"),
+        (status = 403, description = "Wrong mode or token", body = ErrorBody),
+    )
+)]
+pub(super) async fn meta_handshake(
     query: web::Query<HashMap<String, String>>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -97,7 +131,22 @@ async fn meta_handshake(
     }
 }
 
-async fn meta_webhook(
+/// WhatsApp Cloud API webhooks (`entry[].changes[].value.statuses[]`).
+#[utoipa::path(
+    post,
+    path = "/webhooks/meta",
+    tag = "webhooks",
+    request_body(content = Value, description = "Meta webhook", content_type = "application/json"),
+    security(("meta_signature" = [])),
+    responses(
+        (status = 200, description = "Every event durably stored, every follow-up queued", body = IngestOutcome),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "Verification failed; nothing stored", body = ErrorBody),
+        (status = 413, description = "Over server.max_body_bytes", body = ErrorBody),
+        (status = 503, description = "The store cannot make the write durable", body = ErrorBody),
+    )
+)]
+pub(super) async fn meta_webhook(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -110,7 +159,26 @@ async fn meta_webhook(
     store(&state, Provider::Meta, meta::parse(&body, ctx)?, ctx).await
 }
 
-async fn generic_webhook(
+/// Any other provider or relay, signed with Standard Webhooks: one event or an array.
+#[utoipa::path(
+    post,
+    path = "/webhooks/generic",
+    tag = "webhooks",
+    request_body(content = Value, description = "`message.status` / `message.click` events", content_type = "application/json"),
+    params(
+        ("webhook-id" = String, Header, description = "the event id"),
+        ("webhook-timestamp" = i64, Header, description = "unix seconds"),
+    ),
+    security(("standard_webhooks" = [])),
+    responses(
+        (status = 200, description = "Every event durably stored, every follow-up queued", body = IngestOutcome),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "Verification failed; nothing stored", body = ErrorBody),
+        (status = 413, description = "Over server.max_body_bytes", body = ErrorBody),
+        (status = 503, description = "The store cannot make the write durable", body = ErrorBody),
+    )
+)]
+pub(super) async fn generic_webhook(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,

@@ -28,8 +28,8 @@ pub enum IngestItem {
     },
 }
 
-/// The body of a webhook's `200`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The body of a webhook's `200`: how the request's events were counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct IngestOutcome {
     pub accepted: u32,
     pub duplicates: u32,

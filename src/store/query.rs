@@ -11,9 +11,10 @@ use super::{key, Store, StoreError};
 use crate::domain::{MessageState, Provider};
 
 /// An event kept in quarantine because it could not be used.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RejectedEvent {
     pub id: u64,
+    #[schema(value_type = String, example = "bik")]
     pub provider: Provider,
     #[serde(with = "crate::domain::time_format")]
     pub received_at: DateTime<Utc>,

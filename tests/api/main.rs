@@ -11,5 +11,6 @@ mod helpers;
 mod logs;
 mod messages;
 mod meta;
+mod openapi;
 mod process;
 mod retention;
