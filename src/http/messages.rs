@@ -89,7 +89,8 @@ impl Paging {
     }
 }
 
-/// Messages by an indexed callback field (`?callback.<field>=`) or by `?recipient=`.
+/// Messages by an indexed callback field (`?callback.<field>=`), by `?recipient=`, or the
+/// most recently updated (`?order=recent`).
 #[utoipa::path(
     get,
     path = "/v1/messages",
@@ -97,6 +98,7 @@ impl Paging {
     params(
         ("callback.order_id" = Option<String>, Query, description = "any field in store.index_callback_fields, as callback.<field>"),
         ("recipient" = Option<String>, Query, description = "the recipient as the provider sent it"),
+        ("order" = Option<String>, Query, description = "`recent`: every message, most recently updated first (instead of a filter)"),
         ("limit" = Option<usize>, Query, description = "1 to 500, default 50"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
     ),
@@ -117,8 +119,15 @@ pub(super) async fn find_messages(
     let indexed = state.store.index_fields();
     let hint = || {
         let fields: Vec<String> = indexed.iter().map(|f| format!("callback.{f}")).collect();
-        format!("filter by exactly one of recipient, {}", fields.join(", "))
+        format!(
+            "filter by exactly one of recipient, {}, or ask for order=recent",
+            fields.join(", ")
+        )
     };
+    if query.len() == 1 && query.get("order").map(String::as_str) == Some("recent") {
+        let page = state.store.recent(paging.limit, paging.cursor.as_deref())?;
+        return respond_page(&state, &page);
+    }
     if query.len() != 1 {
         return Err(ApiError::bad_request(hint()));
     }
@@ -147,6 +156,13 @@ pub(super) async fn find_messages(
     let page = state
         .store
         .lookup(&lookup, paging.limit, paging.cursor.as_deref())?;
+    respond_page(&state, &page)
+}
+
+fn respond_page(
+    state: &AppState,
+    page: &crate::store::Page<MessageState>,
+) -> Result<HttpResponse, ApiError> {
     let mut messages = Vec::with_capacity(page.items.len());
     for m in &page.items {
         let actions = state.store.message_actions(m.message_id.as_str())?;

@@ -8,6 +8,7 @@ mod health;
 mod messages;
 pub mod openapi;
 pub mod request_id;
+mod stats;
 mod webhooks;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(webhooks::routes)
         .configure(messages::routes)
         .configure(actions::routes)
+        .configure(stats::routes)
         .configure(health::routes)
         .configure(openapi::routes)
         .app_data(

@@ -32,6 +32,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         super::actions::list_actions,
         super::actions::retry_one,
         super::actions::retry_all,
+        super::stats::stats,
         super::health::healthz,
         super::health::readyz,
         super::health::metrics,
@@ -53,6 +54,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         Requeued,
         Health,
         Readiness,
+        super::stats::Stats,
+        crate::store::Group,
+        crate::store::Rates,
+        crate::store::FailureReason,
     )),
     modifiers(&Security),
     tags(

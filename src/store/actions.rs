@@ -106,6 +106,9 @@ pub struct Action {
     /// `attempts` when the retry schedule last started over (a manual retry).
     #[serde(default)]
     pub schedule_from: u32,
+    /// The stats' day bucket: the day its message was first seen.
+    #[serde(default)]
+    pub bucket: u32,
     #[serde(default)]
     pub in_flight: bool,
 }
@@ -262,19 +265,15 @@ impl ActionTx<'_> {
         self.count(action, -1)
     }
 
-    /// Actions by state (`action:<state>`), per callback value for the stats and overall
-    /// (under the empty field, which no indexed field can be) for the metrics.
+    /// Actions by state (`action:<state>`): per callback value and day for the stats, and
+    /// overall (under the empty field, which no indexed field can be) for the metrics.
     fn count(&self, action: &Action, delta: i64) -> TxResult<()> {
         let metric = format!("action:{}", action.state);
-        let overall = (String::new(), String::new());
-        for (field, value) in action.facets.iter().chain([&overall]) {
-            super::ingest::add(
-                self.aggregates,
-                key(&[field.as_bytes(), value.as_bytes(), metric.as_bytes()]),
-                delta,
-            )?;
+        for (field, value) in &action.facets {
+            let k = super::stats::stats_key(field, value, action.bucket, &metric);
+            super::ingest::add(self.aggregates, k, delta)?;
         }
-        Ok(())
+        super::ingest::add(self.aggregates, key(&[b"", b"", metric.as_bytes()]), delta)
     }
 }
 

@@ -275,6 +275,7 @@ fn queue_actions(
                     until: rule.awaited().to_vec(),
                     facets: facets.clone(),
                     schedule_from: 0,
+                    bucket: super::stats::day_of(state.first_seen_at),
                     in_flight: false,
                 })?;
             }
@@ -344,6 +345,9 @@ pub(super) struct Derived {
     callback: Vec<(String, String)>,
     status: Option<String>,
     clicked: bool,
+    /// The day bucket of the stats (when the message was first seen).
+    day: u32,
+    failure: Option<String>,
 }
 
 impl Derived {
@@ -360,6 +364,11 @@ impl Derived {
                 .collect(),
             status: state.status.as_ref().map(|s| s.as_str().to_owned()),
             clicked: !state.clicks.is_empty(),
+            day: super::stats::day_of(state.first_seen_at),
+            failure: state.failure_reason.as_deref().map(|r| {
+                let r: String = r.chars().filter(|c| *c != '\0').take(120).collect();
+                r
+            }),
         })
     }
 
@@ -369,6 +378,7 @@ impl Derived {
         if self.clicked {
             metrics.push("clicked".into());
         }
+        metrics.extend(self.failure.as_ref().map(|r| format!("failure:{r}")));
         metrics
     }
 }
@@ -415,7 +425,7 @@ impl Filing<'_> {
             for metric in d.metrics() {
                 add(
                     self.aggregates,
-                    key(&[field.as_bytes(), value.as_bytes(), metric.as_bytes()]),
+                    super::stats::stats_key(field, value, d.day, &metric),
                     delta,
                 )?;
             }
@@ -472,14 +482,7 @@ mod tests {
     }
 
     fn count(store: &Store, campaign: &str, metric: &str) -> i64 {
-        let k = key(&[b"campaign", campaign.as_bytes(), metric.as_bytes()]);
-        store
-            .inner
-            .trees
-            .aggregates
-            .get(k)
-            .unwrap()
-            .map_or(0, |v| i64::from_be_bytes(v.as_ref().try_into().unwrap()))
+        store.stat_total("campaign", campaign, metric)
     }
 
     async fn ingest(store: &Store, items: Vec<IngestItem>) -> IngestOutcome {

@@ -15,7 +15,7 @@
 //! | `idx_callback`  | `<field>\0<value>\0<message id>`            | empty                              |
 //! | `idx_recipient` | `<recipient>\0<message id>`                 | empty                              |
 //! | `idx_time`      | `<updated_at unix ms, u64 BE><message id>`  | empty (retention reads it in order)|
-//! | `aggregates`    | `<field>\0<value>\0<metric>`                | count (i64 BE); metrics: `messages`, `clicked`, `status:<status>` |
+//! | `aggregates`    | `<field>\0<value>\0<day><metric>` (see [`stats`]) | count (i64 BE); `\0\0action:<state>` counts all actions |
 //! | `rejected`      | id (u64 BE, from `generate_id`, so in time order) | `RejectedEvent` JSON         |
 //! | `meta`          | `readyz`                                    | last readiness probe time          |
 //! | `actions`       | action id (`act_<hex>`, from message id and rule) | `Action` JSON                |
@@ -23,8 +23,6 @@
 //! |                 | `m\0<message id>\0<action id>`              | empty                              |
 //! | `outbox`        | `<target>\0<due unix ms, u64 BE><action id>` | empty                            |
 //! | `inflight`      | action id                                   | empty                              |
-//!
-//! Aggregates also count actions per callback value and state (`action:<state>`).
 //!
 //! One request is one multi-tree transaction over all of these, so state, timeline, dedupe
 //! keys, indexes, aggregates and the actions the events triggered never disagree. Durability
@@ -36,6 +34,7 @@ mod durability;
 mod ingest;
 mod query;
 mod retention;
+mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +47,7 @@ pub use durability::{FlushFailed, Ticket};
 pub use ingest::{IngestItem, IngestOutcome};
 pub use query::{Lookup, Page, RejectedEvent};
 pub use retention::{Janitor, Purged};
+pub use stats::{day_date, day_of, FailureReason, Group, Rates};
 
 use sled::transaction::ConflictableTransactionError;
 

@@ -81,6 +81,43 @@ impl Store {
         })
     }
 
+    /// Messages by last update, newest first.
+    pub fn recent(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<MessageState>, StoreError> {
+        let tree = &self.inner.trees.idx_time;
+        let end = match cursor {
+            None => Bound::Unbounded,
+            Some(c) => Bound::Excluded(
+                URL_SAFE_NO_PAD
+                    .decode(c)
+                    .map_err(|_| StoreError::BadCursor)?,
+            ),
+        };
+        let mut items = Vec::with_capacity(limit.min(64));
+        let mut last = None;
+        for entry in tree.range::<Vec<u8>, _>((Bound::Unbounded, end)).rev() {
+            let (k, _) = entry?;
+            if items.len() == limit {
+                return Ok(Page {
+                    items,
+                    next_cursor: last.map(|l: sled::IVec| URL_SAFE_NO_PAD.encode(l)),
+                });
+            }
+            let id = String::from_utf8_lossy(k.get(8..).unwrap_or_default()).into_owned();
+            if let Some(state) = self.message(&id)? {
+                items.push(state);
+            }
+            last = Some(k);
+        }
+        Ok(Page {
+            items,
+            next_cursor: None,
+        })
+    }
+
     /// The quarantine, oldest first.
     pub fn rejected(
         &self,

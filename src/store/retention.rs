@@ -254,7 +254,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{CallbackData, Event, EventKind, MessageId, Provider, Status};
-    use crate::store::{key, temporary, IngestItem, Lookup};
+    use crate::store::{temporary, IngestItem, Lookup};
 
     fn at(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_795_255_200 + secs, 0).unwrap()
@@ -285,13 +285,7 @@ mod tests {
     }
 
     fn count(store: &Store, metric: &str) -> i64 {
-        store
-            .inner
-            .trees
-            .aggregates
-            .get(key(&[b"campaign", b"c", metric.as_bytes()]))
-            .unwrap()
-            .map_or(0, |v| i64::from_be_bytes(v.as_ref().try_into().unwrap()))
+        store.stat_total("campaign", "c", metric)
     }
 
     #[tokio::test]

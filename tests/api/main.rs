@@ -14,3 +14,4 @@ mod meta;
 mod openapi;
 mod process;
 mod retention;
+mod stats;

@@ -17,6 +17,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/messages/{message_id}"),
     ("GET", "/v1/rejected"),
     ("GET", "/v1/actions"),
+    ("GET", "/v1/stats"),
     ("POST", "/v1/actions/{id}/retry"),
     ("POST", "/v1/actions/retry"),
     ("GET", "/healthz"),

@@ -1,0 +1,173 @@
+//! Per-campaign (per indexed callback value) counts, kept in the same transactions as the
+//! messages and actions they count, bucketed by the UTC day the message was first seen, so a
+//! stats query reads counters, never messages.
+//!
+//! Key: `<field>\0<value>\0<day: u32 BE, days since 1970-01-01><metric>`; value: i64 BE.
+//! Metrics: `messages`, `status:<status>` (current status), `clicked`, `failure:<reason>`
+//! (current failure reason of failed messages), `action:<state>`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+
+use super::{Store, StoreError};
+
+/// The day bucket a message (and its actions) is counted under.
+pub fn day_of(at: DateTime<Utc>) -> u32 {
+    at.timestamp().div_euclid(86_400).max(0) as u32
+}
+
+pub fn day_date(day: u32) -> NaiveDate {
+    DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+        .unwrap_or_default()
+        .date_naive()
+}
+
+pub(super) fn stats_key(field: &str, value: &str, day: u32, metric: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(field.len() + value.len() + metric.len() + 6);
+    k.extend_from_slice(field.as_bytes());
+    k.push(0);
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&day.to_be_bytes());
+    k.extend_from_slice(metric.as_bytes());
+    k
+}
+
+/// The counts of one callback value over a range of days.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Group {
+    /// The callback value, e.g. the campaign name.
+    pub value: String,
+    pub messages: i64,
+    /// Messages with a known outcome: current status sent, delivered, read or failed.
+    pub sent: i64,
+    /// Delivered or read.
+    pub delivered: i64,
+    pub read: i64,
+    pub failed: i64,
+    /// Messages with at least one click.
+    pub clicked: i64,
+    pub actions_delivered: i64,
+    pub actions_dead: i64,
+    pub rates: Rates,
+    pub top_failure_reasons: Vec<FailureReason>,
+}
+
+/// Ratios, `null` when the denominator is 0.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Rates {
+    /// delivered / sent
+    pub delivered: Option<f64>,
+    /// read / delivered
+    pub read: Option<f64>,
+    /// clicked / read
+    pub clicked: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct FailureReason {
+    pub reason: String,
+    pub count: i64,
+}
+
+/// Failure reasons listed per group.
+const TOP_REASONS: usize = 5;
+
+impl Store {
+    /// Counts per value of an indexed callback field, for messages first seen on days
+    /// `from..=to` (inclusive; `None` is open). Reads only counters.
+    pub fn stats(
+        &self,
+        field: &str,
+        from: Option<u32>,
+        to: Option<u32>,
+    ) -> Result<Vec<Group>, StoreError> {
+        let mut prefix = field.as_bytes().to_vec();
+        prefix.push(0);
+        let mut sums: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for entry in self.inner.trees.aggregates.scan_prefix(&prefix) {
+            let (k, v) = entry?;
+            let rest = &k[prefix.len()..];
+            let Some(split) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let (value, rest) = (&rest[..split], &rest[split + 1..]);
+            let Some((day, metric)) = rest.split_first_chunk::<4>() else {
+                continue;
+            };
+            let day = u32::from_be_bytes(*day);
+            if from.is_some_and(|f| day < f) || to.is_some_and(|t| day > t) {
+                continue;
+            }
+            let n = <[u8; 8]>::try_from(v.as_ref()).map_or(0, i64::from_be_bytes);
+            *sums
+                .entry(String::from_utf8_lossy(value).into_owned())
+                .or_default()
+                .entry(String::from_utf8_lossy(metric).into_owned())
+                .or_default() += n;
+        }
+        Ok(sums
+            .into_iter()
+            .map(|(value, metrics)| group(value, &metrics))
+            .filter(|g| g.messages != 0 || g.actions_delivered != 0 || g.actions_dead != 0)
+            .collect())
+    }
+}
+
+fn group(value: String, m: &BTreeMap<String, i64>) -> Group {
+    let get = |k: &str| m.get(k).copied().unwrap_or(0);
+    let (sent_now, delivered_now) = (get("status:sent"), get("status:delivered"));
+    let (read, failed) = (get("status:read"), get("status:failed"));
+    let delivered = delivered_now + read;
+    let sent = sent_now + delivered + failed;
+    let clicked = get("clicked");
+    let ratio = |a: i64, b: i64| (b > 0).then(|| a as f64 / b as f64);
+    let mut reasons: Vec<FailureReason> = m
+        .iter()
+        .filter_map(|(k, n)| {
+            let reason = k.strip_prefix("failure:")?;
+            (*n > 0).then(|| FailureReason {
+                reason: reason.to_owned(),
+                count: *n,
+            })
+        })
+        .collect();
+    reasons.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
+    reasons.truncate(TOP_REASONS);
+    Group {
+        value,
+        messages: get("messages"),
+        sent,
+        delivered,
+        read,
+        failed,
+        clicked,
+        actions_delivered: get("action:delivered"),
+        actions_dead: get("action:dead"),
+        rates: Rates {
+            delivered: ratio(delivered, sent),
+            read: ratio(read, delivered),
+            clicked: ratio(clicked, read),
+        },
+        top_failure_reasons: reasons,
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// One metric of one value, summed over every day.
+    pub(crate) fn stat_total(&self, field: &str, value: &str, metric: &str) -> i64 {
+        let mut prefix = stats_key(field, value, 0, "");
+        prefix.truncate(prefix.len() - 4);
+        self.inner
+            .trees
+            .aggregates
+            .scan_prefix(&prefix)
+            .map(|e| e.unwrap())
+            .filter(|(k, _)| &k[prefix.len() + 4..] == metric.as_bytes())
+            .map(|(_, v)| i64::from_be_bytes(v.as_ref().try_into().unwrap()))
+            .sum()
+    }
+}
