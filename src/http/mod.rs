@@ -9,6 +9,7 @@ mod messages;
 pub mod openapi;
 pub mod request_id;
 mod stats;
+mod ui;
 mod webhooks;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(messages::routes)
         .configure(actions::routes)
         .configure(stats::routes)
+        .configure(ui::routes)
         .configure(health::routes)
         .configure(openapi::routes)
         .app_data(

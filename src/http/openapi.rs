@@ -37,6 +37,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         super::health::readyz,
         super::health::metrics,
         openapi_json,
+        super::ui::page,
+        super::ui::script,
+        super::ui::style,
     ),
     components(schemas(
         IngestOutcome,
@@ -65,6 +68,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (name = "status", description = "What happened to a message, an order, a recipient"),
         (name = "actions", description = "Follow-up calls queued by rules"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
+        (name = "dashboard", description = "The built-in dashboard (static files)"),
     )
 )]
 pub struct ApiDoc;

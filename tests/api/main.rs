@@ -2,6 +2,7 @@
 
 mod actions;
 mod bik;
+mod browser;
 mod cli;
 mod config;
 mod crash;

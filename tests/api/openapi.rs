@@ -24,6 +24,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
+    ("GET", "/ui"),
+    ("GET", "/ui/app.js"),
+    ("GET", "/ui/app.css"),
 ];
 
 fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {

@@ -1,0 +1,235 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
+//! driven over WebDriver by fantoccini): token prompt, funnel numbers, search, timeline, dead
+//! letters and retry. Screenshots go to `target/ui-dashboard.png` and `target/ui-phone.png`.
+//!
+//! `.ci/run` installs the browser. Without `chromedriver` on PATH the test fails under
+//! `CI=true` and is skipped with a loud note elsewhere.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use wiremock::matchers::path;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::*;
+use crate::process::free_port;
+
+struct Driver(std::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Waits until the element's text satisfies `ok`; returns it.
+async fn text_of(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(element) = c.find(Locator::Css(css)).await {
+            if let Ok(text) = element.text().await {
+                if ok(&text) {
+                    return text;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{css} never showed the expected text"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
+    let (Some(chromedriver), Some(chromium)) = (
+        find_on_path("chromedriver"),
+        find_on_path("chromium").or_else(|| find_on_path("chromium-browser")),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the browser test: apt-get install -y chromium chromium-driver"
+        );
+        eprintln!(
+            "SKIPPED the browser test: install Debian's chromium and chromium-driver to run it"
+        );
+        return;
+    };
+
+    let mock = MockServer::start().await;
+    Mock::given(path("/ok"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    Mock::given(path("/dead"))
+        .respond_with(ResponseTemplate::new(400))
+        .mount(&mock)
+        .await;
+    let m = mock.uri();
+    let app = spawn_app_with_rules(&format!(
+        r#"
+[[rules]]
+name = "cart-read"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+params = {{ url = "{m}/ok", body = {{ id = "{{{{message_id}}}}" }} }}
+[[rules]]
+name = "failed-alert"
+on = "status"
+statuses = ["failed"]
+action = "http.post"
+params = {{ url = "{m}/dead", body = {{ id = "{{{{message_id}}}}" }} }}
+"#
+    ))
+    .await;
+    for f in [
+        "status-sent",
+        "status-delivered",
+        "status-read",
+        "link-click",
+        "status-failed",
+    ] {
+        counts(app.post_bik(fixture(&format!("bik/{f}.json"))).await).await;
+    }
+    for (i, status) in ["delivered", "read", "sent"].iter().enumerate() {
+        let id = format!("wamid.WINBACK{i}");
+        let callback = json!({"campaign": "winback", "order_id": format!("W-{i}")});
+        counts(
+            app.post_bik(bik_status(&id, status, Utc::now(), &callback))
+                .await,
+        )
+        .await;
+    }
+
+    let port = free_port();
+    let _driver = Driver(
+        Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1280,1100"]
+        }),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let c = loop {
+        match ClientBuilder::rustls()
+            .expect("TLS roots")
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "chromedriver: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    c.goto(&format!("{}/ui", app.address)).await.unwrap();
+    // Asked once for the token; a wrong one is refused with a message.
+    let token = c.wait().for_element(Locator::Css("#token")).await.unwrap();
+    token.send_keys("wrong-token").await.unwrap();
+    c.find(Locator::Css("#connect"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_of(&c, "#login-error", |t| t.contains("refused")).await;
+    let token = c.find(Locator::Css("#token")).await.unwrap();
+    token.clear().await.unwrap();
+    token.send_keys(API_TOKEN).await.unwrap();
+    c.find(Locator::Css("#connect"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // Funnels, exactly as the stats API counts them.
+    let card = r#"[data-value="abandoned_cart"]"#;
+    let count = |stage: &str| format!(r#"{card} [data-testid="count-{stage}"]"#);
+    text_of(&c, &count("sent"), |t| t == "2").await;
+    assert_eq!(text_of(&c, &count("delivered"), |_| true).await, "1");
+    assert_eq!(text_of(&c, &count("read"), |_| true).await, "1");
+    assert_eq!(text_of(&c, &count("clicked"), |_| true).await, "1");
+    assert_eq!(text_of(&c, &count("failed"), |_| true).await, "1");
+    let winback = r#"[data-value="winback"] [data-testid="count-delivered"]"#;
+    assert_eq!(text_of(&c, winback, |_| true).await, "2");
+    text_of(&c, r#"[data-testid="live"]"#, |t| t.starts_with("live")).await;
+    // The failed follow-up is in the dead letters.
+    text_of(&c, "#dead tbody", |t| t.contains("failed-alert")).await;
+    text_of(&c, "#recent tbody", |t| t.contains(FIXTURE_MESSAGE_ID)).await;
+    let screenshot = c.screenshot().await.unwrap();
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::write(target.join("ui-dashboard.png"), screenshot).unwrap();
+
+    // Search by order id finds both messages of the order; by message id opens the timeline.
+    let q = c.find(Locator::Css("#q")).await.unwrap();
+    q.send_keys("ORD123").await.unwrap();
+    c.find(Locator::Css("#search button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_of(&c, "#results", |t| {
+        t.contains(FIXTURE_MESSAGE_ID) && t.contains("failed")
+    })
+    .await;
+    let q = c.find(Locator::Css("#q")).await.unwrap();
+    q.clear().await.unwrap();
+    q.send_keys(FIXTURE_MESSAGE_ID).await.unwrap();
+    c.find(Locator::Css("#search button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_of(&c, r#"[data-testid="timeline-id"]"#, |t| {
+        t == FIXTURE_MESSAGE_ID
+    })
+    .await;
+    text_of(&c, "#timeline", |t| {
+        t.contains("cart-read") && t.contains("delivered")
+    })
+    .await;
+
+    // Retry from the dead letters: the action is attempted again (and dies again).
+    c.find(Locator::Css("#dead tbody button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_of(&c, "#dead tbody tr td:nth-child(4)", |t| t == "2").await;
+
+    c.set_window_size(390, 1400).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(target.join("ui-phone.png"), c.screenshot().await.unwrap()).unwrap();
+    c.close().await.unwrap();
+}
