@@ -38,6 +38,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// What every webhook route answers, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum WebhookAnswer {
+    /// Every event durably stored, every follow-up queued.
+    #[response(status = 200)]
+    Stored(IngestOutcome),
+    /// Not JSON.
+    #[response(status = 400)]
+    NotJson(ErrorBody),
+    /// Verification failed; nothing stored.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Over `server.max_body_bytes`.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The store cannot make the write durable; retry later.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// Counts a refused webhook request in the metrics, by why it was refused.
 async fn counted(
     provider: Provider,
@@ -65,13 +86,7 @@ async fn counted(
     tag = "webhooks",
     request_body(content = Value, description = "BIK webhook events", content_type = "application/json"),
     security(("bik_basic" = [])),
-    responses(
-        (status = 200, description = "Every event durably stored, every follow-up queued", body = IngestOutcome),
-        (status = 400, description = "Not JSON", body = ErrorBody),
-        (status = 401, description = "Verification failed; nothing stored", body = ErrorBody),
-        (status = 413, description = "Over server.max_body_bytes", body = ErrorBody),
-        (status = 503, description = "The store cannot make the write durable", body = ErrorBody),
-    )
+    responses(WebhookAnswer)
 )]
 pub(super) async fn bik_webhook(
     req: HttpRequest,
@@ -138,13 +153,7 @@ pub(super) async fn meta_handshake(
     tag = "webhooks",
     request_body(content = Value, description = "Meta webhook", content_type = "application/json"),
     security(("meta_signature" = [])),
-    responses(
-        (status = 200, description = "Every event durably stored, every follow-up queued", body = IngestOutcome),
-        (status = 400, description = "Not JSON", body = ErrorBody),
-        (status = 401, description = "Verification failed; nothing stored", body = ErrorBody),
-        (status = 413, description = "Over server.max_body_bytes", body = ErrorBody),
-        (status = 503, description = "The store cannot make the write durable", body = ErrorBody),
-    )
+    responses(WebhookAnswer)
 )]
 pub(super) async fn meta_webhook(
     req: HttpRequest,
@@ -170,13 +179,7 @@ pub(super) async fn meta_webhook(
         ("webhook-timestamp" = i64, Header, description = "unix seconds"),
     ),
     security(("standard_webhooks" = [])),
-    responses(
-        (status = 200, description = "Every event durably stored, every follow-up queued", body = IngestOutcome),
-        (status = 400, description = "Not JSON", body = ErrorBody),
-        (status = 401, description = "Verification failed; nothing stored", body = ErrorBody),
-        (status = 413, description = "Over server.max_body_bytes", body = ErrorBody),
-        (status = 503, description = "The store cannot make the write durable", body = ErrorBody),
-    )
+    responses(WebhookAnswer)
 )]
 pub(super) async fn generic_webhook(
     req: HttpRequest,

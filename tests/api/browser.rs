@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
-use wiremock::matchers::path;
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::*;
 use crate::process::free_port;
@@ -69,33 +67,11 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
         return;
     };
 
-    let mock = MockServer::start().await;
-    Mock::given(path("/ok"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&mock)
-        .await;
-    Mock::given(path("/dead"))
-        .respond_with(ResponseTemplate::new(400))
-        .mount(&mock)
-        .await;
+    let mock = ok_and_dead_target().await;
     let m = mock.uri();
-    let app = spawn_app_with_rules(&format!(
-        r#"
-[[rules]]
-name = "cart-read"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = {{ url = "{m}/ok", body = {{ id = "{{{{message_id}}}}" }} }}
-[[rules]]
-name = "failed-alert"
-on = "status"
-statuses = ["failed"]
-action = "http.post"
-params = {{ url = "{m}/dead", body = {{ id = "{{{{message_id}}}}" }} }}
-"#
-    ))
-    .await;
+    let rules = post_rule("cart-read", "read", &format!("{m}/ok"), "message_id")
+        + &post_rule("failed-alert", "failed", &format!("{m}/dead"), "message_id");
+    let app = spawn_app_with_rules(&rules).await;
     for f in [
         "status-sent",
         "status-delivered",

@@ -6,7 +6,6 @@ use std::process::{Command, Stdio};
 
 use chrono::Utc;
 use serde_json::{json, Value};
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::*;
 
@@ -95,30 +94,10 @@ fn config_for(store: &Path) -> tempfile::NamedTempFile {
 
 #[tokio::test]
 async fn export_then_import_restores_messages_actions_and_quarantine() {
-    let mock = MockServer::start().await;
-    Mock::given(wiremock::matchers::path("/dead"))
-        .respond_with(ResponseTemplate::new(400))
-        .mount(&mock)
-        .await;
-    Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&mock)
-        .await;
+    let mock = ok_and_dead_target().await;
     let m = mock.uri();
-    let app = spawn_app_with_rules(&format!(
+    let timer = format!(
         r#"
-[[rules]]
-name = "ok"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = {{ url = "{m}/ok", body = {{ id = "{{{{message_id}}}}" }} }}
-[[rules]]
-name = "dead"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = {{ url = "{m}/dead", body = {{ id = "{{{{callback.order_id}}}}" }} }}
 [[rules]]
 name = "later"
 on = "missing_status"
@@ -128,8 +107,11 @@ after_seconds = 86400
 action = "http.post"
 params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
 "#
-    ))
-    .await;
+    );
+    let rules = post_rule("ok", "read", &format!("{m}/ok"), "message_id")
+        + &post_rule("dead", "read", &format!("{m}/dead"), "callback.order_id")
+        + &timer;
+    let app = spawn_app_with_rules(&rules).await;
     let now = Utc::now();
     let with_order = json!({"order_id": "O-1", "campaign": "spring"});
     counts(

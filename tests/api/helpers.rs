@@ -326,3 +326,27 @@ pub fn generic_status(message_id: &str, status: &str, timestamp: i64, callback: 
     })
     .to_string()
 }
+
+/// A follow-up target that answers 400 on `/dead` and 200 to any other POST.
+pub async fn ok_and_dead_target() -> wiremock::MockServer {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let mock = MockServer::start().await;
+    Mock::given(path("/dead"))
+        .respond_with(ResponseTemplate::new(400))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    mock
+}
+
+/// One `[[rules]]` entry: on `status`, `http.post` `{"id": "{{<id_var>}}"}` to `url`.
+pub fn post_rule(name: &str, status: &str, url: &str, id_var: &str) -> String {
+    format!(
+        "[[rules]]\nname = \"{name}\"\non = \"status\"\nstatuses = [\"{status}\"]\n\
+         action = \"http.post\"\nparams = {{ url = \"{url}\", body = {{ id = \"{{{{{id_var}}}}}\" }} }}\n"
+    )
+}

@@ -2,8 +2,7 @@
 
 use chrono::Utc;
 use serde_json::{json, Value};
-use wiremock::matchers::path;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::MockServer;
 
 use crate::helpers::*;
 
@@ -41,34 +40,11 @@ fn events() -> Vec<Value> {
 }
 
 async fn app_with_rules() -> (TestApp, MockServer) {
-    let mock = MockServer::start().await;
-    Mock::given(path("/dead"))
-        .respond_with(ResponseTemplate::new(400))
-        .mount(&mock)
-        .await;
-    Mock::given(path("/ok"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&mock)
-        .await;
+    let mock = ok_and_dead_target().await;
     let m = mock.uri();
-    let app = spawn_app_with_rules(&format!(
-        r#"
-[[rules]]
-name = "on-read"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = {{ url = "{m}/ok", body = {{ id = "{{{{message_id}}}}" }} }}
-[[rules]]
-name = "on-failed"
-on = "status"
-statuses = ["failed"]
-action = "http.post"
-params = {{ url = "{m}/dead", body = {{ id = "{{{{message_id}}}}" }} }}
-"#
-    ))
-    .await;
-    (app, mock)
+    let rules = post_rule("on-read", "read", &format!("{m}/ok"), "message_id")
+        + &post_rule("on-failed", "failed", &format!("{m}/dead"), "message_id");
+    (spawn_app_with_rules(&rules).await, mock)
 }
 
 async fn post_all(app: &TestApp, events: &[Value], batch: usize) {
