@@ -74,6 +74,10 @@ pub fn parse(body: &[u8], ctx: ParseContext) -> Result<Vec<IngestItem>, Refusal>
             .flatten()
     }) {
         let value = change.get("value").unwrap_or(&Value::Null);
+        if value.get("statuses").is_some_and(|s| !s.is_array()) {
+            items.push(rejected(change, "value.statuses is not a list"));
+            continue;
+        }
         let statuses = value.get("statuses").and_then(Value::as_array);
         let messages = value.get("messages").and_then(Value::as_array);
         if statuses.is_none() && messages.is_none() {

@@ -9,6 +9,7 @@ mod crash;
 mod durability;
 mod generic;
 mod helpers;
+mod hostile;
 mod logs;
 mod messages;
 mod meta;
