@@ -4,6 +4,11 @@
 //! with one `http.post` rule on `read`, a local wiremock target, and posts BIK webhooks at a
 //! steady rate. Run with `bench/followup-lag.sh` or
 //! `cargo run --release --example followup_lag -- [rate per second] [seconds]`.
+//!
+//! With `FLOWHOOK_URL` set it posts to that instance instead (key `BIK_KEY`, default
+//! `bench-key`), and its target listens on `MOCK_PORT`: the instance's rule on `read` must
+//! post `{"message": "{{message_id}}"}` to `http://127.0.0.1:$MOCK_PORT/hook`
+//! (`bench/run.sh` does this).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +28,17 @@ async fn main() -> anyhow::Result<()> {
     let seconds: u64 = args.next().map_or(Ok(10), |a| a.parse())?;
 
     let received: Seen = Arc::default();
-    let mock = MockServer::start().await;
+    let external = std::env::var("FLOWHOOK_URL").ok();
+    let mock = match std::env::var("MOCK_PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+    {
+        Some(port) => {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+            MockServer::builder().listener(listener).start().await
+        }
+        None => MockServer::start().await,
+    };
     let seen = Arc::clone(&received);
     Mock::given(wiremock::matchers::method("POST"))
         .respond_with(move |req: &Request| {
@@ -37,37 +52,14 @@ async fn main() -> anyhow::Result<()> {
         .await;
 
     let dir = tempfile::tempdir()?;
-    let rules = format!(
-        r#"
-[targets.http]
-max_in_flight = 32
-rate_per_second = 0
-[[rules]]
-name = "lag"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-[rules.params]
-url = "{}/hook"
-body = {{ message = "{{{{message_id}}}}" }}
-"#,
-        mock.uri()
-    );
-    let parsed = Settings::from_toml_str(&rules)?;
-    let mut settings = Settings::default();
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.server.workers = 1;
-    settings.store.path = dir.path().join("store");
-    settings.api.token = Secret::new("bench-token");
-    settings.providers.bik.basic_auth = vec![Secret::new("bench-key")];
-    settings.targets = parsed.targets;
-    settings.rules = parsed.rules;
-    settings.log.level = "warn".into();
-    let app = Application::build(settings)?;
-    let address = format!("http://127.0.0.1:{}/webhooks/bik", app.port());
-    let handle = app.handle();
-    let server = tokio::spawn(app.run_until_stopped());
-
+    let key = std::env::var("BIK_KEY").unwrap_or_else(|_| "bench-key".into());
+    let (address, stop) = match &external {
+        Some(url) => (format!("{url}/webhooks/bik"), None),
+        None => {
+            let (address, handle, server) = in_process(&mock, &dir).await?;
+            (address, Some((handle, server)))
+        }
+    };
     let client = reqwest::Client::new();
     let accepted: Seen = Arc::default();
     let total = rate * seconds;
@@ -78,7 +70,12 @@ body = {{ message = "{{{{message_id}}}}" }}
     let mut errors = 0usize;
     for i in 0..total {
         ticker.tick().await;
-        let (client, address, accepted) = (client.clone(), address.clone(), accepted.clone());
+        let (client, address, accepted, key) = (
+            client.clone(),
+            address.clone(),
+            accepted.clone(),
+            key.clone(),
+        );
         posts.push(tokio::spawn(async move {
             let id = format!("wamid.LAG{i:08}==");
             let body = format!(
@@ -86,7 +83,7 @@ body = {{ message = "{{{{message_id}}}}" }}
             );
             let resp = client
                 .post(&address)
-                .header("Authorization", "Basic bench-key")
+                .header("Authorization", format!("Basic {key}"))
                 .header("Content-Type", "application/json")
                 .body(body)
                 .send()
@@ -113,8 +110,10 @@ body = {{ message = "{{{{message_id}}}}" }}
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    handle.stop(true).await;
-    let _ = server.await;
+    if let Some((handle, server)) = stop {
+        handle.stop(true).await;
+        let _ = server.await;
+    }
 
     let accepted = accepted.lock().unwrap();
     let received = received.lock().unwrap();
@@ -146,4 +145,45 @@ body = {{ message = "{{{{message_id}}}}" }}
         );
     }
     Ok(())
+}
+
+type Running = (
+    String,
+    actix_web::dev::ServerHandle,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
+/// flowhook in this process, on a temporary sync store, with the rule posting to `mock`.
+async fn in_process(mock: &MockServer, dir: &tempfile::TempDir) -> anyhow::Result<Running> {
+    let rules = format!(
+        r#"
+[targets.http]
+max_in_flight = 32
+rate_per_second = 0
+[[rules]]
+name = "lag"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+[rules.params]
+url = "{}/hook"
+body = {{ message = "{{{{message_id}}}}" }}
+"#,
+        mock.uri()
+    );
+    let parsed = Settings::from_toml_str(&rules)?;
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.workers = 1;
+    settings.store.path = dir.path().join("store");
+    settings.api.token = Secret::new("bench-token");
+    settings.providers.bik.basic_auth = vec![Secret::new("bench-key")];
+    settings.targets = parsed.targets;
+    settings.rules = parsed.rules;
+    settings.log.level = "warn".into();
+    let app = Application::build(settings)?;
+    let address = format!("http://127.0.0.1:{}/webhooks/bik", app.port());
+    let handle = app.handle();
+    let server = tokio::spawn(app.run_until_stopped());
+    Ok((address, handle, server))
 }

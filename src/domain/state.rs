@@ -83,10 +83,18 @@ impl TimelineEvent {
     }
 
     /// Among two events with the same natural key, the one the timeline keeps: the earliest
-    /// received, then the smallest event id, so that the choice does not depend on order.
+    /// received, then the smallest event id, then (for copies that differ in nothing else,
+    /// e.g. Meta statuses, which carry no event id) the smallest serialized form. A total
+    /// order, so that the choice never depends on arrival order. Found by fuzzing.
     fn preferred_over(&self, other: &Self) -> bool {
-        (self.received_at, &self.event_id, self.provider)
-            < (other.received_at, &other.event_id, other.provider)
+        let key = |e: &Self| (e.received_at, e.event_id.clone(), e.provider);
+        match key(self).cmp(&key(other)) {
+            std::cmp::Ordering::Equal => {
+                let text = |e: &Self| serde_json::to_string(e).unwrap_or_default();
+                text(self) < text(other)
+            }
+            order => order.is_lt(),
+        }
     }
 }
 
@@ -274,6 +282,17 @@ mod tests {
         let (again, changed) = MessageState::apply(Some(state.clone()), e);
         assert!(!changed);
         assert_eq!(state, again);
+    }
+
+    /// Found by fuzzing the Meta adapter: two copies of one status that differ only in a
+    /// field outside the natural key, with no event id and the same receive time.
+    #[test]
+    fn copies_differing_outside_the_natural_key_fold_the_same_in_any_order() {
+        let mut a = event(EventKind::Status, Some("sent"), None, 1);
+        a.event_id = None;
+        let mut b = a.clone();
+        b.recipient = Some("+910000000000".into());
+        assert_eq!(fold([a.clone(), b.clone()]), fold([b, a]));
     }
 
     #[test]

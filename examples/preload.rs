@@ -1,0 +1,62 @@
+//! Fills a store with N messages (BIK `delivered` statuses with callbackData, 1,000 per
+//! commit) straight through the library, for the benchmark's "after 1M stored messages" run.
+//!
+//! `cargo run --release --example preload -- <store path> [messages, default 1000000]`
+
+use std::time::Instant;
+
+use flowhook::config::{BikSettings, Durability, StoreSettings};
+use flowhook::domain::Provider;
+use flowhook::providers::{bik, ParseContext};
+use flowhook::store::Store;
+
+const BATCH: usize = 1000;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let path = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: preload <store path> [n]"))?;
+    let total: usize = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
+    let settings = StoreSettings {
+        path: path.into(),
+        durability: Durability::Relaxed,
+        ..StoreSettings::default()
+    };
+    let store = Store::open(&settings, Default::default())?;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < total {
+        let n = BATCH.min(total - done);
+        let events: Vec<String> = (done..done + n)
+            .map(|i| {
+                format!(
+                    r#"{{"eventName":"message-status-update","id":"pre-{i}","eventInfo":{{"messageId":"wamid.PRELOAD{i:09}","createdAt":"2026-11-21T10:00:02.000Z","channelId":"whatsapp","status":"delivered","assetValue":"+919090909090","callbackData":"{{\"order_id\":\"PRE{i}\",\"campaign\":\"{}\"}}"}}}}"#,
+                    if i % 10 == 0 { "abandoned_cart" } else { "newsletter" }
+                )
+            })
+            .collect();
+        let body = format!("[{}]", events.join(","));
+        let ctx = ParseContext {
+            received_at: flowhook::domain::now(),
+            max_callback_bytes: 4096,
+        };
+        let items = bik::parse(body.as_bytes(), &BikSettings::default(), ctx)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        store.ingest(Provider::Bik, items, ctx.received_at).await?;
+        done += n;
+        if done % 100_000 == 0 {
+            eprintln!(
+                "{done} messages, {:.0}/s",
+                done as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    store.close();
+    println!(
+        "preloaded {total} messages in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
