@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Soak: RATE webhooks/s (default 2,000) for SECONDS (default 300) against one flowhook
+# instance (release build, default workers, durability sync, a rule on every webhook posting
+# to a local target). Reports errors and RSS after a warm-up and at the end; passes when
+# there are no errors and RSS stayed within 10%.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATE=${RATE:-2000}
+SECONDS_=${SECONDS_:-300}
+PORT=18290
+MOCK_PORT=18298
+cargo build --release --quiet --bin flowhook --example followup_lag
+work=$(mktemp -d)
+cat > "$work/soak.toml" <<TOML
+[server]
+bind = "127.0.0.1:$PORT"
+[store]
+path = "$work/store"
+[api]
+token = "soak-token"
+[providers.bik]
+basic_auth = ["bench-key"]
+[targets.http]
+max_in_flight = 32
+rate_per_second = 0
+[log]
+level = "warn"
+[[rules]]
+name = "lag"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+params = { url = "http://127.0.0.1:$MOCK_PORT/hook", body = { message = "{{message_id}}" } }
+TOML
+./target/release/flowhook --config "$work/soak.toml" serve 2>"$work/flowhook.log" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/healthz" && break; sleep 0.1; done
+rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
+(
+    sleep 30
+    echo "$(rss)" > "$work/rss-start"
+    while kill -0 $pid 2>/dev/null; do echo "$(date +%s) $(rss)" >> "$work/rss-series"; sleep 10; done
+) &
+out=$(FLOWHOOK_URL="http://127.0.0.1:$PORT" MOCK_PORT=$MOCK_PORT \
+    ./target/release/examples/followup_lag "$RATE" "$SECONDS_")
+end=$(rss)
+start=$(cat "$work/rss-start")
+echo "$out"
+growth=$(awk -v s="$start" -v e="$end" 'BEGIN {printf "%.1f", (e - s) * 100 / s}')
+errors=$(sed -n 's/.*errors: \([0-9]*\).*/\1/p' <<<"$out")
+echo "RSS after 30 s: $((start / 1024)) MB; at the end: $((end / 1024)) MB ($growth%)"
+echo "RSS every 10 s (KB): $(awk '{print $2}' "$work/rss-series" | xargs)"
+if [ "$errors" = 0 ] && awk -v g="$growth" 'BEGIN {exit !(g <= 10 && g >= -10)}'; then
+    echo "soak: PASS (no errors, memory flat within 10%)"
+else
+    echo "soak: FAIL (errors $errors, memory $growth%)"
+    exit 1
+fi
