@@ -320,6 +320,7 @@ impl Calls {
             finished,
         } = self.clone();
         let late_ms = clock_ms().saturating_sub(entry.due_ms);
+        let entry_target = entry.target;
         tasks.spawn(async move {
             let started = std::time::Instant::now();
             let attempt = sender.send(&action).await;
@@ -330,7 +331,7 @@ impl Calls {
                 Attempt::Retry { .. } => "retry",
                 Attempt::Failed { .. } => "failed",
             };
-            let target = action.request.as_ref().map_or("none", |r| r.target.as_str());
+            let target = entry_target.as_str();
             metrics::histogram!(crate::observe::DISPATCH_SECONDS, "target" => target, "result" => result)
                 .record(elapsed);
             // The slot stays taken until the outcome is on disk: at most `max_in_flight`

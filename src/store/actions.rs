@@ -16,11 +16,11 @@ use std::ops::Bound;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
 use super::query::Page;
-use super::{json_bytes, key, Store, StoreError, Ticket, TxResult};
+use super::{abort, from_json, json_bytes, key, Store, StoreError, Ticket, TxResult};
 use crate::domain::{rfc3339, MessageState, Status};
 use crate::observe;
 use crate::rules::{reached, Outbound, Target};
@@ -194,16 +194,16 @@ pub(super) struct ActionTx<'a> {
     pub index: &'a TransactionalTree,
     pub outbox: &'a TransactionalTree,
     pub aggregates: &'a TransactionalTree,
+    /// The in-flight marks; only transactions that claim or settle calls need it (ingest,
+    /// which never changes `in_flight`, leaves it out).
+    pub inflight: Option<&'a TransactionalTree>,
 }
 
 impl ActionTx<'_> {
     pub fn load(&self, id: &str) -> TxResult<Option<Action>> {
         self.actions
             .get(id.as_bytes())?
-            .map(|bytes| {
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))
-            })
+            .map(|bytes| from_json(&bytes))
             .transpose()
     }
 
@@ -245,11 +245,21 @@ impl ActionTx<'_> {
                 self.outbox.insert(k, &[])?;
             }
         }
+        if old.in_flight != new.in_flight {
+            let inflight = self
+                .inflight
+                .expect("in-flight changes need the inflight tree");
+            if new.in_flight {
+                inflight.insert(new.id.as_bytes(), &[])?;
+            } else {
+                inflight.remove(new.id.as_bytes())?;
+            }
+        }
         Ok(())
     }
 
     /// Removes an action and everything filed for it.
-    pub fn delete(&self, action: &Action, inflight: &TransactionalTree) -> TxResult<()> {
+    pub fn delete(&self, action: &Action) -> TxResult<()> {
         self.actions.remove(action.id.as_bytes())?;
         for k in action
             .fixed_entries()
@@ -261,7 +271,9 @@ impl ActionTx<'_> {
         if let Some(k) = action.outbox_key() {
             self.outbox.remove(k)?;
         }
-        inflight.remove(action.id.as_bytes())?;
+        if let Some(inflight) = self.inflight {
+            inflight.remove(action.id.as_bytes())?;
+        }
         self.count(action, -1)
     }
 
@@ -273,7 +285,7 @@ impl ActionTx<'_> {
             let k = super::stats::stats_key(field, value, action.bucket, &metric);
             super::ingest::add(self.aggregates, k, delta)?;
         }
-        super::ingest::add(self.aggregates, key(&[b"", b"", metric.as_bytes()]), delta)
+        super::ingest::add(self.aggregates, overall_key(action.state), delta)
     }
 }
 
@@ -333,24 +345,22 @@ impl ActionFilter {
     }
 }
 
-pub(super) fn abort(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Sled(e),
-    }
+/// The counter of all actions in one state (the empty field, which no indexed field can be).
+fn overall_key(state: ActionState) -> Vec<u8> {
+    key(&[b"", b"", format!("action:{state}").as_bytes()])
 }
 
 impl Store {
     fn action_tx<R>(
         &self,
-        f: impl Fn(&ActionTx<'_>, &TransactionalTree, &TransactionalTree) -> TxResult<R>,
+        f: impl Fn(&ActionTx<'_>, &TransactionalTree) -> TxResult<R>,
     ) -> Result<R, StoreError> {
         Ok(self.action_tx_ticket(f)?.0)
     }
 
     fn action_tx_ticket<R>(
         &self,
-        f: impl Fn(&ActionTx<'_>, &TransactionalTree, &TransactionalTree) -> TxResult<R>,
+        f: impl Fn(&ActionTx<'_>, &TransactionalTree) -> TxResult<R>,
     ) -> Result<(R, Ticket), StoreError> {
         let t = &self.inner.trees;
         let result = (
@@ -367,8 +377,9 @@ impl Store {
                     index,
                     outbox,
                     aggregates,
+                    inflight: Some(inflight),
                 };
-                f(&tx, inflight, messages)
+                f(&tx, messages)
             })
             .map_err(abort)?;
         // Callers that need the change on disk wait for the ticket; for the others a lost
@@ -481,15 +492,8 @@ impl Store {
         ActionState::ALL
             .into_iter()
             .map(|state| {
-                let metric = format!("action:{state}");
-                let count = self
-                    .inner
-                    .trees
-                    .aggregates
-                    .get(key(&[b"", b"", metric.as_bytes()]))?
-                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                    .map_or(0, i64::from_be_bytes);
-                Ok((state, count))
+                let count = self.inner.trees.aggregates.get(overall_key(state))?;
+                Ok((state, super::read_i64(count.as_deref())))
             })
             .collect()
     }
@@ -506,53 +510,51 @@ impl Store {
         Ok(oldest)
     }
 
-    /// The number of actions waiting in the outbox.
-    pub fn outbox_depth(&self) -> usize {
-        self.inner.trees.outbox.len()
-    }
-
     /// Takes a due action for sending: marks it in flight and counts the attempt. `None` when
     /// it is no longer waiting, or when it was a timer whose awaited status has arrived (it is
     /// then cancelled).
     pub fn claim(&self, entry: &DueEntry) -> Result<Option<Action>, StoreError> {
-        let claimed = self.action_tx(|tx, inflight, messages| {
+        let claimed = self.action_tx(|tx, messages| {
             let Some(old) = tx.load(&entry.id)? else {
                 tx.outbox.remove(entry.key.as_slice())?;
-                return Ok(None);
+                return Ok(Claim::Gone);
             };
             if old.outbox_key().as_deref() != Some(entry.key.as_slice()) {
                 // A stale entry: the action moved on since the scan (its own key, if it has
                 // one, is another).
                 tx.outbox.remove(entry.key.as_slice())?;
-                return Ok(None);
+                return Ok(Claim::Gone);
             }
-            let mut new = old.clone();
             if !old.until.is_empty() {
                 let state: Option<MessageState> = messages
                     .get(old.message_id.as_bytes())?
-                    .map(|b| serde_json::from_slice(&b))
-                    .transpose()
-                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
+                    .map(|b| from_json(&b))
+                    .transpose()?;
                 if let Some(status) = state
                     .as_ref()
                     .and_then(|s| old.until.iter().find(|u| reached(s, u).is_some()))
                 {
-                    new.state = ActionState::Cancelled;
-                    new.completed_at = Some(crate::domain::now());
-                    new.next_attempt_at = None;
-                    new.last_error = Some(format!("cancelled: message reached {status}"));
+                    let reason = format!("cancelled: message reached {status}");
+                    let new = cancelled(&old, crate::domain::now(), reason);
                     tx.update(&old, &new)?;
-                    observe::action(&old.rule, &old.action, "cancelled");
-                    return Ok(None);
+                    return Ok(Claim::Cancelled(new));
                 }
             }
+            let mut new = old.clone();
             new.in_flight = true;
             new.attempts += 1;
             tx.update(&old, &new)?;
-            inflight.insert(new.id.as_bytes(), &[])?;
-            Ok(Some(new))
+            Ok(Claim::Send(new))
         })?;
-        Ok(claimed)
+        // Counted once the transaction is in (its closure may run more than once).
+        Ok(match claimed {
+            Claim::Send(action) => Some(action),
+            Claim::Cancelled(action) => {
+                observe::action(&action.rule, &action.action, "cancelled");
+                None
+            }
+            Claim::Gone => None,
+        })
     }
 
     /// Records how a claimed action's attempt went, and returns once that is on disk (so a
@@ -563,9 +565,12 @@ impl Store {
         attempt: &Attempt,
         policy: &(dyn RetryPolicy + Sync),
     ) -> Result<Option<Action>, StoreError> {
-        let (done, ticket) = self.action_tx_ticket(|tx, inflight, _| {
-            inflight.remove(id.as_bytes())?;
+        let (done, ticket) = self.action_tx_ticket(|tx, _| {
             let Some(old) = tx.load(id)? else {
+                // Purged while in flight: only its mark is left.
+                if let Some(inflight) = tx.inflight {
+                    inflight.remove(id.as_bytes())?;
+                }
                 return Ok(None);
             };
             let mut new = old.clone();
@@ -645,14 +650,19 @@ impl Store {
             .collect::<Result<_, _>>()?;
         let now = crate::domain::now();
         for id in &ids {
-            self.action_tx(|tx, inflight, _| {
-                inflight.remove(id.as_bytes())?;
-                if let Some(old) = tx.load(id)? {
-                    if old.in_flight {
+            self.action_tx(|tx, _| {
+                match tx.load(id)? {
+                    Some(old) if old.in_flight => {
                         let mut new = old.clone();
                         new.in_flight = false;
                         new.next_attempt_at = Some(now);
                         tx.update(&old, &new)?;
+                    }
+                    // A mark without an in-flight action is left over; drop it.
+                    _ => {
+                        if let Some(inflight) = tx.inflight {
+                            inflight.remove(id.as_bytes())?;
+                        }
                     }
                 }
                 Ok(())
@@ -663,7 +673,7 @@ impl Store {
 
     /// Requeues one `dead` (or `retrying`) action now, with a fresh retry schedule.
     pub fn retry_action(&self, id: &str) -> Result<RetryOutcome, StoreError> {
-        let outcome = self.action_tx(|tx, _, _| {
+        let outcome = self.action_tx(|tx, _| {
             let Some(old) = tx.load(id)? else {
                 return Ok(RetryOutcome::NotFound);
             };
@@ -676,7 +686,7 @@ impl Store {
         })?;
         if let RetryOutcome::Requeued(action) = &outcome {
             observe::action(&action.rule, &action.action, "requeued");
-            self.inner.outbox_changed.notify_one();
+            self.notify_outbox();
         }
         Ok(outcome)
     }
@@ -710,7 +720,7 @@ impl Store {
             if ids.is_empty() {
                 break;
             }
-            let done = self.action_tx(|tx, _, _| {
+            let done = self.action_tx(|tx, _| {
                 let mut done = Vec::new();
                 for id in &ids {
                     let Some(old) = tx.load(id)? else { continue };
@@ -726,7 +736,7 @@ impl Store {
                 observe::action(rule, action, "requeued");
             }
             total += done.len() as u64;
-            self.inner.outbox_changed.notify_one();
+            self.notify_outbox();
             if ids.len() < batch {
                 break;
             }
@@ -748,6 +758,23 @@ impl Store {
 /// The action id at the end of an index key.
 fn index_id(k: &[u8], from: usize) -> String {
     String::from_utf8_lossy(k.get(from..).unwrap_or_default()).into_owned()
+}
+
+/// What one claim transaction decided.
+enum Claim {
+    Send(Action),
+    Cancelled(Action),
+    Gone,
+}
+
+/// A timer that will not fire: its awaited status arrived.
+pub(super) fn cancelled(old: &Action, now: DateTime<Utc>, reason: String) -> Action {
+    let mut new = old.clone();
+    new.state = ActionState::Cancelled;
+    new.next_attempt_at = None;
+    new.completed_at = Some(now);
+    new.last_error = Some(reason);
+    new
 }
 
 fn requeued(old: &Action) -> Action {

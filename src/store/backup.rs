@@ -7,9 +7,10 @@ use std::io::{BufRead, Write};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
-use super::actions::{abort, Action, ActionTx};
+use super::actions::{Action, ActionTx};
+use super::ingest::dedupe_keys;
 use super::ingest::{Derived, Filing};
-use super::{json_bytes, key, time_key, RejectedEvent, Store, StoreError};
+use super::{abort, json_bytes, time_key, RejectedEvent, Store, StoreError};
 use crate::domain::MessageState;
 
 #[derive(Serialize, Deserialize)]
@@ -148,13 +149,12 @@ impl Store {
                     filing.refile(id, None, Derived::of(Some(message), fields).as_ref())?;
                     for event in &message.events {
                         let seen = event.received_at.timestamp().max(0).to_be_bytes();
-                        dedupe.insert(key(&[b"n", event.natural_key(id).as_bytes()]), &seen)?;
-                        if let Some(event_id) = &event.event_id {
-                            let k = key(&[
-                                b"i",
-                                event.provider.as_str().as_bytes(),
-                                event_id.as_bytes(),
-                            ]);
+                        let (natural, by_id) = dedupe_keys(
+                            &event.natural_key(id),
+                            event.provider,
+                            event.event_id.as_deref(),
+                        );
+                        for k in std::iter::once(natural).chain(by_id) {
                             dedupe.insert(k, &seen)?;
                         }
                     }
@@ -163,6 +163,7 @@ impl Store {
                         index: ai,
                         outbox: o,
                         aggregates,
+                        inflight: None,
                     };
                     for action in actions {
                         // A call in flight when the export was taken is simply due again.

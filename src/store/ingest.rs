@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
-use super::actions::{Action, ActionState, ActionTx};
+use super::actions::{cancelled, Action, ActionState, ActionTx};
 use super::query::RejectedEvent;
 use super::{index_value, json_bytes as json, key, Store, StoreError, Ticket, TxResult};
 use crate::domain::{Event, EventKind, MessageId, MessageState, Provider};
@@ -139,6 +139,7 @@ impl Store {
                         index: action_idx,
                         outbox,
                         aggregates,
+                        inflight: None,
                     };
                     let mut report = Report::default();
                     for event in &events {
@@ -193,10 +194,7 @@ impl Store {
                     Ok((outcome, report))
                 },
             )
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => StoreError::Sled(e),
-            })?;
+            .map_err(super::abort)?;
         Ok((outcome, Some(self.inner.flusher.committed()), report))
     }
 }
@@ -227,18 +225,14 @@ fn queue_actions(
                 let Some(old) = tx.load(&id)? else { continue };
                 // Only a timer that has not fired yet; a call already made is not undone.
                 if old.state == ActionState::Pending && old.attempts == 0 && !old.in_flight {
-                    let mut new = old.clone();
-                    new.state = ActionState::Cancelled;
-                    new.next_attempt_at = None;
-                    new.completed_at = Some(now);
-                    new.last_error = Some("cancelled: the awaited status arrived in time".into());
-                    tx.update(&old, &new)?;
+                    let reason = "cancelled: the awaited status arrived in time";
+                    tx.update(&old, &cancelled(&old, now, reason.into()))?;
                     report.push((old.rule.clone(), old.action.clone(), "cancelled"));
                 }
             }
             Due::Fire { rule, at, step } => {
                 let id = action_id(state.message_id.as_str(), &rule.name);
-                if tx.load(&id)?.is_some() {
+                if tx.actions.get(id.as_bytes())?.is_some() {
                     continue;
                 }
                 let (request, skipped) = match step {
@@ -300,11 +294,11 @@ impl Batch {
         dedupe: &TransactionalTree,
         event: Event,
     ) -> TxResult<bool> {
-        let natural = key(&[b"n", event.natural_key().as_bytes()]);
-        let by_id = event
-            .event_id
-            .as_ref()
-            .map(|id| key(&[b"i", event.provider.as_str().as_bytes(), id.as_bytes()]));
+        let (natural, by_id) = dedupe_keys(
+            &event.natural_key(),
+            event.provider,
+            event.event_id.as_deref(),
+        );
         let seen_at = event.received_at.timestamp().max(0).to_be_bytes();
         let mut duplicate = false;
         for k in std::iter::once(&natural).chain(by_id.as_ref()) {
@@ -325,10 +319,8 @@ impl Batch {
             None => {
                 let stored = messages
                     .get(id.as_str().as_bytes())?
-                    .map(|bytes| serde_json::from_slice(&bytes));
-                let stored = stored
-                    .transpose()
-                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
+                    .map(|bytes| super::from_json(&bytes))
+                    .transpose()?;
                 (stored.clone(), stored)
             }
         };
@@ -336,6 +328,18 @@ impl Batch {
         self.states.insert(id, (current.0, after));
         Ok(true)
     }
+}
+
+/// An event's dedupe keys: by natural key, and by provider event id when it has one.
+pub(super) fn dedupe_keys(
+    natural_key: &str,
+    provider: Provider,
+    event_id: Option<&str>,
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    (
+        key(&[b"n", natural_key.as_bytes()]),
+        event_id.map(|id| key(&[b"i", provider.as_str().as_bytes(), id.as_bytes()])),
+    )
 }
 
 /// What a message contributes to the secondary indexes and aggregates.
@@ -442,11 +446,7 @@ impl Filing<'_> {
 }
 
 pub(super) fn add(tree: &TransactionalTree, k: Vec<u8>, delta: i64) -> TxResult<()> {
-    let current = tree
-        .get(&k)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(i64::from_be_bytes)
-        .unwrap_or(0);
+    let current = super::read_i64(tree.get(&k)?.as_deref());
     match current + delta {
         0 => tree.remove(k)?,
         n => tree.insert(k, &n.to_be_bytes())?,

@@ -201,6 +201,26 @@ fn json_bytes<T: serde::Serialize>(value: &T) -> TxResult<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| ConflictableTransactionError::Abort(e.into()))
 }
 
+/// Decodes stored JSON inside a transaction, aborting it on corrupt data.
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| ConflictableTransactionError::Abort(e.into()))
+}
+
+/// A transaction's error as a store error.
+fn abort(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
+/// A stored counter (i64 BE); 0 when absent or malformed.
+fn read_i64(bytes: Option<&[u8]>) -> i64 {
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, i64::from_be_bytes)
+}
+
 /// Free bytes for unprivileged writers on the file system holding `path` (or, before the
 /// store exists there, the nearest existing parent).
 fn free_disk_bytes(path: &std::path::Path) -> std::io::Result<u64> {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sled::Transactional;
 
-use super::actions::{abort, ActionTx};
+use super::actions::ActionTx;
 use super::ingest::{Derived, Filing};
-use super::{time_key, Store, StoreError};
+use super::{abort, from_json, time_key, Store, StoreError};
 use crate::config::StoreSettings;
 use crate::domain::MessageState;
 
@@ -93,6 +93,7 @@ impl Store {
                             index: action_idx,
                             outbox,
                             aggregates,
+                            inflight: Some(inflight),
                         };
                         let (mut n_messages, mut n_actions) = (0, 0);
                         for (k, id, action_ids) in &batch {
@@ -100,12 +101,7 @@ impl Store {
                             let Some(bytes) = messages.get(id.as_bytes())? else {
                                 continue;
                             };
-                            let state: MessageState =
-                                serde_json::from_slice(&bytes).map_err(|e| {
-                                    sled::transaction::ConflictableTransactionError::Abort(
-                                        StoreError::from(e),
-                                    )
-                                })?;
+                            let state: MessageState = from_json(&bytes)?;
                             if time_key(&state) != *k {
                                 // Updated since the scan: it has a newer entry and stays.
                                 continue;
@@ -116,7 +112,7 @@ impl Store {
                             n_messages += 1;
                             for action_id in action_ids {
                                 if let Some(action) = action_tx.load(action_id)? {
-                                    action_tx.delete(&action, inflight)?;
+                                    action_tx.delete(&action)?;
                                     n_actions += 1;
                                 }
                             }

@@ -101,7 +101,7 @@ impl Store {
             if from.is_some_and(|f| day < f) || to.is_some_and(|t| day > t) {
                 continue;
             }
-            let n = <[u8; 8]>::try_from(v.as_ref()).map_or(0, i64::from_be_bytes);
+            let n = super::read_i64(Some(&v));
             *sums
                 .entry(String::from_utf8_lossy(value).into_owned())
                 .or_default()
@@ -167,7 +167,7 @@ impl Store {
             .scan_prefix(&prefix)
             .map(|e| e.unwrap())
             .filter(|(k, _)| &k[prefix.len() + 4..] == metric.as_bytes())
-            .map(|(_, v)| i64::from_be_bytes(v.as_ref().try_into().unwrap()))
+            .map(|(_, v)| super::read_i64(Some(&v)))
             .sum()
     }
 }
