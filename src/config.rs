@@ -563,7 +563,7 @@ impl Settings {
             ("targets.engati", &t.engati.base_url),
             ("targets.botika", &t.botika.base_url),
         ] {
-            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            if !(url.is_empty() || is_http_url(url)) {
                 problems.push(format!("{section}.base_url: {url:?} is not an http(s) URL"));
             }
         }
@@ -609,18 +609,23 @@ impl Settings {
             .map(|(name, _)| name)
             .collect();
         // Target credentials matter only when a rule sends there.
-        let used: std::collections::HashSet<&str> = self
+        use crate::rules::{ActionKind, Target};
+        let used: std::collections::HashSet<Target> = self
             .rules
             .iter()
-            .filter_map(|r| r.action.split('.').next())
+            .filter_map(|r| ActionKind::parse(&r.action).map(ActionKind::target))
             .collect();
         let t = &self.targets;
         for (target, name, secret) in [
-            ("bik", "targets.bik.auth_token", &t.bik.auth_token),
-            ("engati", "targets.engati.api_key", &t.engati.api_key),
-            ("botika", "targets.botika.api_token", &t.botika.api_token),
+            (Target::Bik, "targets.bik.auth_token", &t.bik.auth_token),
+            (Target::Engati, "targets.engati.api_key", &t.engati.api_key),
+            (
+                Target::Botika,
+                "targets.botika.api_token",
+                &t.botika.api_token,
+            ),
         ] {
-            if used.contains(target) && secret.is_placeholder() {
+            if used.contains(&target) && secret.is_placeholder() {
                 weak.push(name);
             }
         }
@@ -645,6 +650,11 @@ impl Settings {
             weak.join(", ")
         )]))
     }
+}
+
+/// An absolute `http://` or `https://` URL (as far as flowhook checks).
+pub fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
 }
 
 /// The HMAC key of a Standard Webhooks secret: the base64 text after `whsec_`.

@@ -8,6 +8,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT
 use serde_json::Value;
 
 use crate::config::{Limits, TargetSettings};
+use crate::rules::actions::path_segment;
 use crate::rules::{Rules, Target};
 use crate::store::{Action, Attempt};
 
@@ -95,9 +96,6 @@ impl Sender {
             .ok_or_else(|| "the action has no request".to_owned())?;
         let t = &self.targets;
         let base = |url: &str| url.trim_end_matches('/').to_owned();
-        let segment = |s: &str| {
-            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-        };
         let (url, auth) = match out.target {
             Target::Bik => (
                 format!("{}{}", base(&t.bik.base_url), out.path),
@@ -107,8 +105,8 @@ impl Sender {
                 format!(
                     "{}/bot-api/v2.0/customer/{}/bot/{}/flow/{}",
                     base(&t.engati.base_url),
-                    segment(&t.engati.customer_id),
-                    segment(&t.engati.bot_key),
+                    path_segment(&t.engati.customer_id),
+                    path_segment(&t.engati.bot_key),
                     out.path
                 ),
                 Some(format!("Basic {}", t.engati.api_key.expose())),

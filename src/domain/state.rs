@@ -87,14 +87,11 @@ impl TimelineEvent {
     /// e.g. Meta statuses, which carry no event id) the smallest serialized form. A total
     /// order, so that the choice never depends on arrival order. Found by fuzzing.
     fn preferred_over(&self, other: &Self) -> bool {
-        let key = |e: &Self| (e.received_at, e.event_id.clone(), e.provider);
-        match key(self).cmp(&key(other)) {
-            std::cmp::Ordering::Equal => {
-                let text = |e: &Self| serde_json::to_string(e).unwrap_or_default();
-                text(self) < text(other)
-            }
-            order => order.is_lt(),
-        }
+        let text = |e: &Self| serde_json::to_string(e).unwrap_or_default();
+        (self.received_at, &self.event_id, self.provider)
+            .cmp(&(other.received_at, &other.event_id, other.provider))
+            .then_with(|| text(self).cmp(&text(other)))
+            .is_lt()
     }
 }
 

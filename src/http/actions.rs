@@ -9,8 +9,7 @@ use serde_json::{json, Value};
 
 use super::auth::ApiCaller;
 use super::errors::ApiError;
-use super::messages::Paging;
-#[allow(unused_imports)] // used by the OpenAPI annotations
+use super::messages::{reject_unknown, Paging};
 use super::openapi::{ActionPage, ActionView, ErrorBody, Requeued, RetryAll as RetryAllDoc};
 use super::{body, guarded, AppState};
 use crate::store::{ActionFilter, ActionState, RetryOutcome};
@@ -62,11 +61,7 @@ pub(super) async fn list_actions(
             .transpose()?,
         rule: query.remove("rule").filter(|r| !r.is_empty()),
     };
-    if let Some(name) = query.keys().next() {
-        return Err(ApiError::bad_request(format!(
-            "unknown parameter {name:?}: only state, rule, limit and cursor"
-        )));
-    }
+    reject_unknown(&query, "state, rule, limit and cursor")?;
     let page = state
         .store
         .actions(&filter, paging.limit, paging.cursor.as_deref())?;
@@ -140,16 +135,14 @@ pub(super) async fn retry_all(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let bytes = body::read(&req, payload, state.settings.server.max_body_bytes).await?;
-    let request: RetryAll = if bytes.iter().all(u8::is_ascii_whitespace) {
-        RetryAll {
-            state: dead(),
-            rule: None,
-        }
+    // An empty body means all the defaults.
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(format!("body must be {{\"state\", \"rule\"}}: {e}"))
-        })?
+        &bytes
     };
+    let request: RetryAll = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("body must be {{\"state\", \"rule\"}}: {e}")))?;
     let wanted = parse_state(&request.state)?;
     if !matches!(wanted, ActionState::Dead | ActionState::Retrying) {
         return Err(ApiError::bad_request(

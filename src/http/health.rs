@@ -3,7 +3,6 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-#[allow(unused_imports)] // used by the OpenAPI annotations
 use super::openapi::{Health, Readiness};
 use super::{guarded, AppState};
 use crate::observe;
@@ -44,7 +43,6 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus text. Gauges that describe the store are read now, at scrape time.
-/// Prometheus text exposition.
 #[utoipa::path(
     get,
     path = "/metrics",

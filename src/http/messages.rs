@@ -8,7 +8,6 @@ use serde_json::{json, Map, Value};
 
 use super::auth::ApiCaller;
 use super::errors::ApiError;
-#[allow(unused_imports)] // used by the OpenAPI annotations
 use super::openapi::{ErrorBody, MessagePage, MessageView, RejectedPage};
 use super::{guarded, AppState};
 use crate::domain::MessageState;
@@ -63,6 +62,16 @@ pub(super) async fn get_message(
 pub(super) struct Paging {
     pub limit: usize,
     pub cursor: Option<String>,
+}
+
+/// `400` naming the first parameter left in `query` after a handler took the ones it knows.
+pub(super) fn reject_unknown(query: &HashMap<String, String>, known: &str) -> Result<(), ApiError> {
+    match query.keys().next() {
+        Some(name) => Err(ApiError::bad_request(format!(
+            "unknown parameter {name:?}: only {known}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 impl Paging {
@@ -190,11 +199,7 @@ pub(super) async fn list_rejected(
 ) -> Result<HttpResponse, ApiError> {
     let mut query = query.into_inner();
     let paging = Paging::take(&mut query)?;
-    if let Some(name) = query.keys().next() {
-        return Err(ApiError::bad_request(format!(
-            "unknown parameter {name:?}: only limit and cursor"
-        )));
-    }
+    reject_unknown(&query, "limit and cursor")?;
     let page = state
         .store
         .rejected(paging.limit, paging.cursor.as_deref())?;

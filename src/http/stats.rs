@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use super::auth::ApiCaller;
 use super::errors::ApiError;
-#[allow(unused_imports)] // used by the OpenAPI annotations
 use super::openapi::ErrorBody;
 use super::{guarded, AppState};
 use crate::store::{day_date, day_of, Group};
@@ -73,11 +72,7 @@ pub(super) async fn stats(
         .remove("to")
         .map(|t| parse_day(&t, "to"))
         .transpose()?;
-    if let Some(name) = query.keys().next() {
-        return Err(ApiError::bad_request(format!(
-            "unknown parameter {name:?}: only group_by, from and to"
-        )));
-    }
+    super::messages::reject_unknown(&query, "group_by, from and to")?;
     if let (Some(f), Some(t)) = (from, to) {
         if f > t {
             return Err(ApiError::bad_request("from is after to"));

@@ -7,15 +7,12 @@ use actix_web::http::header::{HeaderName, AUTHORIZATION};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::errors::ApiError;
-#[allow(unused_imports)] // used by the OpenAPI annotations
 use super::openapi::ErrorBody;
 use super::{body, guarded, AppState};
 use crate::domain::Provider;
 use crate::observe;
 use crate::providers::{bik, generic, meta, ParseContext, Refusal};
 use crate::store::{IngestItem, IngestOutcome};
-#[allow(unused_imports)]
-use serde_json::Value;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -84,7 +81,7 @@ async fn counted(
     post,
     path = "/webhooks/bik",
     tag = "webhooks",
-    request_body(content = Value, description = "BIK webhook events", content_type = "application/json"),
+    request_body(content = serde_json::Value, description = "BIK webhook events", content_type = "application/json"),
     security(("bik_basic" = [])),
     responses(WebhookAnswer)
 )]
@@ -151,7 +148,7 @@ pub(super) async fn meta_handshake(
     post,
     path = "/webhooks/meta",
     tag = "webhooks",
-    request_body(content = Value, description = "Meta webhook", content_type = "application/json"),
+    request_body(content = serde_json::Value, description = "Meta webhook", content_type = "application/json"),
     security(("meta_signature" = [])),
     responses(WebhookAnswer)
 )]
@@ -173,7 +170,7 @@ pub(super) async fn meta_webhook(
     post,
     path = "/webhooks/generic",
     tag = "webhooks",
-    request_body(content = Value, description = "`message.status` / `message.click` events", content_type = "application/json"),
+    request_body(content = serde_json::Value, description = "`message.status` / `message.click` events", content_type = "application/json"),
     params(
         ("webhook-id" = String, Header, description = "the event id"),
         ("webhook-timestamp" = i64, Header, description = "unix seconds"),

@@ -158,8 +158,9 @@ impl ActionKind {
         let mut p = params;
         let (path, body, headers) = match self {
             Self::BikInitiateFlow => {
-                if let Some(carry) = p.remove("carry_payload") {
-                    p.insert("carry_payload".into(), string_lists(carry)?);
+                if p.contains_key("carry_payload") {
+                    let carry = string_lists(take_table(&mut p, "carry_payload")?);
+                    p.insert("carry_payload".into(), carry);
                 }
                 (
                     "/integrations/bikPlatformFunctions-initiateFlow".to_owned(),
@@ -173,11 +174,7 @@ impl ActionKind {
                 Vec::new(),
             ),
             Self::BikSendMessage => {
-                let mut callback = match p.remove("callback_data") {
-                    Some(Value::Object(map)) => map,
-                    Some(_) => return Err("callback_data must be a table".into()),
-                    None => Map::new(),
-                };
+                let mut callback = take_table(&mut p, "callback_data")?;
                 callback.insert(
                     "parent_message_id".into(),
                     Value::String(origin.message_id.clone()),
@@ -214,17 +211,9 @@ impl ActionKind {
                     "user.phone_no".into(),
                     p.remove("phone_no").unwrap_or_default(),
                 );
-                match p.remove("attributes") {
-                    Some(Value::Object(attributes)) => body.extend(attributes),
-                    Some(_) => return Err("attributes must be a table".into()),
-                    None => {}
-                }
+                body.extend(take_table(&mut p, "attributes")?);
                 // The flow key is the last path segment; the dispatcher puts the rest in front.
-                (
-                    percent_encoding::utf8_percent_encode(&flow_key, SEGMENT).to_string(),
-                    Value::Object(body),
-                    Vec::new(),
-                )
+                (path_segment(&flow_key), Value::Object(body), Vec::new())
             }
             Self::BotikaSendFlow => {
                 let mut body = Map::new();
@@ -242,15 +231,13 @@ impl ActionKind {
             }
             Self::HttpPost => {
                 let url = p.remove("url").map(|v| text_of(&v)).unwrap_or_default();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                if !crate::config::is_http_url(&url) {
                     return Err(format!("url {url:?} is not an http(s) URL"));
                 }
-                let headers = match p.remove("headers") {
-                    Some(Value::Object(map)) => {
-                        map.into_iter().map(|(k, v)| (k, text_of(&v))).collect()
-                    }
-                    _ => Vec::new(),
-                };
+                let headers = take_table(&mut p, "headers")?
+                    .into_iter()
+                    .map(|(k, v)| (k, text_of(&v)))
+                    .collect();
                 (url, p.remove("body").unwrap_or_default(), headers)
             }
         };
@@ -315,13 +302,25 @@ fn camel(snake: &str) -> String {
     out
 }
 
+/// Percent-encodes one URL path segment.
+pub(crate) fn path_segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
+}
+
+/// Removes a table param: empty when absent, an error when it is not a table (check-config
+/// refuses that, so only a bug can get here).
+fn take_table(params: &mut Map<String, Value>, key: &str) -> Result<Map<String, Value>, String> {
+    match params.remove(key) {
+        None => Ok(Map::new()),
+        Some(Value::Object(map)) => Ok(map),
+        Some(_) => Err(format!("{key} must be a table")),
+    }
+}
+
 /// BIK's `carryPayload` is `{key: [string]}`: a single value becomes a one-element list and
 /// numbers and booleans become their text.
-fn string_lists(value: Value) -> Result<Value, String> {
-    let Value::Object(map) = value else {
-        return Err("carry_payload must be a table".into());
-    };
-    Ok(Value::Object(
+fn string_lists(map: Map<String, Value>) -> Value {
+    Value::Object(
         map.into_iter()
             .map(|(k, v)| {
                 let list = match v {
@@ -331,7 +330,7 @@ fn string_lists(value: Value) -> Result<Value, String> {
                 (k, Value::Array(list))
             })
             .collect(),
-    ))
+    )
 }
 
 #[cfg(test)]

@@ -50,11 +50,12 @@ pub struct Rule {
 
 /// What a rule asks for a message right now.
 pub enum Due<'a> {
-    /// Queue the action (for a timer: at `at`).
+    /// Queue the action (for a timer: at `at`); [`Rule::step`] makes its request, which the
+    /// store asks for only when the action does not exist yet.
     Fire {
         rule: &'a Rule,
         at: Option<DateTime<Utc>>,
-        step: Step,
+        trigger: &'a TimelineEvent,
     },
     /// A timer whose awaited status has been reached: cancel it if it is still waiting.
     Cancel { rule: &'a Rule },
@@ -104,7 +105,7 @@ impl Rules {
     }
 
     /// Every rule that holds for this state, with what it asks for.
-    pub fn due<'a>(&'a self, state: &MessageState) -> Vec<Due<'a>> {
+    pub fn due<'a>(&'a self, state: &'a MessageState) -> Vec<Due<'a>> {
         self.rules.iter().filter_map(|r| r.due(state)).collect()
     }
 }
@@ -255,7 +256,7 @@ impl Rule {
         self.signing_key.as_deref()
     }
 
-    fn due(&self, state: &MessageState) -> Option<Due<'_>> {
+    fn due<'a>(&'a self, state: &'a MessageState) -> Option<Due<'a>> {
         let (trigger, at) = match self.on {
             Trigger::Status => (
                 state.events.iter().find(|e| {
@@ -287,19 +288,21 @@ impl Rule {
                 .get(var)
                 .is_some_and(|v| accepted.contains(&text_of(&v)))
         });
-        if !holds {
-            return None;
-        }
-        let step = match self.params.render(&facts) {
+        holds.then_some(Due::Fire {
+            rule: self,
+            at,
+            trigger,
+        })
+    }
+
+    /// The request this rule makes for a message, given the event that triggered it, or why
+    /// it makes none.
+    pub fn step(&self, state: &MessageState, trigger: &TimelineEvent) -> Step {
+        match self.params.render(&Facts { state, trigger }) {
             Err(Missing(var)) => Step::Skip(format!("missing field: {var}")),
             Ok(Value::Object(params)) => self.build(params, state),
             Ok(_) => Step::Skip("params did not render to a table".into()),
-        };
-        Some(Due::Fire {
-            rule: self,
-            at,
-            step,
-        })
+        }
     }
 
     fn build(&self, params: Map<String, Value>, state: &MessageState) -> Step {
@@ -493,15 +496,16 @@ params = { url = "http://x/{{callback.qty}}", body = { at = "{{event.at}}" } }
     #[test]
     fn a_timer_is_due_after_since_and_cancelled_by_an_awaited_status_in_any_order() {
         let rules = rules(TIMER);
-        match rules
-            .due(&state(&[("sent", 1), ("delivered", 10)]))
-            .as_slice()
-        {
+        let delivered = state(&[("sent", 1), ("delivered", 10)]);
+        match rules.due(&delivered).as_slice() {
             [Due::Fire {
+                rule,
                 at: Some(at),
-                step: Step::Send(request),
-                ..
+                trigger,
             }] => {
+                let Step::Send(request) = rule.step(&delivered, trigger) else {
+                    panic!("expected a request");
+                };
                 assert_eq!(*at, Utc.timestamp_opt(1_795_255_200 + 70, 0).unwrap());
                 assert_eq!(request.path, "http://x/3");
                 assert_eq!(request.body, json!({"at": "2026-11-21T10:00:10Z"}));

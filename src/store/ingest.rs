@@ -230,12 +230,12 @@ fn queue_actions(
                     report.push((old.rule.clone(), old.action.clone(), "cancelled"));
                 }
             }
-            Due::Fire { rule, at, step } => {
+            Due::Fire { rule, at, trigger } => {
                 let id = action_id(state.message_id.as_str(), &rule.name);
                 if tx.actions.get(id.as_bytes())?.is_some() {
                     continue;
                 }
-                let (request, skipped) = match step {
+                let (request, skipped) = match rule.step(state, trigger) {
                     Step::Send(request) => (Some(request), None),
                     Step::Skip(reason) => (None, Some(reason)),
                 };
