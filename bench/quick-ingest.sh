@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+source bench/lib.sh
 cargo build --release --quiet
 port=18090
 for mode in sync relaxed; do
@@ -12,7 +13,7 @@ for mode in sync relaxed; do
   FLOWHOOK__STORE__PATH="$store" FLOWHOOK__STORE__DURABILITY=$mode FLOWHOOK__SERVER__BIND=127.0.0.1:$port \
     FLOWHOOK__SERVER__WORKERS=1 FLOWHOOK__LOG__LEVEL=warn ./target/release/flowhook serve &
   pid=$!
-  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  wait_up "http://127.0.0.1:$port/healthz"
   echo "== durability=$mode"
   wrk -t1 -c64 -d15s --latency -s bench/bik-status.lua "http://127.0.0.1:$port" | grep -E 'Requests/sec|50%|99%|Non-2xx|Socket errors' || true
   kill -TERM $pid; wait $pid || true

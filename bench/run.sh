@@ -36,39 +36,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null -X "${2:-GET}" "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 config() { # mode store
-    cat > "$work/$1.toml" <<TOML
-[server]
-bind = "127.0.0.1:$FLOWHOOK_PORT"
-workers = 1
-[store]
-path = "$2"
-durability = "$1"
-[api]
-token = "bench-token"
-[providers.bik]
-basic_auth = ["$BIK_KEY"]
-[targets.http]
-max_in_flight = 32
-rate_per_second = 0
-[log]
-level = "warn"
-[[rules]]
-name = "tenth"
-on = "status"
-statuses = ["delivered"]
-when = { "callback.campaign" = "abandoned_cart" }
-action = "http.post"
-params = { url = "http://127.0.0.1:$CEILING_PORT/hook", body = { order = "{{callback.order_id}}" } }
-[[rules]]
-name = "lag"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = { url = "http://127.0.0.1:$MOCK_PORT/hook", body = { message = "{{message_id}}" } }
-TOML
+    flowhook_config "$work/$1.toml" "$FLOWHOOK_PORT" "$2" "$1" 1 "$MOCK_PORT" "[[rules]]
+name = \"tenth\"
+on = \"status\"
+statuses = [\"delivered\"]
+when = { \"callback.campaign\" = \"abandoned_cart\" }
+action = \"http.post\"
+params = { url = \"http://127.0.0.1:$CEILING_PORT/hook\", body = { order = \"{{callback.order_id}}\" } }"
     echo "$work/$1.toml"
 }
 

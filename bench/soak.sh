@@ -11,31 +11,13 @@ PORT=18290
 MOCK_PORT=18298
 cargo build --release --quiet --bin flowhook --example followup_lag
 work=$(mktemp -d)
-cat > "$work/soak.toml" <<TOML
-[server]
-bind = "127.0.0.1:$PORT"
-[store]
-path = "$work/store"
-[api]
-token = "soak-token"
-[providers.bik]
-basic_auth = ["bench-key"]
-[targets.http]
-max_in_flight = 32
-rate_per_second = 0
-[log]
-level = "warn"
-[[rules]]
-name = "lag"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = { url = "http://127.0.0.1:$MOCK_PORT/hook", body = { message = "{{message_id}}" } }
-TOML
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+flowhook_config "$work/soak.toml" "$PORT" "$work/store" sync 0 "$MOCK_PORT"
 ./target/release/flowhook --config "$work/soak.toml" serve 2>"$work/flowhook.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/healthz" && break; sleep 0.1; done
+wait_up "http://127.0.0.1:$PORT/healthz"
 rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
 (
     sleep 30

@@ -11,27 +11,6 @@ use helpers::*;
 use serde_json::json;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-/// `name{a="x",b="y"}` -> value, with labels sorted so lookups do not depend on their order.
-fn parse(text: &str) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-    {
-        let (series, value) = line.rsplit_once(' ').expect("series and value");
-        let key = match series.split_once('{') {
-            None => series.to_owned(),
-            Some((name, labels)) => {
-                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
-                labels.sort();
-                format!("{name}{{{}}}", labels.join(","))
-            }
-        };
-        out.insert(key, value.parse().expect("a number"));
-    }
-    out
-}
-
 fn value(metrics: &BTreeMap<String, f64>, key: &str) -> f64 {
     *metrics
         .get(key)
@@ -87,18 +66,13 @@ params = {{ url = "{}/hook", body = {{ id = "{{{{message_id}}}}" }} }}
     })
     .await;
 
-    let resp = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_public("/metrics").await;
     assert_eq!(resp.status().as_u16(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()
         .unwrap()
         .starts_with("text/plain"));
-    let m = parse(&resp.text().await.unwrap());
+    let m = parse_metrics(&resp.text().await.unwrap());
     let webhooks = |provider: &str, outcome: &str| {
         value(
             &m,

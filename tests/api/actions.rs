@@ -111,11 +111,7 @@ fn hooks(mock: &str, schedule: &str, names: &[&str]) -> String {
 
 /// Posts a BIK `read` for `id` with the cart callback data, asserting 200.
 async fn post_read(app: &TestApp, id: &str) {
-    counts(
-        app.post_bik(bik_status(id, "read", Utc::now(), &cart()))
-            .await,
-    )
-    .await;
+    app.post_bik_status(id, "read", Utc::now(), &cart()).await;
 }
 
 fn header<'a>(req: &'a Request, name: &str) -> &'a str {
@@ -234,7 +230,7 @@ secret = "{GENERIC_SECRET}"
     let app = spawn_app_with_rules(&config).await;
     let at = chrono::DateTime::from_timestamp(1_795_255_200, 0).unwrap();
     let id = "wamid.ALL/+==";
-    counts(app.post_bik(bik_status(id, "read", at, &cart())).await).await;
+    app.post_bik_status(id, "read", at, &cart()).await;
     let actions = app.wait_for_actions(id, all_in("delivered", 6)).await;
 
     let requests = script.requests();
@@ -390,12 +386,7 @@ async fn a_client_error_is_final_and_keeps_the_answer_until_retried_by_hand() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(script.requests().len(), 1, "a 4xx is not retried");
 
-    let listed: Value = app
-        .get("/v1/actions?state=dead&rule=hook")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/v1/actions?state=dead&rule=hook").await;
     assert_eq!(listed["actions"][0]["id"], dead["id"]);
     let action_id = dead["id"].as_str().unwrap();
     let resp = app
@@ -497,16 +488,8 @@ async fn a_template_naming_a_missing_field_skips_the_action() {
     script.mount(&mock).await;
     let app = spawn_app_with_rules(&hook_rule(&mock.uri(), r#"["read"]"#, "")).await;
     let id = "wamid.SKIP==";
-    counts(
-        app.post_bik(bik_status(
-            id,
-            "read",
-            Utc::now(),
-            &json!({"campaign": "c"}),
-        ))
-        .await,
-    )
-    .await;
+    app.post_bik_status(id, "read", Utc::now(), &json!({"campaign": "c"}))
+        .await;
     let actions = app.wait_for_actions(id, all_in("skipped", 1)).await;
     assert_eq!(actions[0]["last_error"], "missing field: callback.order_id");
     assert_eq!(actions[0]["attempts"], 0);
@@ -532,7 +515,7 @@ async fn a_rule_fires_once_per_message_under_duplicates_and_later_matches() {
     app.wait_for_actions(id, all_in("delivered", 1)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(script.requests().len(), 1);
-    let listed: Value = app.get("/v1/actions?rule=hook").await.json().await.unwrap();
+    let listed: Value = app.get_json("/v1/actions?rule=hook").await;
     assert_eq!(listed["actions"].as_array().unwrap().len(), 1);
 }
 
@@ -561,11 +544,8 @@ async fn a_missing_status_timer_fires_at_its_deadline() {
     let app = spawn_app_with_rules(&timer(&mock.uri())).await;
     let id = "wamid.UNREAD==";
     let delivered_at = Utc::now();
-    counts(
-        app.post_bik(bik_status(id, "delivered", delivered_at, &cart()))
-            .await,
-    )
-    .await;
+    app.post_bik_status(id, "delivered", delivered_at, &cart())
+        .await;
     let pending = app.wait_for_actions(id, all_in("pending", 1)).await;
     let due = chrono::DateTime::parse_from_rfc3339(pending[0]["next_attempt_at"].as_str().unwrap())
         .unwrap();
@@ -590,21 +570,12 @@ async fn a_missing_status_timer_is_cancelled_when_the_status_arrives_and_survive
     let app = spawn_app_with_rules(&timer(&mock.uri())).await;
     let (read_in_time, never_read) = ("wamid.READ==", "wamid.RESTART==");
     let now = Utc::now();
-    counts(
-        app.post_bik(bik_status(read_in_time, "delivered", now, &cart()))
-            .await,
-    )
-    .await;
-    counts(
-        app.post_bik(bik_status(never_read, "delivered", now, &cart()))
-            .await,
-    )
-    .await;
-    counts(
-        app.post_bik(bik_status(read_in_time, "read", now, &cart()))
-            .await,
-    )
-    .await;
+    app.post_bik_status(read_in_time, "delivered", now, &cart())
+        .await;
+    app.post_bik_status(never_read, "delivered", now, &cart())
+        .await;
+    app.post_bik_status(read_in_time, "read", now, &cart())
+        .await;
     let cancelled = app
         .wait_for_actions(read_in_time, all_in("cancelled", 1))
         .await;
@@ -643,28 +614,15 @@ async fn the_actions_api_filters_pages_and_requeues_in_bulk() {
     for id in &ids {
         app.wait_for_actions(id, all_in("dead", 1)).await;
     }
-    let page: Value = app
-        .get("/v1/actions?state=dead&limit=2")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json("/v1/actions?state=dead&limit=2").await;
     assert_eq!(page["actions"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"].as_str().expect("a next page");
     let rest: Value = app
-        .get(&format!("/v1/actions?state=dead&limit=10&cursor={cursor}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/actions?state=dead&limit=10&cursor={cursor}"))
+        .await;
     assert_eq!(rest["actions"].as_array().unwrap().len(), 3);
     assert_eq!(rest["next_cursor"], Value::Null);
-    let none: Value = app
-        .get("/v1/actions?state=dead&rule=other")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let none: Value = app.get_json("/v1/actions?state=dead&rule=other").await;
     assert_eq!(none["actions"], json!([]));
 
     assert_error(
@@ -724,12 +682,7 @@ async fn the_actions_api_filters_pages_and_requeues_in_bulk() {
     for id in &ids {
         app.wait_for_actions(id, all_in("delivered", 1)).await;
     }
-    let delivered: Value = app
-        .get("/v1/actions?state=delivered")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let delivered: Value = app.get_json("/v1/actions?state=delivered").await;
     assert_eq!(delivered["actions"].as_array().unwrap().len(), 5);
 }
 

@@ -71,7 +71,7 @@ async fn bik_status_with_wrong_basic_auth_is_rejected_and_not_stored() {
         assert_error(resp, 401, needle).await;
     }
     assert!(app.message(FIXTURE_MESSAGE_ID).await.is_none());
-    let rejected: Value = app.get("/v1/rejected").await.json().await.unwrap();
+    let rejected: Value = app.get_json("/v1/rejected").await;
     assert_eq!(rejected["rejected"], serde_json::json!([]));
 }
 
@@ -98,7 +98,7 @@ async fn a_mixed_batch_counts_accepted_ignored_and_rejected_and_quarantines_the_
         counts(app.post_bik(fixture("bik/batch-mixed.json")).await).await,
         (1, 0, 1, 1)
     );
-    let rejected: Value = app.get("/v1/rejected").await.json().await.unwrap();
+    let rejected: Value = app.get_json("/v1/rejected").await;
     let items = rejected["rejected"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["provider"], "bik");
@@ -269,12 +269,7 @@ async fn events_that_lack_what_they_need_are_quarantined_with_the_reason() {
             (0, 0, 0, 1),
             "{body}"
         );
-        let page: Value = app
-            .get("/v1/rejected?limit=500")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let page: Value = app.get_json("/v1/rejected?limit=500").await;
         let last = page["rejected"].as_array().unwrap().last().unwrap().clone();
         assert!(
             last["reason"].as_str().unwrap().contains(reason),

@@ -32,6 +32,22 @@ fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
     })
 }
 
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Replaces the text of an input.
+async fn fill(c: &Client, css: &str, text: &str) {
+    let input = c.find(Locator::Css(css)).await.unwrap();
+    input.clear().await.unwrap();
+    input.send_keys(text).await.unwrap();
+}
+
 /// Waits until the element's text satisfies `ok`; returns it.
 async fn text_of(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -84,11 +100,8 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
     for (i, status) in ["delivered", "read", "sent"].iter().enumerate() {
         let id = format!("wamid.WINBACK{i}");
         let callback = json!({"campaign": "winback", "order_id": format!("W-{i}")});
-        counts(
-            app.post_bik(bik_status(&id, status, Utc::now(), &callback))
-                .await,
-        )
-        .await;
+        app.post_bik_status(&id, status, Utc::now(), &callback)
+            .await;
     }
 
     let port = free_port();
@@ -127,24 +140,12 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
 
     c.goto(&format!("{}/ui", app.address)).await.unwrap();
     // Asked once for the token; a wrong one is refused with a message.
-    let token = c.wait().for_element(Locator::Css("#token")).await.unwrap();
-    token.send_keys("wrong-token").await.unwrap();
-    c.find(Locator::Css("#connect"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    c.wait().for_element(Locator::Css("#token")).await.unwrap();
+    fill(&c, "#token", "wrong-token").await;
+    click(&c, "#connect").await;
     text_of(&c, "#login-error", |t| t.contains("refused")).await;
-    let token = c.find(Locator::Css("#token")).await.unwrap();
-    token.clear().await.unwrap();
-    token.send_keys(API_TOKEN).await.unwrap();
-    c.find(Locator::Css("#connect"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&c, "#token", API_TOKEN).await;
+    click(&c, "#connect").await;
 
     // Funnels, exactly as the stats API counts them.
     let card = r#"[data-value="abandoned_cart"]"#;
@@ -165,27 +166,14 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
     std::fs::write(target.join("ui-dashboard.png"), screenshot).unwrap();
 
     // Search by order id finds both messages of the order; by message id opens the timeline.
-    let q = c.find(Locator::Css("#q")).await.unwrap();
-    q.send_keys("ORD123").await.unwrap();
-    c.find(Locator::Css("#search button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&c, "#q", "ORD123").await;
+    click(&c, "#search button").await;
     text_of(&c, "#results", |t| {
         t.contains(FIXTURE_MESSAGE_ID) && t.contains("failed")
     })
     .await;
-    let q = c.find(Locator::Css("#q")).await.unwrap();
-    q.clear().await.unwrap();
-    q.send_keys(FIXTURE_MESSAGE_ID).await.unwrap();
-    c.find(Locator::Css("#search button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&c, "#q", FIXTURE_MESSAGE_ID).await;
+    click(&c, "#search button").await;
     text_of(&c, r#"[data-testid="timeline-id"]"#, |t| {
         t == FIXTURE_MESSAGE_ID
     })
@@ -196,12 +184,7 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
     .await;
 
     // Retry from the dead letters: the action is attempted again (and dies again).
-    c.find(Locator::Css("#dead tbody button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#dead tbody button").await;
     text_of(&c, "#dead tbody tr td:nth-child(4)", |t| t == "2").await;
 
     c.set_window_size(390, 1400).await.unwrap();

@@ -114,21 +114,12 @@ params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
     let app = spawn_app_with_rules(&rules).await;
     let now = Utc::now();
     let with_order = json!({"order_id": "O-1", "campaign": "spring"});
-    counts(
-        app.post_bik(bik_status("wamid.A==", "read", now, &with_order))
-            .await,
-    )
-    .await;
-    counts(
-        app.post_bik(bik_status("wamid.B==", "sent", now, &json!({})))
-            .await,
-    )
-    .await;
-    counts(
-        app.post_bik(bik_status("wamid.C==", "read", now, &json!({})))
-            .await,
-    )
-    .await;
+    app.post_bik_status("wamid.A==", "read", now, &with_order)
+        .await;
+    app.post_bik_status("wamid.B==", "sent", now, &json!({}))
+        .await;
+    app.post_bik_status("wamid.C==", "read", now, &json!({}))
+        .await;
     let no_id = json!({"type": "message.status", "status": "read", "timestamp": 1});
     counts(app.post_generic("wh_q", no_id.to_string()).await).await;
     for id in ["wamid.A==", "wamid.C=="] {
@@ -142,7 +133,7 @@ params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
     for id in ids {
         before.push(app.message(id).await.unwrap());
     }
-    let listed_before: Value = app.get("/v1/actions").await.json().await.unwrap();
+    let listed_before: Value = app.get_json("/v1/actions").await;
     let (settings, dir) = app.stop().await;
 
     let original = config_for(&settings.store.path);
@@ -181,16 +172,11 @@ params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
     for (id, expected) in ids.iter().zip(&before) {
         assert_eq!(&app.message(id).await.unwrap(), expected, "{id}");
     }
-    let listed: Value = app.get("/v1/actions").await.json().await.unwrap();
+    let listed: Value = app.get_json("/v1/actions").await;
     assert_eq!(listed, listed_before);
-    let by_order: Value = app
-        .get("/v1/messages?callback.order_id=O-1")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let by_order: Value = app.get_json("/v1/messages?callback.order_id=O-1").await;
     assert_eq!(by_order["messages"][0]["message_id"], "wamid.A==");
-    let rejected: Value = app.get("/v1/rejected").await.json().await.unwrap();
+    let rejected: Value = app.get_json("/v1/rejected").await;
     assert_eq!(rejected["rejected"].as_array().unwrap().len(), 1);
     // Restored dedupe keys: the same webhook again is a duplicate.
     let again = app

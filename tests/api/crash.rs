@@ -279,13 +279,9 @@ async fn sigterm_lets_the_call_in_flight_finish_and_exits_0() {
         .status()
         .unwrap()
         .success());
-    let status = tokio::task::spawn_blocking(move || {
-        let status = process.0.wait().unwrap();
-        (status, process)
-    })
-    .await
-    .unwrap()
-    .0;
+    let status = tokio::task::spawn_blocking(move || process.0.wait().unwrap())
+        .await
+        .unwrap();
     assert_eq!(
         status.code(),
         Some(0),

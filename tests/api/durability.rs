@@ -33,13 +33,10 @@ async fn every_accepted_event_is_there_after_a_restart_over_the_same_store() {
         assert_eq!(m["status"], "delivered");
     }
     let by_order: Value = app
-        .get(&format!("/v1/messages?callback.order_id={}", ids[7]))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/messages?callback.order_id={}", ids[7]))
+        .await;
     assert_eq!(by_order["messages"][0]["message_id"], ids[7].as_str());
-    let rejected: Value = app.get("/v1/rejected").await.json().await.unwrap();
+    let rejected: Value = app.get_json("/v1/rejected").await;
     assert_eq!(rejected["rejected"].as_array().unwrap().len(), 1);
     // Dedupe keys survive too: a provider retry after the restart is still a duplicate.
     assert_eq!(

@@ -229,6 +229,36 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// GET with the API token, the answer's JSON.
+    pub async fn get_json(&self, path_and_query: &str) -> Value {
+        self.get(path_and_query)
+            .await
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
+    /// Posts a BIK status webhook (see [`bik_status`]), asserting it is answered 200;
+    /// returns the counts.
+    pub async fn post_bik_status(
+        &self,
+        id: &str,
+        status: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        callback: &Value,
+    ) -> (u64, u64, u64, u64) {
+        counts(self.post_bik(bik_status(id, status, at, callback)).await).await
+    }
+
+    /// GET without a token (health, metrics, documents).
+    pub async fn get_public(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     /// The message as the API shows it; `None` on 404.
     pub async fn message(&self, id: &str) -> Option<Value> {
         let resp = self
@@ -349,4 +379,26 @@ pub fn post_rule(name: &str, status: &str, url: &str, id_var: &str) -> String {
         "[[rules]]\nname = \"{name}\"\non = \"status\"\nstatuses = [\"{status}\"]\n\
          action = \"http.post\"\nparams = {{ url = \"{url}\", body = {{ id = \"{{{{{id_var}}}}}\" }} }}\n"
     )
+}
+
+/// Prometheus text as `name{a="x",b="y"}` -> value, labels sorted so that lookups do not
+/// depend on their order.
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("series and value");
+        let key = match series.split_once('{') {
+            None => series.to_owned(),
+            Some((name, labels)) => {
+                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                labels.sort();
+                format!("{name}{{{}}}", labels.join(","))
+            }
+        };
+        out.insert(key, value.parse().expect("a number"));
+    }
+    out
 }

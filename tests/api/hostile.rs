@@ -219,11 +219,6 @@ async fn hostile_requests_get_clear_4xx_and_store_nothing() {
         .unwrap()
         .contains("longer than"));
     assert!(app.message("wamid.BATCH9999").await.is_some());
-    let quarantined: Value = app
-        .get("/v1/rejected?limit=500")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let quarantined: Value = app.get_json("/v1/rejected?limit=500").await;
     assert!(quarantined["rejected"].as_array().unwrap().len() >= 10);
 }

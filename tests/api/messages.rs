@@ -100,7 +100,7 @@ async fn messages_are_found_by_callback_field_and_recipient_across_pages() {
         if let Some(c) = &cursor {
             path.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = app.get(&path).await.json().await.unwrap();
+        let page: Value = app.get_json(&path).await;
         let messages = page["messages"].as_array().unwrap();
         assert!(messages.len() <= 2);
         assert!(
@@ -119,31 +119,18 @@ async fn messages_are_found_by_callback_field_and_recipient_across_pages() {
     }
     assert_eq!(seen, ["page-0", "page-1", "page-2", "page-3", "page-4"]);
 
-    let by_number: Value = app
-        .get("/v1/messages?callback.campaign=7")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let by_number: Value = app.get_json("/v1/messages?callback.campaign=7").await;
     assert_eq!(
         by_number["messages"].as_array().unwrap().len(),
         5,
         "numbers are indexed as their JSON text"
     );
     let by_recipient: Value = app
-        .get("/v1/messages?recipient=%2B919000000001&limit=500")
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/v1/messages?recipient=%2B919000000001&limit=500")
+        .await;
     assert_eq!(by_recipient["messages"].as_array().unwrap().len(), 6);
     assert_eq!(by_recipient["next_cursor"], Value::Null);
-    let none: Value = app
-        .get("/v1/messages?callback.order_id=NOPE")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let none: Value = app.get_json("/v1/messages?callback.order_id=NOPE").await;
     assert_eq!(none, json!({"messages": [], "next_cursor": null}));
 }
 
@@ -222,15 +209,12 @@ async fn the_quarantine_pages_with_a_cursor() {
             (0, 0, 0, 1)
         );
     }
-    let first: Value = app.get("/v1/rejected?limit=2").await.json().await.unwrap();
+    let first: Value = app.get_json("/v1/rejected?limit=2").await;
     assert_eq!(first["rejected"].as_array().unwrap().len(), 2);
     let cursor = first["next_cursor"].as_str().unwrap();
     let second: Value = app
-        .get(&format!("/v1/rejected?limit=2&cursor={cursor}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/rejected?limit=2&cursor={cursor}"))
+        .await;
     let rest = second["rejected"].as_array().unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0]["provider"], "generic");

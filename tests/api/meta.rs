@@ -169,7 +169,7 @@ async fn a_body_without_entries_is_quarantined_not_dropped() {
         .await,
         (0, 0, 0, 1)
     );
-    let page: Value = app.get("/v1/rejected").await.json().await.unwrap();
+    let page: Value = app.get_json("/v1/rejected").await;
     assert!(page["rejected"][0]["reason"]
         .as_str()
         .unwrap()

@@ -47,12 +47,7 @@ fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
 #[tokio::test]
 async fn the_document_is_openapi_3_and_covers_every_route() {
     let app = spawn_app().await;
-    let resp = app
-        .client
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_public("/openapi.json").await;
     assert_eq!(resp.status().as_u16(), 200);
     let text = resp.text().await.unwrap();
     // An independent OpenAPI 3.1 model (the oas3 crate), not the generator's own types.

@@ -11,18 +11,8 @@ use crate::helpers::*;
 
 /// Reads one unlabelled or labelled series from `/metrics`.
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    let text = app.get_public("/metrics").await.text().await.unwrap();
+    parse_metrics(&text).get(series).copied().unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,14 +72,11 @@ params = {{ url = "{}/hook", body = {{ id = "{{{{message_id}}}}" }} }}
         "{first} outlived retention"
     );
     let page: Value = app
-        .get(&format!(
+        .get_json(&format!(
             "/v1/messages?callback.order_id={}",
             encode_segment(first)
         ))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(page["messages"], json!([]));
     // Everything was sent over 2.6 s ago: all of it is purged, and so are the counts of
     // its actions.
@@ -103,11 +90,8 @@ params = {{ url = "{}/hook", body = {{ id = "{{{{message_id}}}}" }} }}
     assert_eq!(delivered, 0.0, "action counts follow the purge");
     // A fresh message is of course kept.
     let fresh = "wamid.FRESH==";
-    counts(
-        app.post_bik(bik_status(fresh, "read", Utc::now(), &json!({})))
-            .await,
-    )
-    .await;
+    app.post_bik_status(fresh, "read", Utc::now(), &json!({}))
+        .await;
     assert!(app.message(fresh).await.is_some());
     eprintln!("retention: {total} messages purged; store sizes {sizes:?}");
     // Disk: after the first retention window the store stops growing with the stream.
@@ -122,12 +106,7 @@ params = {{ url = "{}/hook", body = {{ id = "{{{{message_id}}}}" }} }}
 #[tokio::test]
 async fn readyz_reports_a_disk_below_the_floor() {
     let app = spawn_app_with(|s| s.store.min_free_disk_bytes = u64::MAX).await;
-    let resp = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_public("/readyz").await;
     assert_eq!(resp.status().as_u16(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "not ready");

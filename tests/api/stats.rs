@@ -59,18 +59,8 @@ async fn settled_stats(app: &TestApp, query: &str) -> Value {
     // Wait for the follow-ups to settle so that their counts are final.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let pending: Value = app
-            .get("/v1/actions?state=pending")
-            .await
-            .json()
-            .await
-            .unwrap();
-        let retrying: Value = app
-            .get("/v1/actions?state=retrying")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let pending: Value = app.get_json("/v1/actions?state=pending").await;
+        let retrying: Value = app.get_json("/v1/actions?state=retrying").await;
         if pending["actions"] == json!([]) && retrying["actions"] == json!([]) {
             break;
         }

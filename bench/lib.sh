@@ -1,0 +1,42 @@
+# Shared by the bench scripts (sourced).
+
+# wait_up URL [METHOD]: waits up to 10 s for a 2xx, else fails the script.
+wait_up() {
+    for _ in $(seq 100); do
+        curl -sf -o /dev/null -X "${2:-GET}" "$1" && return 0
+        sleep 0.1
+    done
+    echo "not up: $1" >&2
+    exit 1
+}
+
+# flowhook_config FILE PORT STORE DURABILITY WORKERS MOCK_PORT [EXTRA_TOML]
+# A benchmark config: key "bench-key", token "bench-token", unlimited http.post target, and a
+# rule posting {"message": id} to 127.0.0.1:MOCK_PORT/hook for every `read` status (the lag
+# rule). WORKERS 0 means one per core. EXTRA_TOML (e.g. more [[rules]]) is appended.
+flowhook_config() {
+    cat > "$1" <<TOML
+[server]
+bind = "127.0.0.1:$2"
+workers = $5
+[store]
+path = "$3"
+durability = "$4"
+[api]
+token = "bench-token"
+[providers.bik]
+basic_auth = ["bench-key"]
+[targets.http]
+max_in_flight = 32
+rate_per_second = 0
+[log]
+level = "warn"
+[[rules]]
+name = "lag"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+params = { url = "http://127.0.0.1:$6/hook", body = { message = "{{message_id}}" } }
+${7:-}
+TOML
+}
