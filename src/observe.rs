@@ -14,6 +14,8 @@ pub const WEBHOOKS: &str = "flowhook_webhooks_total";
 pub const EVENTS: &str = "flowhook_events_total";
 /// From a verified body to its durable commit, per request.
 pub const INGEST_SECONDS: &str = "flowhook_ingest_duration_seconds";
+/// Webhook requests written in one transaction by the writer.
+pub const WRITE_BATCH: &str = "flowhook_write_batch_size";
 /// Commits made durable by one flush.
 pub const GROUP_COMMIT_BATCH: &str = "flowhook_group_commit_batch_size";
 /// One `Db::flush`.
@@ -46,6 +48,9 @@ pub fn handle() -> &'static PrometheusHandle {
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(GROUP_COMMIT_BATCH.into()), BATCH_BUCKETS)
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(WRITE_BATCH.into()), BATCH_BUCKETS)
+            })
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -69,6 +74,10 @@ fn describe() {
         INGEST_SECONDS,
         Unit::Seconds,
         "Verified body to durable commit"
+    );
+    describe_histogram!(
+        WRITE_BATCH,
+        "Webhook requests written in one transaction"
     );
     describe_histogram!(GROUP_COMMIT_BATCH, "Commits made durable by one flush");
     describe_histogram!(

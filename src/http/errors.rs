@@ -61,7 +61,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::BadCursor => Self::bad_request("cursor is not valid for this query"),
-            StoreError::NotDurable(_) => {
+            StoreError::NotDurable(_) | StoreError::Closed => {
                 tracing::error!(%error, "write not durable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -10,7 +10,8 @@ use sled::Transactional;
 
 use super::actions::{cancelled, Action, ActionState, ActionTx};
 use super::query::RejectedEvent;
-use super::{index_value, json_bytes as json, key, Store, StoreError, Ticket, TxResult};
+use super::writer::Context;
+use super::{index_value, json_bytes as json, key, Store, StoreError, TxResult};
 use crate::domain::{Event, EventKind, MessageId, MessageState, Provider};
 use crate::observe;
 use crate::rules::{action_id, Due, Rules, Step};
@@ -38,17 +39,24 @@ pub struct IngestOutcome {
 }
 
 impl Store {
-    /// Stores every item of one request in one transaction and returns once it is durable.
+    /// Stores every item of one request atomically and returns once it is durable. The
+    /// request shares its transaction and flush with whatever else is being written (see
+    /// [`super::writer`]), but its outcome is its own.
     pub async fn ingest(
         &self,
         provider: Provider,
         items: Vec<IngestItem>,
         received_at: DateTime<Utc>,
     ) -> Result<IngestOutcome, StoreError> {
-        let (outcome, ticket, report) = self.commit(provider, items, received_at)?;
-        if let Some(ticket) = ticket {
-            self.wait_durable(ticket).await?;
+        let pending = self.prepare(provider, items, received_at)?;
+        if pending.len() == 0 {
+            return Ok(IngestOutcome {
+                ignored: pending.ignored,
+                ..Default::default()
+            });
         }
+        let (outcome, report, ticket) = self.inner.writer.write(pending).await?;
+        self.wait_durable(ticket).await?;
         for (kind, status) in &report.events {
             metrics::counter!(observe::EVENTS, "kind" => kind.as_str(), "status" => status.clone())
                 .increment(1);
@@ -62,20 +70,25 @@ impl Store {
         Ok(outcome)
     }
 
-    fn commit(
+    /// Sorts a request's items; quarantined ones get their ids here, outside any transaction.
+    fn prepare(
         &self,
         provider: Provider,
         items: Vec<IngestItem>,
         received_at: DateTime<Utc>,
-    ) -> Result<(IngestOutcome, Option<Ticket>, Report), StoreError> {
-        let mut events = Vec::new();
-        let mut rejected = Vec::new();
-        let mut ignored = 0;
+    ) -> Result<Pending, StoreError> {
+        let mut pending = Pending {
+            provider,
+            events: Vec::new(),
+            rejected: Vec::new(),
+            ignored: 0,
+            received_at,
+        };
         for item in items {
             match item {
-                IngestItem::Event(e) => events.push(*e),
-                IngestItem::Ignored => ignored += 1,
-                IngestItem::Rejected { reason, raw } => rejected.push(RejectedEvent {
+                IngestItem::Event(e) => pending.events.push(*e),
+                IngestItem::Ignored => pending.ignored += 1,
+                IngestItem::Rejected { reason, raw } => pending.rejected.push(RejectedEvent {
                     id: self.inner.db.generate_id()?,
                     provider,
                     received_at,
@@ -84,66 +97,87 @@ impl Store {
                 }),
             }
         }
-        if events.is_empty() && rejected.is_empty() {
-            return Ok((
-                IngestOutcome {
-                    ignored,
-                    ..Default::default()
-                },
-                None,
-                Report::default(),
-            ));
-        }
+        Ok(pending)
+    }
+}
 
-        let t = &self.inner.trees;
-        let fields = &self.inner.index_fields;
-        let rules = &*self.inner.rules;
-        let (outcome, report) = (
-            &t.messages,
-            &t.dedupe,
-            &t.idx_callback,
-            &t.idx_recipient,
-            &t.aggregates,
-            &t.rejected,
-            &t.actions,
-            &t.action_idx,
-            &t.outbox,
-            &t.idx_time,
-        )
-            .transaction(
-                |(
-                    messages,
-                    dedupe,
-                    idx_callback,
-                    idx_recipient,
+/// One request's items, ready for the writer.
+pub(super) struct Pending {
+    provider: Provider,
+    events: Vec<Event>,
+    rejected: Vec<RejectedEvent>,
+    ignored: u32,
+    received_at: DateTime<Utc>,
+}
+
+impl Pending {
+    /// What there is to write.
+    pub(super) fn len(&self) -> usize {
+        self.events.len() + self.rejected.len()
+    }
+}
+
+/// Writes requests in one transaction, in order, each with its own outcome and report.
+pub(super) fn commit(
+    context: &Context,
+    pending: &[Pending],
+) -> Result<Vec<(IngestOutcome, Report)>, StoreError> {
+    let t = &context.trees;
+    let fields = &context.fields;
+    let rules = &*context.rules;
+    (
+        &t.messages,
+        &t.dedupe,
+        &t.idx_callback,
+        &t.idx_recipient,
+        &t.aggregates,
+        &t.rejected,
+        &t.actions,
+        &t.action_idx,
+        &t.outbox,
+        &t.idx_time,
+    )
+        .transaction(
+            |(
+                messages,
+                dedupe,
+                idx_callback,
+                idx_recipient,
+                aggregates,
+                quarantine,
+                actions,
+                action_idx,
+                outbox,
+                idx_time,
+            )| {
+                let mut results: Vec<(IngestOutcome, Report)> = pending
+                    .iter()
+                    .map(|p| {
+                        let outcome = IngestOutcome {
+                            ignored: p.ignored,
+                            rejected: p.rejected.len() as u32,
+                            ..Default::default()
+                        };
+                        (outcome, Report::default())
+                    })
+                    .collect();
+                let mut batch = Batch::default();
+                let filing = Filing {
+                    callback: idx_callback,
+                    recipient: idx_recipient,
                     aggregates,
-                    quarantine,
+                };
+                let action_tx = ActionTx {
                     actions,
-                    action_idx,
+                    index: action_idx,
                     outbox,
-                    idx_time,
-                )| {
-                    let mut outcome = IngestOutcome {
-                        ignored,
-                        rejected: rejected.len() as u32,
-                        ..Default::default()
-                    };
-                    let mut batch = Batch::default();
-                    let filing = Filing {
-                        callback: idx_callback,
-                        recipient: idx_recipient,
-                        aggregates,
-                    };
-                    let action_tx = ActionTx {
-                        actions,
-                        index: action_idx,
-                        outbox,
-                        aggregates,
-                        inflight: None,
-                    };
-                    let mut report = Report::default();
-                    for event in &events {
-                        if batch.apply(messages, dedupe, event.clone())? {
+                    aggregates,
+                    inflight: None,
+                };
+                for (request, p) in pending.iter().enumerate() {
+                    let (outcome, report) = &mut results[request];
+                    for event in &p.events {
+                        if batch.apply(messages, dedupe, event.clone(), request)? {
                             outcome.accepted += 1;
                             report.events.push((
                                 event.kind,
@@ -153,55 +187,57 @@ impl Store {
                             outcome.duplicates += 1;
                         }
                     }
-                    for (id, (before, after)) in &batch.states {
-                        if before.as_ref() == Some(after) {
-                            continue;
-                        }
-                        messages.insert(id.as_str().as_bytes(), json(after)?)?;
-                        let old_time = before.as_ref().map(super::time_key);
-                        let new_time = super::time_key(after);
-                        if old_time.as_ref() != Some(&new_time) {
-                            if let Some(k) = old_time {
-                                idx_time.remove(k)?;
-                            }
-                            idx_time.insert(new_time, &[])?;
-                        }
-                        let old = Derived::of(before.as_ref(), fields);
-                        let new = Derived::of(Some(after), fields);
-                        filing.refile(id, old.as_ref(), new.as_ref())?;
-                        let facets = new.map(|d| d.callback).unwrap_or_default();
-                        queue_actions(
-                            &action_tx,
-                            rules,
-                            after,
-                            facets,
-                            received_at,
-                            &mut report.actions,
-                        )?;
+                }
+                for (id, change) in &batch.states {
+                    let (before, after) = (&change.before, &change.after);
+                    if before.as_ref() == Some(after) {
+                        continue;
                     }
-                    for r in &rejected {
+                    messages.insert(id.as_str().as_bytes(), json(after)?)?;
+                    let old_time = before.as_ref().map(super::time_key);
+                    let new_time = super::time_key(after);
+                    if old_time.as_ref() != Some(&new_time) {
+                        if let Some(k) = old_time {
+                            idx_time.remove(k)?;
+                        }
+                        idx_time.insert(new_time, &[])?;
+                    }
+                    let old = Derived::of(before.as_ref(), fields);
+                    let new = Derived::of(Some(after), fields);
+                    filing.refile(id, old.as_ref(), new.as_ref())?;
+                    let facets = new.map(|d| d.callback).unwrap_or_default();
+                    queue_actions(
+                        &action_tx,
+                        rules,
+                        after,
+                        facets,
+                        pending[change.request].received_at,
+                        &mut results[change.request].1.actions,
+                    )?;
+                }
+                for p in pending {
+                    for r in &p.rejected {
                         // A provider retrying a batch must not fill the quarantine with copies.
                         let digest = Sha256::digest(r.raw.as_bytes());
-                        let fingerprint = key(&[b"r", provider.as_str().as_bytes(), &digest]);
+                        let fingerprint = key(&[b"r", p.provider.as_str().as_bytes(), &digest]);
                         if dedupe.get(&fingerprint)?.is_none() {
                             dedupe.insert(
                                 fingerprint,
-                                &received_at.timestamp().max(0).to_be_bytes(),
+                                &p.received_at.timestamp().max(0).to_be_bytes(),
                             )?;
                             quarantine.insert(&r.id.to_be_bytes(), json(r)?)?;
                         }
                     }
-                    Ok((outcome, report))
-                },
-            )
-            .map_err(super::abort)?;
-        Ok((outcome, Some(self.inner.flusher.committed()), report))
-    }
+                }
+                Ok(results)
+            },
+        )
+        .map_err(super::abort)
 }
 
-/// What one commit did, for the metrics once it is durable.
+/// What one request's commit did, for the metrics once it is durable.
 #[derive(Default)]
-struct Report {
+pub(super) struct Report {
     /// Accepted events: kind and status.
     events: Vec<(EventKind, String)>,
     /// Actions queued, skipped or cancelled: rule, action, outcome.
@@ -278,11 +314,19 @@ fn queue_actions(
     Ok(())
 }
 
-/// The messages one request touches, before and after, and the dedupe keys it has claimed.
+/// The messages a batch touches, before and after, and the dedupe keys it has claimed.
 #[derive(Default)]
 struct Batch {
-    states: HashMap<MessageId, (Option<MessageState>, MessageState)>,
+    states: HashMap<MessageId, Change>,
     claimed: HashSet<Vec<u8>>,
+}
+
+/// One message's change within a batch.
+struct Change {
+    before: Option<MessageState>,
+    after: MessageState,
+    /// The request that changed it last; its report gets the actions the change triggers.
+    request: usize,
 }
 
 impl Batch {
@@ -293,6 +337,7 @@ impl Batch {
         messages: &TransactionalTree,
         dedupe: &TransactionalTree,
         event: Event,
+        request: usize,
     ) -> TxResult<bool> {
         let (natural, by_id) = dedupe_keys(
             &event.natural_key(),
@@ -314,8 +359,8 @@ impl Batch {
             return Ok(false);
         }
         let id = event.message_id.clone();
-        let current = match self.states.remove(&id) {
-            Some((before, now)) => (before, Some(now)),
+        let (before, current) = match self.states.remove(&id) {
+            Some(change) => (change.before, Some(change.after)),
             None => {
                 let stored = messages
                     .get(id.as_str().as_bytes())?
@@ -324,8 +369,15 @@ impl Batch {
                 (stored.clone(), stored)
             }
         };
-        let (after, _) = MessageState::apply(current.1, event);
-        self.states.insert(id, (current.0, after));
+        let (after, _) = MessageState::apply(current, event);
+        self.states.insert(
+            id,
+            Change {
+                before,
+                after,
+                request,
+            },
+        );
         Ok(true)
     }
 }

@@ -24,9 +24,10 @@
 //! | `outbox`        | `<target>\0<due unix ms, u64 BE><action id>` | empty                            |
 //! | `inflight`      | action id                                   | empty                              |
 //!
-//! One request is one multi-tree transaction over all of these, so state, timeline, dedupe
-//! keys, indexes, aggregates and the actions the events triggered never disagree. Durability
-//! comes from [`durability::Flusher`]. See [`actions`] for the outbox's invariants.
+//! A request's writes are atomic: one multi-tree transaction over all of these, so state,
+//! timeline, dedupe keys, indexes, aggregates and the actions the events triggered never
+//! disagree. [`writer`] puts the requests that arrive together into one transaction;
+//! durability comes from [`durability::Flusher`]. See [`actions`] for the outbox's invariants.
 
 mod actions;
 mod backup;
@@ -35,6 +36,7 @@ mod ingest;
 mod query;
 mod retention;
 mod stats;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +68,8 @@ pub enum StoreError {
     BadCursor,
     #[error("the store holds corrupt data: {0}")]
     Corrupt(String),
+    #[error("the store is closed")]
+    Closed,
 }
 
 /// A cheap handle on the open store.
@@ -77,9 +81,9 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     trees: Trees,
-    flusher: durability::Flusher,
+    writer: writer::Writer,
+    flusher: Arc<durability::Flusher>,
     index_fields: Vec<String>,
-    rules: Arc<Rules>,
     outbox_changed: tokio::sync::Notify,
     path: std::path::PathBuf,
     min_free_disk: u64,
@@ -131,18 +135,24 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             inflight: db.open_tree("inflight")?,
         };
-        let flusher = durability::Flusher::start(
+        let flusher = Arc::new(durability::Flusher::start(
             db.clone(),
             settings.durability,
             Duration::from_millis(settings.relaxed_flush_ms),
-        );
+        ));
+        let writer = writer::Writer::start(writer::Context {
+            trees: trees.clone(),
+            fields: settings.index_callback_fields.clone(),
+            rules: Arc::clone(&rules),
+            flusher: Arc::clone(&flusher),
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 trees,
+                writer,
                 flusher,
                 index_fields: settings.index_callback_fields.clone(),
-                rules,
                 outbox_changed: tokio::sync::Notify::new(),
                 path: settings.path.clone(),
                 min_free_disk: settings.min_free_disk_bytes,

@@ -1,0 +1,152 @@
+//! Application-level group commit for webhooks: one thread writes every request.
+//!
+//! HTTP workers hand their parsed request to the writer and wait for its answer. The writer
+//! takes whatever has queued up (up to [`MAX_BATCH_ITEMS`] events), folds it in one sled
+//! transaction, takes one flush ticket for the lot, then answers each request with its own
+//! outcome. Every request still gets exactly the semantics of its own transaction (requests
+//! are folded in arrival order, so a duplicate across two requests of one batch is a duplicate
+//! of the first), but the fixed costs are paid once per batch: the transaction's commit, the
+//! hot aggregate counters (each written once, not once per request), the rewrite of a message
+//! touched twice, and the flusher's wake-up. Under load the batch grows by itself; when idle a
+//! request is written alone at once.
+//!
+//! A batch whose transaction fails is retried one request at a time, so a request with bad
+//! stored data behind it fails alone. A panic while writing fails that batch's requests and
+//! leaves the writer running.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use super::durability::Flusher;
+use super::ingest::{commit, Pending, Report};
+use super::{StoreError, Ticket, Trees};
+use crate::observe;
+use crate::rules::Rules;
+
+/// Most events (and quarantined items) folded into one transaction; a single request larger
+/// than this is still written whole, alone.
+pub(super) const MAX_BATCH_ITEMS: usize = 4096;
+
+/// What the writer answers one request: its outcome, what to report once durable, and the
+/// ticket to wait for.
+pub(super) type Written = Result<(super::IngestOutcome, Report, Ticket), StoreError>;
+
+struct Job {
+    pending: Pending,
+    reply: oneshot::Sender<Written>,
+}
+
+/// What the writer thread needs; handles only, so the thread never keeps the store alive.
+pub(super) struct Context {
+    pub trees: Trees,
+    pub fields: Vec<String>,
+    pub rules: Arc<Rules>,
+    pub flusher: Arc<Flusher>,
+}
+
+pub(super) struct Writer {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub fn start(context: Context) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("flowhook-writer".into())
+            .spawn(move || run(&context, &rx))
+            .expect("spawn the writer thread");
+        Self {
+            jobs: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Queues one request and waits until it is committed (not yet flushed).
+    pub async fn write(&self, pending: Pending) -> Written {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .jobs
+            .lock()
+            .expect("writer lock")
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(Job { pending, reply }).is_ok());
+        if !sent {
+            return Err(StoreError::Closed);
+        }
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+impl Drop for Writer {
+    /// Lets the thread finish what is queued, then joins it, so the store's files are
+    /// released when the last handle goes.
+    fn drop(&mut self) {
+        self.jobs.lock().expect("writer lock").take();
+        if let Some(thread) = self.thread.lock().expect("writer lock").take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(context: &Context, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut items = first.pending.len();
+        let mut batch = vec![first];
+        while items < MAX_BATCH_ITEMS {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    items += job.pending.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!(observe::WRITE_BATCH).record(batch.len() as f64);
+        write_batch(context, batch);
+    }
+}
+
+fn write_batch(context: &Context, batch: Vec<Job>) {
+    let (pending, replies): (Vec<Pending>, Vec<_>) =
+        batch.into_iter().map(|j| (j.pending, j.reply)).unzip();
+    match guarded(context, &pending) {
+        Ok(results) => {
+            let ticket = context.flusher.committed();
+            for (reply, (outcome, report)) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok((outcome, report, ticket)));
+            }
+        }
+        Err(error) if pending.len() == 1 => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(error));
+            }
+        }
+        Err(_) => {
+            for (one, reply) in pending.iter().zip(replies) {
+                let answer = guarded(context, std::slice::from_ref(one)).map(|mut results| {
+                    let (outcome, report) = results.pop().expect("one result per request");
+                    (outcome, report, context.flusher.committed())
+                });
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+/// Commits, turning a panic into an error for this batch only.
+fn guarded(
+    context: &Context,
+    pending: &[Pending],
+) -> Result<Vec<(super::IngestOutcome, Report)>, StoreError> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| commit(context, pending))).unwrap_or_else(|_| {
+        tracing::error!("writing a batch of webhooks panicked; its requests were refused");
+        Err(StoreError::Corrupt(
+            "writing this request failed unexpectedly".into(),
+        ))
+    })
+}
