@@ -27,7 +27,7 @@ token = "bench-token"
 [providers.bik]
 basic_auth = ["bench-key"]
 [targets.http]
-max_in_flight = 32
+max_in_flight = 256
 rate_per_second = 0
 [log]
 level = "warn"

@@ -93,6 +93,7 @@ big="$work/store-big"
 PRELOAD_OUT=$(./target/release/examples/preload "$big" "$PRELOAD" 2>/dev/null)
 echo "$PRELOAD_OUT"
 start_flowhook "$(config sync "$big")"
+RSS_OPEN=$(rss_mb "$flowhook_pid")
 measure sync_after_preload "http://127.0.0.1:$FLOWHOOK_PORT"
 RSS_BIG=$(rss_mb "$flowhook_pid")
 stop_flowhook
@@ -125,7 +126,7 @@ lag_line=$(grep -E '^lag' <<<"$LAG_OUT" || echo "lag: not measured")
     done
     echo
     echo "- Disk: $DISK_PER_MSG bytes per message (sync run); $(( DISK_BIG / BIG_MSGS )) bytes per message at $BIG_MSGS messages."
-    echo "- After $PRELOAD stored messages: throughput change ${loss}% (loss; negative is a gain), RSS $RSS_BIG MB."
+    echo "- After $PRELOAD stored messages: throughput change ${loss}% (loss; negative is a gain), RSS $RSS_BIG MB ($RSS_OPEN MB just after opening the store, before any request)."
     echo "- Preload: $PRELOAD_OUT"
     echo "- Follow-up $lag_line (RSS during the lag run: $RSS_LAG MB)."
     echo "  $(grep -E '^webhooks' <<<"$LAG_OUT")"
@@ -136,6 +137,12 @@ lag_line=$(grep -E '^lag' <<<"$LAG_OUT" || echo "lag: not measured")
     echo "| relaxed ingest | >= 0.5x ceiling | $(ratio "${RPS[relaxed]}" "${RPS[ceiling]}")x |"
     echo "| at $PRELOAD messages | <= 20% throughput loss, RSS <= 150 MB | ${loss}%, $RSS_BIG MB |"
     echo "| follow-up lag | p99 <= 50 ms at 1,000/s | $lag_line |"
-} > bench/results.md
+    # Hand-written analysis below the marker survives a new run.
+    if [ -f bench/results.md ] && grep -q '^<!-- notes -->' bench/results.md; then
+        echo
+        sed -n '/^<!-- notes -->/,$p' bench/results.md
+    fi
+} > "$work/results.md"
+mv "$work/results.md" bench/results.md
 echo
 cat bench/results.md

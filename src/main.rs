@@ -8,6 +8,11 @@ use flowhook::config::{Secret, Settings};
 use flowhook::startup::Application;
 use flowhook::store::Store;
 
+/// sled allocates and frees a node copy on most writes; glibc's malloc spent about 20% of the
+/// writer thread's time on that (see bench/results.md), mimalloc a fraction of it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// flowhook: verified webhooks in, durable message state, follow-ups out.
 #[derive(Parser)]
 #[command(version, about)]

@@ -75,10 +75,7 @@ fn describe() {
         Unit::Seconds,
         "Verified body to durable commit"
     );
-    describe_histogram!(
-        WRITE_BATCH,
-        "Webhook requests written in one transaction"
-    );
+    describe_histogram!(WRITE_BATCH, "Webhook requests written in one transaction");
     describe_histogram!(GROUP_COMMIT_BATCH, "Commits made durable by one flush");
     describe_histogram!(
         FLUSH_SECONDS,

@@ -1,9 +1,10 @@
 //! The dispatcher: sends queued actions, apart from the request path.
 //!
 //! It runs on its own thread and runtime, so a slow target never holds an HTTP worker. Each
-//! pass takes the outbox's due entries in due order; an entry is claimed (one transaction)
-//! only when its target has a free `max_in_flight` slot and its `rate_per_second` allows a
-//! start, and its outcome is recorded in another transaction. It wakes when ingest or the API
+//! pass takes the outbox's due entries in due order; entries are claimed (one transaction for
+//! all a pass can start) only while their target has a free `max_in_flight` slot and its
+//! `rate_per_second` allows a start. Outcomes are recorded in another transaction, shared by
+//! the calls that finished together. It wakes when ingest or the API
 //! queues something, when a call finishes, or when the next entry falls due.
 //!
 //! On stop it claims nothing more and gives calls in flight `dispatch.shutdown_grace_seconds`
@@ -18,13 +19,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{DispatchSettings, Limits, Settings};
 use crate::rules::{Rules, Target};
-use crate::store::{clock_ms, Action, ActionState, Attempt, DueEntry, RetryPolicy, Store};
+use crate::store::{
+    clock_ms, Action, ActionState, Attempt, DueEntry, RetryPolicy, Store, StoreError,
+};
 pub use send::Sender;
 
 /// Due entries read at once per target.
@@ -90,13 +93,16 @@ impl Dispatcher {
                     .enable_all()
                     .build()
                     .expect("dispatcher runtime");
+                let (records, outcomes) = mpsc::unbounded_channel();
                 let worker = Worker {
                     calls: Calls {
                         store,
                         sender,
                         policy,
                         finished: Arc::new(Notify::new()),
+                        records,
                     },
+                    outcomes: Some(outcomes),
                     gates: HashMap::new(),
                     health: loop_health.clone(),
                 };
@@ -197,6 +203,8 @@ impl Gate {
 
 struct Worker {
     calls: Calls,
+    /// Taken by [`record_outcomes`] when the loop starts.
+    outcomes: Option<mpsc::UnboundedReceiver<Record>>,
     gates: HashMap<Target, Gate>,
     health: Health,
 }
@@ -209,10 +217,68 @@ struct Calls {
     policy: Arc<Schedule>,
     /// Notified when a call has finished and freed its slot.
     finished: Arc<Notify>,
+    /// To [`record_outcomes`].
+    records: mpsc::UnboundedSender<Record>,
+}
+
+/// A finished call's outcome, on its way to the store, and where to answer once it is there.
+type Record = (
+    String,
+    Attempt,
+    oneshot::Sender<Result<Option<Action>, StoreError>>,
+);
+
+/// Most outcomes recorded in one transaction.
+const RECORD_BATCH: usize = 256;
+
+/// Hands an outcome to [`record_outcomes`] and waits until it is on disk.
+async fn record(
+    records: &mpsc::UnboundedSender<Record>,
+    id: String,
+    attempt: Attempt,
+) -> Result<Option<Action>, StoreError> {
+    let (reply, answer) = oneshot::channel();
+    records
+        .send((id, attempt, reply))
+        .map_err(|_| StoreError::Closed)?;
+    answer.await.unwrap_or(Err(StoreError::Closed))
+}
+
+/// Records finished calls' outcomes: what has queued up goes in one transaction and one
+/// flush, instead of one each. If that fails, each is tried alone, so one bad action cannot
+/// hold the others back.
+async fn record_outcomes(
+    store: Store,
+    policy: Arc<Schedule>,
+    mut records: mpsc::UnboundedReceiver<Record>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while records.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let (done, replies): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|(id, attempt, reply)| ((id, attempt), reply))
+            .unzip();
+        match store.complete_many(&done, &*policy).await {
+            Ok(recorded) => {
+                for (reply, action) in replies.into_iter().zip(recorded) {
+                    let _ = reply.send(Ok(action));
+                }
+            }
+            Err(_) => {
+                for ((id, attempt), reply) in done.iter().zip(replies) {
+                    let _ = reply.send(store.complete(id, attempt, &*policy).await);
+                }
+            }
+        }
+    }
 }
 
 impl Worker {
     async fn run(mut self, mut stop: watch::Receiver<bool>, grace: Duration) {
+        if let Some(outcomes) = self.outcomes.take() {
+            let (store, policy) = (self.calls.store.clone(), Arc::clone(&self.calls.policy));
+            tokio::spawn(record_outcomes(store, policy, outcomes));
+        }
         match self.calls.store.recover_in_flight() {
             Ok(0) => {}
             Ok(n) => tracing::warn!(actions = n, "resending calls cut off by the last stop"),
@@ -270,7 +336,7 @@ impl Worker {
                 .gates
                 .entry(target)
                 .or_insert_with(|| Gate::new(calls.sender.limits(target)));
-            'target: loop {
+            loop {
                 let room = gate.slots.available_permits();
                 if room == 0 {
                     // A finishing call wakes the loop.
@@ -286,18 +352,34 @@ impl Worker {
                     }
                     break;
                 }
-                for entry in &entries {
-                    let permit = match gate.try_start(Instant::now()) {
-                        Ok(permit) => permit,
-                        Err(Blocked::Busy) => break 'target,
+                let mut starts = Vec::with_capacity(entries.len());
+                let mut blocked = false;
+                for entry in entries {
+                    match gate.try_start(Instant::now()) {
+                        Ok(permit) => starts.push((entry, permit)),
+                        Err(Blocked::Busy) => blocked = true,
                         Err(Blocked::Until(at)) => {
                             sooner(at);
-                            break 'target;
+                            blocked = true;
                         }
-                    };
-                    if let Some(action) = calls.store.claim(entry)? {
+                    }
+                    if blocked {
+                        break;
+                    }
+                }
+                let (entries, permits): (Vec<_>, Vec<_>) = starts.into_iter().unzip();
+                let claimed = if entries.is_empty() {
+                    Vec::new()
+                } else {
+                    calls.store.claim_many(&entries)?
+                };
+                for ((action, permit), entry) in claimed.into_iter().zip(permits).zip(&entries) {
+                    if let Some(action) = action {
                         calls.spawn(tasks, action, permit, entry);
                     }
+                }
+                if blocked {
+                    break;
                 }
             }
         }
@@ -314,10 +396,10 @@ impl Calls {
         entry: &DueEntry,
     ) {
         let Calls {
-            store,
             sender,
-            policy,
             finished,
+            records,
+            ..
         } = self.clone();
         let late_ms = clock_ms().saturating_sub(entry.due_ms);
         let entry_target = entry.target;
@@ -336,7 +418,7 @@ impl Calls {
                 .record(elapsed);
             // The slot stays taken until the outcome is on disk: at most `max_in_flight`
             // calls per target can be repeated after a crash.
-            let recorded = store.complete(&action.id, &attempt, &*policy).await;
+            let recorded = record(&records, action.id.clone(), attempt.clone()).await;
             drop(permit);
             match recorded {
                 Ok(Some(done)) => log_outcome(&done, &attempt, elapsed_ms, late_ms),

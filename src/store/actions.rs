@@ -514,47 +514,32 @@ impl Store {
     /// it is no longer waiting, or when it was a timer whose awaited status has arrived (it is
     /// then cancelled).
     pub fn claim(&self, entry: &DueEntry) -> Result<Option<Action>, StoreError> {
+        Ok(self
+            .claim_many(std::slice::from_ref(entry))?
+            .pop()
+            .flatten())
+    }
+
+    /// [`Store::claim`] for several entries in one transaction, answers in order.
+    pub fn claim_many(&self, entries: &[DueEntry]) -> Result<Vec<Option<Action>>, StoreError> {
         let claimed = self.action_tx(|tx, messages| {
-            let Some(old) = tx.load(&entry.id)? else {
-                tx.outbox.remove(entry.key.as_slice())?;
-                return Ok(Claim::Gone);
-            };
-            if old.outbox_key().as_deref() != Some(entry.key.as_slice()) {
-                // A stale entry: the action moved on since the scan (its own key, if it has
-                // one, is another).
-                tx.outbox.remove(entry.key.as_slice())?;
-                return Ok(Claim::Gone);
-            }
-            if !old.until.is_empty() {
-                let state: Option<MessageState> = messages
-                    .get(old.message_id.as_bytes())?
-                    .map(|b| from_json(&b))
-                    .transpose()?;
-                if let Some(status) = state
-                    .as_ref()
-                    .and_then(|s| old.until.iter().find(|u| reached(s, u).is_some()))
-                {
-                    let reason = format!("cancelled: message reached {status}");
-                    let new = cancelled(&old, crate::domain::now(), reason);
-                    tx.update(&old, &new)?;
-                    return Ok(Claim::Cancelled(new));
-                }
-            }
-            let mut new = old.clone();
-            new.in_flight = true;
-            new.attempts += 1;
-            tx.update(&old, &new)?;
-            Ok(Claim::Send(new))
+            entries
+                .iter()
+                .map(|entry| claim_one(tx, messages, entry))
+                .collect::<TxResult<Vec<_>>>()
         })?;
         // Counted once the transaction is in (its closure may run more than once).
-        Ok(match claimed {
-            Claim::Send(action) => Some(action),
-            Claim::Cancelled(action) => {
-                observe::action(&action.rule, &action.action, "cancelled");
-                None
-            }
-            Claim::Gone => None,
-        })
+        Ok(claimed
+            .into_iter()
+            .map(|claim| match claim {
+                Claim::Send(action) => Some(action),
+                Claim::Cancelled(action) => {
+                    observe::action(&action.rule, &action.action, "cancelled");
+                    None
+                }
+                Claim::Gone => None,
+            })
+            .collect())
     }
 
     /// Records how a claimed action's attempt went, and returns once that is on disk (so a
@@ -565,69 +550,25 @@ impl Store {
         attempt: &Attempt,
         policy: &(dyn RetryPolicy + Sync),
     ) -> Result<Option<Action>, StoreError> {
-        let (done, ticket) = self.action_tx_ticket(|tx, _| {
-            let Some(old) = tx.load(id)? else {
-                // Purged while in flight: only its mark is left.
-                if let Some(inflight) = tx.inflight {
-                    inflight.remove(id.as_bytes())?;
-                }
-                return Ok(None);
-            };
-            let mut new = old.clone();
-            new.in_flight = false;
+        let done = [(id.to_owned(), attempt.clone())];
+        Ok(self.complete_many(&done, policy).await?.pop().flatten())
+    }
+
+    /// [`Store::complete`] for several attempts in one transaction and one flush, answers in
+    /// order.
+    pub async fn complete_many(
+        &self,
+        done: &[(String, Attempt)],
+        policy: &(dyn RetryPolicy + Sync),
+    ) -> Result<Vec<Option<Action>>, StoreError> {
+        let (recorded, ticket) = self.action_tx_ticket(|tx, _| {
             let now = crate::domain::now();
-            match attempt {
-                Attempt::Delivered { status } => {
-                    new.state = ActionState::Delivered;
-                    new.last_status = Some(*status);
-                    new.last_error = None;
-                    new.last_response = None;
-                    new.next_attempt_at = None;
-                    new.completed_at = Some(now);
-                }
-                Attempt::Retry {
-                    error,
-                    status,
-                    body,
-                    retry_after,
-                } => {
-                    new.last_error = Some(error.clone());
-                    new.last_status = *status;
-                    new.last_response = body.clone();
-                    let failures = new.attempts.saturating_sub(new.schedule_from);
-                    match policy.delay(id, failures) {
-                        Some(delay) => {
-                            let delay = retry_after.map_or(delay, |r| r.max(Duration::zero()));
-                            new.state = ActionState::Retrying;
-                            new.next_attempt_at = Some(now + delay);
-                        }
-                        None => {
-                            new.state = ActionState::Dead;
-                            new.last_error =
-                                Some(format!("gave up after {} attempts: {error}", new.attempts));
-                            new.next_attempt_at = None;
-                            new.completed_at = Some(now);
-                        }
-                    }
-                }
-                Attempt::Failed {
-                    error,
-                    status,
-                    body,
-                } => {
-                    new.state = ActionState::Dead;
-                    new.last_error = Some(error.clone());
-                    new.last_status = *status;
-                    new.last_response = body.clone();
-                    new.next_attempt_at = None;
-                    new.completed_at = Some(now);
-                }
-            }
-            tx.update(&old, &new)?;
-            Ok(Some(new))
+            done.iter()
+                .map(|(id, attempt)| record_attempt(tx, id, attempt, policy, now))
+                .collect::<TxResult<Vec<_>>>()
         })?;
         self.wait_durable(ticket).await?;
-        if let Some(action) = &done {
+        for action in recorded.iter().flatten() {
             let outcome = match action.state {
                 ActionState::Delivered => "delivered",
                 ActionState::Retrying => "retried",
@@ -635,7 +576,7 @@ impl Store {
             };
             observe::action(&action.rule, &action.action, outcome);
         }
-        Ok(done)
+        Ok(recorded)
     }
 
     /// Puts every action a crash left in flight back in the outbox, due now.
@@ -761,6 +702,108 @@ fn index_id(k: &[u8], from: usize) -> String {
 }
 
 /// What one claim transaction decided.
+/// Claims one entry inside a transaction (see [`Store::claim`]).
+fn claim_one(tx: &ActionTx<'_>, messages: &TransactionalTree, entry: &DueEntry) -> TxResult<Claim> {
+    let Some(old) = tx.load(&entry.id)? else {
+        tx.outbox.remove(entry.key.as_slice())?;
+        return Ok(Claim::Gone);
+    };
+    if old.outbox_key().as_deref() != Some(entry.key.as_slice()) {
+        // A stale entry: the action moved on since the scan (its own key, if it has
+        // one, is another).
+        tx.outbox.remove(entry.key.as_slice())?;
+        return Ok(Claim::Gone);
+    }
+    if !old.until.is_empty() {
+        let state: Option<MessageState> = messages
+            .get(old.message_id.as_bytes())?
+            .map(|b| from_json(&b))
+            .transpose()?;
+        if let Some(status) = state
+            .as_ref()
+            .and_then(|s| old.until.iter().find(|u| reached(s, u).is_some()))
+        {
+            let reason = format!("cancelled: message reached {status}");
+            let new = cancelled(&old, crate::domain::now(), reason);
+            tx.update(&old, &new)?;
+            return Ok(Claim::Cancelled(new));
+        }
+    }
+    let mut new = old.clone();
+    new.in_flight = true;
+    new.attempts += 1;
+    tx.update(&old, &new)?;
+    Ok(Claim::Send(new))
+}
+
+/// Records one attempt inside a transaction (see [`Store::complete`]).
+fn record_attempt(
+    tx: &ActionTx<'_>,
+    id: &str,
+    attempt: &Attempt,
+    policy: &(dyn RetryPolicy + Sync),
+    now: DateTime<Utc>,
+) -> TxResult<Option<Action>> {
+    let Some(old) = tx.load(id)? else {
+        // Purged while in flight: only its mark is left.
+        if let Some(inflight) = tx.inflight {
+            inflight.remove(id.as_bytes())?;
+        }
+        return Ok(None);
+    };
+    let mut new = old.clone();
+    new.in_flight = false;
+    match attempt {
+        Attempt::Delivered { status } => {
+            new.state = ActionState::Delivered;
+            new.last_status = Some(*status);
+            new.last_error = None;
+            new.last_response = None;
+            new.next_attempt_at = None;
+            new.completed_at = Some(now);
+        }
+        Attempt::Retry {
+            error,
+            status,
+            body,
+            retry_after,
+        } => {
+            new.last_error = Some(error.clone());
+            new.last_status = *status;
+            new.last_response = body.clone();
+            let failures = new.attempts.saturating_sub(new.schedule_from);
+            match policy.delay(id, failures) {
+                Some(delay) => {
+                    let delay = retry_after.map_or(delay, |r| r.max(Duration::zero()));
+                    new.state = ActionState::Retrying;
+                    new.next_attempt_at = Some(now + delay);
+                }
+                None => {
+                    new.state = ActionState::Dead;
+                    new.last_error =
+                        Some(format!("gave up after {} attempts: {error}", new.attempts));
+                    new.next_attempt_at = None;
+                    new.completed_at = Some(now);
+                }
+            }
+        }
+        Attempt::Failed {
+            error,
+            status,
+            body,
+        } => {
+            new.state = ActionState::Dead;
+            new.last_error = Some(error.clone());
+            new.last_status = *status;
+            new.last_response = body.clone();
+            new.next_attempt_at = None;
+            new.completed_at = Some(now);
+        }
+    }
+    tx.update(&old, &new)?;
+    Ok(Some(new))
+}
+
 enum Claim {
     Send(Action),
     Cancelled(Action),

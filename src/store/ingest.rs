@@ -71,7 +71,7 @@ impl Store {
     }
 
     /// Sorts a request's items; quarantined ones get their ids here, outside any transaction.
-    fn prepare(
+    pub(super) fn prepare(
         &self,
         provider: Provider,
         items: Vec<IngestItem>,
@@ -627,5 +627,80 @@ mod tests {
             ),
             (0, 1)
         );
+    }
+
+    /// Runs `write_batch` on requests as if they had queued up together.
+    fn write_together(
+        store: &Store,
+        requests: Vec<Vec<IngestItem>>,
+    ) -> Vec<super::super::writer::Written> {
+        let mut answers = Vec::new();
+        let jobs = requests
+            .into_iter()
+            .map(|items| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                answers.push(answer);
+                let pending = store.prepare(Provider::Bik, items, Utc::now()).unwrap();
+                super::super::writer::Job { pending, reply }
+            })
+            .collect();
+        let context = super::super::writer::Context {
+            trees: store.inner.trees.clone(),
+            fields: store.index_fields().to_vec(),
+            rules: Default::default(),
+            flusher: std::sync::Arc::clone(&store.inner.flusher),
+        };
+        super::super::writer::write_batch(&context, jobs);
+        answers
+            .into_iter()
+            .map(|mut a| a.try_recv().expect("every request is answered"))
+            .collect()
+    }
+
+    #[test]
+    fn requests_written_together_keep_their_own_outcomes() {
+        let store = temporary(&StoreSettings::default());
+        let answers = write_together(
+            &store,
+            vec![
+                vec![status_event("m1", "sent", 1, "c")],
+                vec![
+                    status_event("m1", "sent", 1, "c"),
+                    status_event("m2", "read", 2, "c"),
+                ],
+                vec![IngestItem::Ignored],
+            ],
+        );
+        let outcomes: Vec<_> = answers.into_iter().map(|a| a.unwrap().0).collect();
+        assert_eq!((outcomes[0].accepted, outcomes[0].duplicates), (1, 0));
+        // The first request of the batch claimed m1's event: the second sees a duplicate.
+        assert_eq!((outcomes[1].accepted, outcomes[1].duplicates), (1, 1));
+        assert_eq!(outcomes[2].ignored, 1);
+        assert_eq!(count(&store, "c", "messages"), 2);
+        assert_eq!(store.message("m1").unwrap().unwrap().events.len(), 1);
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_written_fails_alone() {
+        let store = temporary(&StoreSettings::default());
+        store
+            .inner
+            .trees
+            .messages
+            .insert("broken", "not json")
+            .unwrap();
+        let answers = write_together(
+            &store,
+            vec![
+                vec![status_event("m1", "sent", 1, "c")],
+                vec![status_event("broken", "sent", 1, "c")],
+                vec![status_event("m2", "sent", 1, "c")],
+            ],
+        );
+        let ok: Vec<bool> = answers.iter().map(|a| a.is_ok()).collect();
+        assert_eq!(ok, [true, false, true]);
+        assert!(matches!(answers[1], Err(StoreError::Serde(_))));
+        assert_eq!(count(&store, "c", "messages"), 2);
+        assert!(store.message("m2").unwrap().is_some());
     }
 }

@@ -35,9 +35,9 @@ pub(super) const MAX_BATCH_ITEMS: usize = 4096;
 /// ticket to wait for.
 pub(super) type Written = Result<(super::IngestOutcome, Report, Ticket), StoreError>;
 
-struct Job {
-    pending: Pending,
-    reply: oneshot::Sender<Written>,
+pub(super) struct Job {
+    pub pending: Pending,
+    pub reply: oneshot::Sender<Written>,
 }
 
 /// What the writer thread needs; handles only, so the thread never keeps the store alive.
@@ -111,7 +111,7 @@ fn run(context: &Context, jobs: &mpsc::Receiver<Job>) {
     }
 }
 
-fn write_batch(context: &Context, batch: Vec<Job>) {
+pub(super) fn write_batch(context: &Context, batch: Vec<Job>) {
     let (pending, replies): (Vec<Pending>, Vec<_>) =
         batch.into_iter().map(|j| (j.pending, j.reply)).unzip();
     match guarded(context, &pending) {
