@@ -11,7 +11,8 @@ wait_up() {
 }
 
 # flowhook_config FILE PORT STORE DURABILITY WORKERS MOCK_PORT [EXTRA_TOML]
-# A benchmark config: key "bench-key", token "bench-token", unlimited http.post target, and a
+# A benchmark config: key "bench-key", token "bench-token", an http.post target without a rate
+# limit and with 256 calls in flight (a slot is held until the outcome is on disk), and a
 # rule posting {"message": id} to 127.0.0.1:MOCK_PORT/hook for every `read` status (the lag
 # rule). WORKERS 0 means one per core. EXTRA_TOML (e.g. more [[rules]]) is appended.
 flowhook_config() {

@@ -47,7 +47,7 @@ params = {{ url = "{}/hook", body = {{ id = "{{{{message_id}}}}" }} }}
     let mut sent = Vec::new();
     let mut second = 0;
     while started.elapsed() < Duration::from_secs(8) {
-        let batch: Vec<String> = (0..50)
+        let batch: Vec<String> = (0..100)
             .map(|i| format!("wamid.RET{second:02}x{i:02}=="))
             .collect();
         let posts = batch.iter().map(|id| {
@@ -94,12 +94,15 @@ params = {{ url = "{}/hook", body = {{ id = "{{{{message_id}}}}" }} }}
         .await;
     assert!(app.message(fresh).await.is_some());
     eprintln!("retention: {total} messages purged; store sizes {sizes:?}");
-    // Disk: after the first retention window the store stops growing with the stream.
-    let window = sizes[sizes.len() / 2];
-    let last = *sizes.last().unwrap();
+    // Disk: after the first retention window the store stops growing with the stream. Without
+    // purging it would grow as much in the second half of the run as in the first; sled's
+    // size moves in 512 KiB segments, so allow up to half of that.
+    let (first, mid, last) = (sizes[0], sizes[sizes.len() / 2], *sizes.last().unwrap());
     assert!(
-        last <= window * 1.5,
-        "store grew from {window} to {last} bytes under a steady stream"
+        last - mid <= (mid - first) / 2.0,
+        "store grew {} bytes in the second half of a steady stream, {} in the first",
+        last - mid,
+        mid - first
     );
 }
 
