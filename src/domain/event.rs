@@ -84,6 +84,30 @@ pub(crate) fn natural_key(
     )
 }
 
+#[cfg(test)]
+impl Event {
+    /// A BIK status event for tests: `at` is `at_secs` after a fixed instant, event id
+    /// `<id>-<status>`, recipient `+91`, callbackData `{"campaign": "c"}`. Override fields with
+    /// struct update syntax.
+    pub(crate) fn test_status(id: &str, status: &str, at_secs: i64) -> Self {
+        use chrono::TimeZone;
+        Self {
+            message_id: MessageId::parse(id).unwrap(),
+            provider: Provider::Bik,
+            kind: EventKind::Status,
+            status: Some(Status::parse(status)),
+            url: None,
+            at: Utc.timestamp_opt(1_795_255_200 + at_secs, 0).unwrap(),
+            received_at: Utc.timestamp_opt(1_795_260_000, 0).unwrap(),
+            event_id: Some(format!("{id}-{status}")),
+            recipient: Some("+91".into()),
+            channel: Some("whatsapp".into()),
+            failure_reason: None,
+            callback: CallbackData::decode(&serde_json::json!({ "campaign": "c" }), 4096),
+        }
+    }
+}
+
 impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {

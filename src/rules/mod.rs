@@ -443,24 +443,15 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::domain::{CallbackData, Event, MessageId, Provider};
+    use crate::domain::{CallbackData, Event};
 
     fn state(statuses: &[(&str, i64)]) -> MessageState {
         let mut state = None;
         for (status, secs) in statuses {
             let event = Event {
-                message_id: MessageId::parse("wamid.R==").unwrap(),
-                provider: Provider::Bik,
-                kind: EventKind::Status,
-                status: Some(Status::parse(status)),
-                url: None,
-                at: Utc.timestamp_opt(1_795_255_200 + secs, 0).unwrap(),
-                received_at: Utc.timestamp_opt(1_795_260_000, 0).unwrap(),
                 event_id: None,
-                recipient: Some("+91".into()),
-                channel: Some("whatsapp".into()),
-                failure_reason: None,
                 callback: CallbackData::decode(&json!({"qty": 3, "campaign": "c"}), 4096),
+                ..Event::test_status("wamid.R==", status, *secs)
             };
             state = Some(MessageState::apply(state, event).0);
         }

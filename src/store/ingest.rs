@@ -508,28 +508,17 @@ pub(super) fn add(tree: &TransactionalTree, k: Vec<u8>, delta: i64) -> TxResult<
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone;
     use serde_json::json;
 
     use super::*;
     use crate::config::StoreSettings;
-    use crate::domain::{CallbackData, EventKind, Status};
+    use crate::domain::CallbackData;
     use crate::store::{temporary, Lookup};
 
     fn status_event(id: &str, status: &str, secs: i64, campaign: &str) -> IngestItem {
         IngestItem::Event(Box::new(Event {
-            message_id: MessageId::parse(id).unwrap(),
-            provider: Provider::Bik,
-            kind: EventKind::Status,
-            status: Some(Status::parse(status)),
-            url: None,
-            at: Utc.timestamp_opt(1_795_255_200 + secs, 0).unwrap(),
-            received_at: Utc.timestamp_opt(1_795_260_000, 0).unwrap(),
-            event_id: Some(format!("{id}-{status}")),
-            recipient: Some("+911".into()),
-            channel: Some("whatsapp".into()),
-            failure_reason: None,
             callback: CallbackData::decode(&json!({ "campaign": campaign }), 4096),
+            ..Event::test_status(id, status, secs)
         }))
     }
 

@@ -246,10 +246,9 @@ fn days(days: f64) -> chrono::Duration {
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
-    use serde_json::json;
 
     use super::*;
-    use crate::domain::{CallbackData, Event, EventKind, MessageId, Provider, Status};
+    use crate::domain::{Event, Provider};
     use crate::store::{temporary, IngestItem, Lookup};
 
     fn at(secs: i64) -> DateTime<Utc> {
@@ -258,18 +257,10 @@ mod tests {
 
     fn event(id: &str, status: &str, received: i64) -> IngestItem {
         IngestItem::Event(Box::new(Event {
-            message_id: MessageId::parse(id).unwrap(),
             provider: Provider::Generic,
-            kind: EventKind::Status,
-            status: Some(Status::parse(status)),
-            url: None,
-            at: at(received),
             received_at: at(received),
-            event_id: Some(format!("{id}-{status}")),
-            recipient: Some("+91".into()),
             channel: None,
-            failure_reason: None,
-            callback: CallbackData::decode(&json!({"campaign": "c"}), 4096),
+            ..Event::test_status(id, status, received)
         }))
     }
 
