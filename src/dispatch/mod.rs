@@ -352,28 +352,22 @@ impl Worker {
                     }
                     break;
                 }
-                let mut starts = Vec::with_capacity(entries.len());
-                let mut blocked = false;
-                for entry in entries {
+                // Permits for as many as the gate lets start now; the rest wait for a wake-up.
+                let mut permits = Vec::with_capacity(entries.len());
+                while permits.len() < entries.len() {
                     match gate.try_start(Instant::now()) {
-                        Ok(permit) => starts.push((entry, permit)),
-                        Err(Blocked::Busy) => blocked = true,
+                        Ok(permit) => permits.push(permit),
+                        Err(Blocked::Busy) => break,
                         Err(Blocked::Until(at)) => {
                             sooner(at);
-                            blocked = true;
+                            break;
                         }
                     }
-                    if blocked {
-                        break;
-                    }
                 }
-                let (entries, permits): (Vec<_>, Vec<_>) = starts.into_iter().unzip();
-                let claimed = if entries.is_empty() {
-                    Vec::new()
-                } else {
-                    calls.store.claim_many(&entries)?
-                };
-                for ((action, permit), entry) in claimed.into_iter().zip(permits).zip(&entries) {
+                let blocked = permits.len() < entries.len();
+                let entries = &entries[..permits.len()];
+                let claimed = calls.store.claim_many(entries)?;
+                for ((action, permit), entry) in claimed.into_iter().zip(permits).zip(entries) {
                     if let Some(action) = action {
                         calls.spawn(tasks, action, permit, entry);
                     }

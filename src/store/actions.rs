@@ -510,18 +510,13 @@ impl Store {
         Ok(oldest)
     }
 
-    /// Takes a due action for sending: marks it in flight and counts the attempt. `None` when
-    /// it is no longer waiting, or when it was a timer whose awaited status has arrived (it is
-    /// then cancelled).
-    pub fn claim(&self, entry: &DueEntry) -> Result<Option<Action>, StoreError> {
-        Ok(self
-            .claim_many(std::slice::from_ref(entry))?
-            .pop()
-            .flatten())
-    }
-
-    /// [`Store::claim`] for several entries in one transaction, answers in order.
+    /// Takes due actions for sending, in one transaction: each is marked in flight and its
+    /// attempt counted. An answer (in order) is `None` when that action is no longer waiting,
+    /// or when it was a timer whose awaited status has arrived (it is then cancelled).
     pub fn claim_many(&self, entries: &[DueEntry]) -> Result<Vec<Option<Action>>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
         let claimed = self.action_tx(|tx, messages| {
             entries
                 .iter()
@@ -561,6 +556,9 @@ impl Store {
         done: &[(String, Attempt)],
         policy: &(dyn RetryPolicy + Sync),
     ) -> Result<Vec<Option<Action>>, StoreError> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
         let (recorded, ticket) = self.action_tx_ticket(|tx, _| {
             let now = crate::domain::now();
             done.iter()
@@ -702,7 +700,7 @@ fn index_id(k: &[u8], from: usize) -> String {
 }
 
 /// What one claim transaction decided.
-/// Claims one entry inside a transaction (see [`Store::claim`]).
+/// Claims one entry inside a transaction (see [`Store::claim_many`]).
 fn claim_one(tx: &ActionTx<'_>, messages: &TransactionalTree, entry: &DueEntry) -> TxResult<Claim> {
     let Some(old) = tx.load(&entry.id)? else {
         tx.outbox.remove(entry.key.as_slice())?;

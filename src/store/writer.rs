@@ -16,7 +16,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
@@ -49,8 +49,9 @@ pub(super) struct Context {
 }
 
 pub(super) struct Writer {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Writer {
@@ -61,8 +62,8 @@ impl Writer {
             .spawn(move || run(&context, &rx))
             .expect("spawn the writer thread");
         Self {
-            jobs: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            jobs: Some(tx),
+            thread: Some(thread),
         }
     }
 
@@ -71,8 +72,6 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         let sent = self
             .jobs
-            .lock()
-            .expect("writer lock")
             .as_ref()
             .is_some_and(|jobs| jobs.send(Job { pending, reply }).is_ok());
         if !sent {
@@ -86,8 +85,8 @@ impl Drop for Writer {
     /// Lets the thread finish what is queued, then joins it, so the store's files are
     /// released when the last handle goes.
     fn drop(&mut self) {
-        self.jobs.lock().expect("writer lock").take();
-        if let Some(thread) = self.thread.lock().expect("writer lock").take() {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
