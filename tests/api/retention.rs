@@ -95,14 +95,17 @@ params = {{ url = "{}/hook", body = {{ id = "{{{{message_id}}}}" }} }}
     assert!(app.message(fresh).await.is_some());
     eprintln!("retention: {total} messages purged; store sizes {sizes:?}");
     // Disk: after the first retention window the store stops growing with the stream. Without
-    // purging it would grow as much in the second half of the run as in the first; sled's
-    // size moves in 512 KiB segments, so allow up to half of that.
-    let (first, mid, last) = (sizes[0], sizes[sizes.len() / 2], *sizes.last().unwrap());
+    // purging, the peak size of the second half of the run is about 2.3 times that of the
+    // first (measured); with it, at most about 1.4 times: dedupe keys outlive retention
+    // (`dedupe_days`), and sled's size moves in 512 KiB segments as it reuses them, so compare
+    // peaks rather than single samples.
+    let peak = |part: &[f64]| part.iter().copied().fold(0.0, f64::max);
+    let (first, second) = sizes.split_at(sizes.len() / 2);
     assert!(
-        last - mid <= (mid - first) / 2.0,
-        "store grew {} bytes in the second half of a steady stream, {} in the first",
-        last - mid,
-        mid - first
+        peak(second) <= peak(first) * 1.75,
+        "store grew under a steady stream: peak {} bytes in the first half, {} in the second",
+        peak(first),
+        peak(second)
     );
 }
 
