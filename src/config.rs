@@ -658,12 +658,19 @@ pub fn is_http_url(url: &str) -> bool {
 }
 
 /// The HMAC key of a Standard Webhooks secret: the base64 text after `whsec_`.
+/// The key of a Standard Webhooks secret: `whsec_` then base64, with or without its `=`
+/// padding (the reference libraries accept both).
 pub fn decode_whsec(secret: &Secret) -> Result<Vec<u8>, String> {
+    use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurpose};
+    const PADDED_OR_NOT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        general_purpose::PAD.with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
     let encoded = secret
         .expose()
         .strip_prefix("whsec_")
         .ok_or_else(|| "must start with whsec_".to_owned())?;
-    base64::engine::general_purpose::STANDARD
+    PADDED_OR_NOT
         .decode(encoded)
         .map_err(|_| "the text after whsec_ must be base64".to_owned())
 }

@@ -6,8 +6,10 @@ use serde_json::{Map, Value};
 /// The callbackData a provider echoed back, decoded once.
 ///
 /// `raw` is the string as received (an object sent inline is kept as its JSON text). `value` is
-/// the decoded JSON object, or `None` with `error` saying why when the text is not a JSON object
-/// or is longer than `store.max_callback_bytes`. Its `Debug` never shows the content: callback
+/// the decoded JSON object, or `None`. Callback data may be free text (Meta's
+/// `biz_opaque_callback_data` is: "1744434060", "some data"), so only text that starts like
+/// JSON (`{` or `[`) and does not decode to an object, or text longer than
+/// `store.max_callback_bytes`, gets an `error`; any other text is kept raw without one. Its `Debug` never shows the content: callback
 /// data is customer data and must not reach logs.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallbackData {
@@ -34,11 +36,13 @@ impl CallbackData {
                     error: None,
                 })
             }
-            other => Some(Self {
-                raw: other.to_string(),
+            Value::Array(_) => Some(Self {
+                raw: input.to_string(),
                 value: None,
-                error: Some("callback data is not a JSON object".into()),
+                error: Some("callback data is a JSON array, not an object".into()),
             }),
+            // A number or boolean sent inline is data like any free text.
+            scalar => Some(Self::decode_text(&scalar.to_string(), max_bytes)),
         }
     }
 
@@ -46,10 +50,21 @@ impl CallbackData {
         if text.len() > max_bytes {
             return Self::too_large(text.to_owned(), max_bytes);
         }
-        let (value, error) = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => (Some(map), None),
-            Ok(_) => (None, Some("callback data is not a JSON object".to_owned())),
-            Err(_) => (None, Some("callback data is not valid JSON".to_owned())),
+        let looks_like_json = matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
+        let (value, error) = if !looks_like_json {
+            (None, None)
+        } else {
+            match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(map)) => (Some(map), None),
+                Ok(_) => (
+                    None,
+                    Some("callback data is a JSON array, not an object".to_owned()),
+                ),
+                Err(_) => (
+                    None,
+                    Some("callback data starts like JSON but is not valid JSON".to_owned()),
+                ),
+            }
         };
         Self {
             raw: text.to_owned(),
@@ -113,11 +128,29 @@ mod tests {
     }
 
     #[test]
+    fn free_text_is_kept_raw_without_an_error() {
+        for (input, raw) in [
+            (json!("1744434060"), "1744434060"),
+            (json!("some data"), "some data"),
+            (json!("order=123&campaign=cart"), "order=123&campaign=cart"),
+            (json!("true"), "true"),
+            (json!(42), "42"),
+        ] {
+            let cb = CallbackData::decode(&input, 4096).unwrap();
+            assert_eq!(cb.raw, raw);
+            assert!(cb.value.is_none(), "{input}");
+            assert!(cb.error.is_none(), "{input}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_kept_raw_and_flagged() {
         let cases = [
-            (json!("not json"), "not valid JSON"),
-            (json!("[1,2]"), "not a JSON object"),
-            (json!(42), "not a JSON object"),
+            (json!("{\"order_id\": "), "not valid JSON"),
+            (json!("  {nope}"), "not valid JSON"),
+            (json!("[1,2]"), "array, not an object"),
+            (json!([1, 2]), "array, not an object"),
+            (json!("x".repeat(5000)), "longer than 4096 bytes"),
             (
                 json!(format!("{{\"a\":\"{}\"}}", "x".repeat(5000))),
                 "longer than 4096 bytes",

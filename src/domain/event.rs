@@ -47,15 +47,25 @@ pub struct Event {
     pub received_at: DateTime<Utc>,
     /// The provider's own event id, when it has one.
     pub event_id: Option<String>,
+    /// The recipient as the provider sent it (a phone number, or a group id).
     pub recipient: Option<String>,
+    /// A business-scoped user id (Meta's `recipient_user_id`), for users addressed without
+    /// a phone number.
+    pub recipient_user_id: Option<String>,
+    /// The group member this status is about (Meta's `recipient_participant_id`).
+    pub participant: Option<String>,
     pub channel: Option<String>,
+    /// The provider's error code, as text (Meta's `errors[0].code`).
+    pub failure_code: Option<String>,
+    /// What the provider said went wrong, see [`failure_text`](crate::domain::failure_text).
     pub failure_reason: Option<String>,
     pub callback: Option<CallbackData>,
 }
 
 impl Event {
     /// What makes two events the same event when the provider sends no id, or a new id on a
-    /// retry: message, kind, status (or, for a click, its URL) and timestamp.
+    /// retry: message, kind, status (or, for a click, its URL), timestamp and, for a group
+    /// message, the participant.
     pub fn natural_key(&self) -> String {
         natural_key(
             &self.message_id,
@@ -63,6 +73,7 @@ impl Event {
             self.status.as_ref(),
             self.url.as_deref(),
             self.at,
+            self.participant.as_deref(),
         )
     }
 }
@@ -74,14 +85,22 @@ pub(crate) fn natural_key(
     status: Option<&Status>,
     url: Option<&str>,
     at: DateTime<Utc>,
+    participant: Option<&str>,
 ) -> String {
-    format!(
+    let mut key = format!(
         "{}|{}|{}|{}",
         message_id,
         kind.as_str(),
         super::rfc3339(at),
         subject(kind, status, url)
-    )
+    );
+    // Only group statuses carry a participant, so every other key reads as it always has and
+    // dedupe keys stored before participants were kept still match.
+    if let Some(participant) = participant {
+        key.push_str("|p:");
+        key.push_str(participant);
+    }
+    key
 }
 
 #[cfg(test)]
@@ -101,7 +120,10 @@ impl Event {
             received_at: Utc.timestamp_opt(1_795_260_000, 0).unwrap(),
             event_id: Some(format!("{id}-{status}")),
             recipient: Some("+91".into()),
+            recipient_user_id: None,
+            participant: None,
             channel: Some("whatsapp".into()),
+            failure_code: None,
             failure_reason: None,
             callback: CallbackData::decode(&serde_json::json!({ "campaign": "c" }), 4096),
         }
@@ -126,5 +148,73 @@ pub(crate) fn subject<'a>(
     match kind {
         EventKind::Status => status.map(Status::as_str).unwrap_or_default(),
         EventKind::Click => url.unwrap_or_default(),
+    }
+}
+
+/// A failure reason from the parts a provider sends (Meta: `title`, `message`,
+/// `error_data.details`), joined in order with `": "` (or a space after a part that ends a
+/// sentence), without repeats: a part already said by an earlier one is left out, and one that
+/// says more than an earlier one replaces it (`"(#131047) Re-engagement message"` over
+/// `"Re-engagement message"`). `None` when every part is empty.
+pub fn failure_text<'a>(parts: impl IntoIterator<Item = Option<&'a str>>) -> Option<String> {
+    let mut kept: Vec<&str> = Vec::new();
+    for part in parts.into_iter().flatten().map(str::trim) {
+        if part.is_empty() || kept.iter().any(|k| contains_ci(k, part)) {
+            continue;
+        }
+        kept.retain(|k| !contains_ci(part, k));
+        kept.push(part);
+    }
+    let mut text = String::new();
+    for part in kept {
+        if !text.is_empty() {
+            text.push_str(if text.ends_with(['.', '!', '?', ':']) {
+                " "
+            } else {
+                ": "
+            });
+        }
+        text.push_str(part);
+    }
+    (!text.is_empty()).then_some(text)
+}
+
+fn contains_ci(haystack: &str, needle: &str) -> bool {
+    haystack.to_lowercase().contains(&needle.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_text;
+
+    #[test]
+    fn failure_text_joins_parts_without_repeats() {
+        assert_eq!(
+            failure_text([
+                Some("Re-engagement message"),
+                Some("Re-engagement message"),
+                Some("Message failed to send because more than 24 hours have passed."),
+            ])
+            .as_deref(),
+            Some("Re-engagement message: Message failed to send because more than 24 hours have passed.")
+        );
+        assert_eq!(
+            failure_text([
+                Some("Rate limit hit"),
+                Some("(#130429) Rate limit hit"),
+                None
+            ])
+            .as_deref(),
+            Some("(#130429) Rate limit hit")
+        );
+        assert_eq!(
+            failure_text([Some("Not delivered."), Some("Try later")]).as_deref(),
+            Some("Not delivered. Try later")
+        );
+        assert_eq!(failure_text([Some(" "), None]), None);
+        assert_eq!(
+            failure_text([None, Some("undeliverable")]).as_deref(),
+            Some("undeliverable")
+        );
     }
 }

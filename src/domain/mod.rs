@@ -6,11 +6,12 @@
 mod callback;
 mod event;
 mod message_id;
+pub mod recipient;
 mod state;
 mod status;
 
 pub use callback::{lookup_path, CallbackData};
-pub use event::{Event, EventKind, Provider};
+pub use event::{failure_text, Event, EventKind, Provider};
 pub use message_id::MessageId;
 pub use state::{MessageState, TimelineEvent};
 pub use status::Status;

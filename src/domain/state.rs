@@ -6,8 +6,8 @@ use super::{CallbackData, Event, EventKind, MessageId, Provider, Status};
 
 /// Everything flowhook knows about one message: derived fields plus the full timeline.
 ///
-/// Every derived field is recomputed from the timeline, which is kept sorted by
-/// `(at, natural key)` and holds each distinct event once. So the state is a function of the
+/// Every derived field is recomputed from the timeline, which is kept sorted by time, then
+/// status rank (see [`Status::timeline_order`]), and holds each distinct event once. So the state is a function of the
 /// SET of events received: any arrival order, with any duplicates, gives the same value (and the
 /// same serialized bytes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,8 +15,18 @@ pub struct MessageState {
     pub message_id: MessageId,
     pub provider: Provider,
     pub channel: Option<String>,
+    /// As the provider sent it.
     pub recipient: Option<String>,
+    /// `recipient` in E.164 (`+` and digits), or `None` when it is not a phone number.
+    #[serde(default)]
+    pub recipient_e164: Option<String>,
+    #[serde(default)]
+    pub recipient_user_id: Option<String>,
     pub status: Option<Status>,
+    /// The latest failed event's code, while the status is `failed`.
+    #[serde(default)]
+    pub failure_code: Option<String>,
+    /// The latest failed event's reason, while the status is `failed`.
     pub failure_reason: Option<String>,
     pub callback_data: Option<Map<String, Value>>,
     pub callback_data_raw: Option<String>,
@@ -57,10 +67,19 @@ pub struct TimelineEvent {
     pub event_id: Option<String>,
     pub provider: Provider,
     pub recipient: Option<String>,
+    #[serde(default)]
+    pub recipient_user_id: Option<String>,
+    /// The group member a group message's status is about.
+    #[serde(default)]
+    pub participant: Option<String>,
     pub channel: Option<String>,
+    #[serde(default)]
+    pub failure_code: Option<String>,
     pub failure_reason: Option<String>,
     pub callback: Option<CallbackData>,
 }
+
+type SortKey<'a> = (DateTime<Utc>, EventKind, u8, &'a str, Option<&'a str>);
 
 impl TimelineEvent {
     /// The event's natural key (see [`Event::natural_key`]) under its message's id.
@@ -71,14 +90,19 @@ impl TimelineEvent {
             self.status.as_ref(),
             self.url.as_deref(),
             self.at,
+            self.participant.as_deref(),
         )
     }
 
-    fn sort_key(&self) -> (DateTime<Utc>, EventKind, &str) {
+    /// The timeline's order; two events with the same sort key are the same event (the sort
+    /// key holds exactly the natural key's parts).
+    fn sort_key(&self) -> SortKey<'_> {
         (
             self.at,
             self.kind,
+            self.status.as_ref().map_or(0, Status::timeline_order),
             super::event::subject(self.kind, self.status.as_ref(), self.url.as_deref()),
+            self.participant.as_deref(),
         )
     }
 
@@ -106,7 +130,10 @@ impl From<Event> for TimelineEvent {
             event_id: e.event_id,
             provider: e.provider,
             recipient: e.recipient,
+            recipient_user_id: e.recipient_user_id,
+            participant: e.participant,
             channel: e.channel,
+            failure_code: e.failure_code,
             failure_reason: e.failure_reason,
             callback: e.callback,
         }
@@ -119,7 +146,16 @@ impl MessageState {
     pub fn apply(state: Option<MessageState>, event: Event) -> (MessageState, bool) {
         let message_id = event.message_id.clone();
         let incoming = TimelineEvent::from(event);
+        // Normalizing a number is the costliest step of a fold, and most events repeat it.
+        // Only a found form is reused: `None` may come from a state stored before the field.
+        let known_e164 = state
+            .as_ref()
+            .and_then(|s| Some((s.recipient.clone()?, s.recipient_e164.clone()?)));
         let mut events = state.map(|s| s.events).unwrap_or_default();
+        // Timelines stored before `played` and participants existed were sorted by an older key.
+        if !events.is_sorted_by(|a, b| a.sort_key() <= b.sort_key()) {
+            events.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        }
         let changed = match events.binary_search_by(|e| e.sort_key().cmp(&incoming.sort_key())) {
             Ok(i) if incoming.preferred_over(&events[i]) => {
                 events[i] = incoming;
@@ -131,11 +167,16 @@ impl MessageState {
                 true
             }
         };
-        (Self::from_timeline(message_id, events), changed)
+        (Self::from_timeline(message_id, events, known_e164), changed)
     }
 
-    /// Derives every field from a sorted, de-duplicated, non-empty timeline.
-    fn from_timeline(message_id: MessageId, events: Vec<TimelineEvent>) -> Self {
+    /// Derives every field from a sorted, de-duplicated, non-empty timeline; `known_e164` is a
+    /// recipient whose E.164 form was already worked out.
+    fn from_timeline(
+        message_id: MessageId,
+        events: Vec<TimelineEvent>,
+        known_e164: Option<(String, String)>,
+    ) -> Self {
         let first = &events[0];
         let first_with =
             |pick: fn(&TimelineEvent) -> Option<&String>| events.iter().find_map(pick).cloned();
@@ -154,13 +195,14 @@ impl MessageState {
                 .find(|e| e.status.as_ref() == Some(&wanted))
                 .map(|e| e.at)
         };
-        let failure_reason = match status {
+        let latest_failure = match status {
             Some(Status::Failed) => events
                 .iter()
-                .filter(|e| e.status == Some(Status::Failed))
-                .find_map(|e| e.failure_reason.clone()),
+                .rev()
+                .find(|e| e.status == Some(Status::Failed)),
             _ => None,
         };
+        let recipient = first_with(|e| e.recipient.as_ref());
         let clicks = events
             .iter()
             .filter(|e| e.kind == EventKind::Click)
@@ -175,8 +217,14 @@ impl MessageState {
             message_id,
             provider: first.provider,
             channel: first_with(|e| e.channel.as_ref()),
-            recipient: first_with(|e| e.recipient.as_ref()),
-            failure_reason,
+            recipient_e164: match (&recipient, known_e164) {
+                (Some(r), Some((known, e164))) if *r == known => Some(e164),
+                (r, _) => r.as_deref().and_then(super::recipient::e164),
+            },
+            recipient,
+            recipient_user_id: first_with(|e| e.recipient_user_id.as_ref()),
+            failure_code: latest_failure.and_then(|e| e.failure_code.clone()),
+            failure_reason: latest_failure.and_then(|e| e.failure_reason.clone()),
             callback_data: callback.as_ref().and_then(|c| c.value.clone()),
             callback_data_raw: callback.as_ref().map(|c| c.raw.clone()),
             callback_data_error: callback.and_then(|c| c.error),
@@ -197,6 +245,15 @@ impl MessageState {
             status,
             clicks,
             events,
+        }
+    }
+
+    /// Fills what a state stored by an older flowhook lacks and can be derived from what it
+    /// has: today only `recipient_e164`. Codes, participants and user ids that were never
+    /// kept stay `None`.
+    pub fn upgrade(&mut self) {
+        if self.recipient_e164.is_none() {
+            self.recipient_e164 = self.recipient.as_deref().and_then(super::recipient::e164);
         }
     }
 
@@ -226,10 +283,15 @@ mod tests {
                 .unwrap(),
             event_id: Some(format!("evt-{at_secs}-{status:?}-{url:?}")),
             recipient: Some("+919090909090".into()),
+            recipient_user_id: None,
+            participant: None,
             channel: Some("whatsapp".into()),
+            failure_code: status
+                .filter(|s| *s == "failed")
+                .map(|_| format!("13104{at_secs}")),
             failure_reason: status
                 .filter(|s| *s == "failed")
-                .map(|_| "undeliverable".into()),
+                .map(|_| format!("undeliverable at {at_secs}")),
             callback: CallbackData::decode(
                 &serde_json::json!(format!("{{\"t\":{at_secs}}}")),
                 4096,
@@ -269,6 +331,124 @@ mod tests {
             Some(Status::Other("deleted".into()))
         );
         assert_eq!(status_of(&["sent", "deleted"]), Some(Status::Sent));
+        assert_eq!(status_of(&["played", "read"]), Some(Status::Played));
+        assert_eq!(status_of(&["failed", "played"]), Some(Status::Played));
+    }
+
+    #[test]
+    fn equal_timestamps_are_ordered_by_status_rank_not_the_alphabet() {
+        let state = fold([
+            event(EventKind::Status, Some("played"), None, 3),
+            event(EventKind::Status, Some("read"), None, 3),
+            event(EventKind::Status, Some("deleted"), None, 3),
+            event(EventKind::Status, Some("delivered"), None, 3),
+            event(EventKind::Status, Some("sent"), None, 3),
+        ]);
+        let order: Vec<_> = state
+            .events
+            .iter()
+            .map(|e| e.status.clone().unwrap())
+            .collect();
+        let names: Vec<&str> = order.iter().map(Status::as_str).collect();
+        assert_eq!(names, ["sent", "delivered", "read", "played", "deleted"]);
+    }
+
+    #[test]
+    fn a_timeline_stored_in_the_old_order_is_resorted_and_still_dedupes() {
+        let read = event(EventKind::Status, Some("read"), None, 3);
+        let sent = event(EventKind::Status, Some("sent"), None, 3);
+        let mut state = fold([read.clone(), sent.clone()]);
+        // Before this order existed, equal times sorted by name (read < sent).
+        state.events.swap(0, 1);
+        let (after, changed) = MessageState::apply(Some(state), read.clone());
+        assert!(!changed);
+        assert_eq!(after, fold([sent, read]));
+    }
+
+    #[test]
+    fn each_participant_of_a_group_message_keeps_its_own_read() {
+        let read_by = |who: &str| Event {
+            participant: Some(who.into()),
+            ..event(EventKind::Status, Some("read"), None, 4)
+        };
+        let (a, b) = (read_by("16315551181"), read_by("16315551182"));
+        assert_ne!(a.natural_key(), b.natural_key());
+        let state = fold([a.clone(), b.clone(), a]);
+        let who: Vec<_> = state
+            .events
+            .iter()
+            .map(|e| e.participant.as_deref())
+            .collect();
+        assert_eq!(who, [Some("16315551181"), Some("16315551182")]);
+        // An event without a participant keeps the key it always had.
+        let plain = event(EventKind::Status, Some("read"), None, 4);
+        assert!(!plain.natural_key().contains("|p:"));
+    }
+
+    #[test]
+    fn every_failed_event_keeps_its_code_and_the_message_shows_the_latest() {
+        let state = fold([
+            event(EventKind::Status, Some("sent"), None, 1),
+            event(EventKind::Status, Some("failed"), None, 2),
+            event(EventKind::Status, Some("failed"), None, 5),
+        ]);
+        assert_eq!(state.failure_code.as_deref(), Some("131045"));
+        assert_eq!(state.failure_reason.as_deref(), Some("undeliverable at 5"));
+        let codes: Vec<_> = state
+            .events
+            .iter()
+            .map(|e| e.failure_code.as_deref())
+            .collect();
+        assert_eq!(codes, [None, Some("131042"), Some("131045")]);
+
+        let delivered_later = fold([
+            event(EventKind::Status, Some("failed"), None, 2),
+            event(EventKind::Status, Some("delivered"), None, 6),
+        ]);
+        assert_eq!(delivered_later.failure_code, None);
+        assert_eq!(delivered_later.failure_reason, None);
+        assert_eq!(
+            delivered_later.events[0].failure_code.as_deref(),
+            Some("131042"),
+            "the timeline keeps the failed event's own code"
+        );
+    }
+
+    #[test]
+    fn recipients_are_normalized_and_user_ids_kept() {
+        let meta_style = Event {
+            recipient: Some("16505551234".into()),
+            ..event(EventKind::Status, Some("sent"), None, 1)
+        };
+        let state = fold([meta_style]);
+        assert_eq!(state.recipient.as_deref(), Some("16505551234"));
+        assert_eq!(state.recipient_e164.as_deref(), Some("+16505551234"));
+
+        let bsuid = Event {
+            recipient: None,
+            recipient_user_id: Some("US.13491208655302741918".into()),
+            ..event(EventKind::Status, Some("sent"), None, 1)
+        };
+        let state = fold([bsuid]);
+        assert_eq!(state.recipient_e164, None);
+        assert_eq!(
+            state.recipient_user_id.as_deref(),
+            Some("US.13491208655302741918")
+        );
+    }
+
+    #[test]
+    fn a_state_stored_before_recipient_e164_gets_it_on_upgrade() {
+        let mut stored =
+            serde_json::to_value(fold([event(EventKind::Status, Some("sent"), None, 1)])).unwrap();
+        let map = stored.as_object_mut().unwrap();
+        for field in ["recipient_e164", "recipient_user_id", "failure_code"] {
+            map.remove(field);
+        }
+        let mut old: MessageState = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.recipient_e164, None);
+        old.upgrade();
+        assert_eq!(old.recipient_e164.as_deref(), Some("+919090909090"));
     }
 
     #[test]
@@ -295,7 +475,7 @@ mod tests {
     #[test]
     fn failure_reason_shows_only_while_failed() {
         let failed = fold([event(EventKind::Status, Some("failed"), None, 1)]);
-        assert_eq!(failed.failure_reason.as_deref(), Some("undeliverable"));
+        assert_eq!(failed.failure_reason.as_deref(), Some("undeliverable at 1"));
         assert!(failed.failed_at.is_some());
         let recovered = fold([
             event(EventKind::Status, Some("failed"), None, 1),
@@ -317,11 +497,27 @@ mod tests {
         assert_eq!(state.events.len(), 3);
     }
 
+    /// Statuses including `played`, group participants and business-scoped user ids, at few
+    /// distinct times so that equal timestamps are common.
     fn arb_event() -> impl Strategy<Value = Event> {
-        let status = prop::sample::select(vec!["sent", "delivered", "read", "failed", "deleted"]);
+        let status = prop::sample::select(vec![
+            "sent",
+            "delivered",
+            "read",
+            "played",
+            "failed",
+            "deleted",
+        ]);
+        let participant =
+            prop::option::of(prop::sample::select(vec!["16315551181", "16315551182"]));
+        let user_id = prop::option::of(prop::sample::select(vec!["US.1349", "IN.7781"]));
         let url = prop::sample::select(vec!["https://shop/a", "https://shop/b"]);
         prop_oneof![
-            (status, 0i64..6).prop_map(|(s, t)| event(EventKind::Status, Some(s), None, t)),
+            (status, 0i64..6, participant, user_id).prop_map(|(s, t, p, u)| Event {
+                participant: p.map(str::to_owned),
+                recipient_user_id: u.map(str::to_owned),
+                ..event(EventKind::Status, Some(s), None, t)
+            }),
             (url, 0i64..6).prop_map(|(u, t)| event(EventKind::Click, None, Some(u), t)),
         ]
     }

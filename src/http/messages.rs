@@ -106,7 +106,7 @@ impl Paging {
     tag = "status",
     params(
         ("callback.order_id" = Option<String>, Query, description = "any field in store.index_callback_fields, as callback.<field>"),
-        ("recipient" = Option<String>, Query, description = "the recipient as the provider sent it"),
+        ("recipient" = Option<String>, Query, description = "a phone number written any common way (`919090909090`, `+91 90909 09090`), matched by its E.164 form; or a group id or business-scoped user id as sent"),
         ("order" = Option<String>, Query, description = "`recent`: every message, most recently updated first (instead of a filter)"),
         ("limit" = Option<usize>, Query, description = "1 to 500, default 50"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
@@ -226,6 +226,9 @@ fn view(message: &MessageState, with_events: bool, actions: &[Action]) -> Value 
                     "at": crate::domain::rfc3339(e.at),
                     "received_at": crate::domain::rfc3339(e.received_at),
                     "event_id": e.event_id,
+                    "failure_code": e.failure_code,
+                    "failure_reason": e.failure_reason,
+                    "participant": e.participant,
                 })
             })
             .collect();

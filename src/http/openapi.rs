@@ -131,15 +131,28 @@ pub struct MessageView {
     #[schema(example = "bik")]
     provider: String,
     channel: Option<String>,
+    /// As the provider sent it (Meta: `16505551234`, BIK: `+919090909090`).
     recipient: Option<String>,
+    /// `recipient` in E.164, or null when it is not a phone number.
+    #[schema(example = "+16505551234")]
+    recipient_e164: Option<String>,
+    /// A business-scoped user id, for a user Meta addressed without a phone number.
+    #[schema(example = "US.13491208655302741918")]
+    recipient_user_id: Option<String>,
+    /// `sent`, `delivered`, `read`, `played`, `failed`, or another status the provider sent.
     #[schema(example = "read")]
     status: Option<String>,
+    /// The latest failed event's code (Meta's `errors[0].code`), while the status is `failed`.
+    #[schema(example = "131047")]
+    failure_code: Option<String>,
+    /// The latest failed event's reason, while the status is `failed`.
     failure_reason: Option<String>,
     /// The decoded callback data, or null.
     callback_data: Option<Value>,
     /// The callback data as received.
     callback_data_raw: Option<String>,
-    /// Why `callback_data` is null although `callback_data_raw` is set.
+    /// Set when the callback data starts like JSON (`{` or `[`) but is not a valid object, or
+    /// is longer than `store.max_callback_bytes`; null for free text, which is kept raw.
     callback_data_error: Option<String>,
     #[schema(format = DateTime)]
     first_seen_at: String,
@@ -170,6 +183,16 @@ pub struct EventView {
     #[schema(format = DateTime)]
     received_at: String,
     event_id: Option<String>,
+    /// The provider's error code, on a failed event.
+    #[schema(example = "131047")]
+    failure_code: Option<String>,
+    /// What the provider said (title, message and details, without repeats), on a failed event.
+    #[schema(
+        example = "Re-engagement message: Message failed to send because more than 24 hours have passed since the customer last replied to this number."
+    )]
+    failure_reason: Option<String>,
+    /// The group member this status is about, for a group message.
+    participant: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -4,11 +4,11 @@
 use serde_json::Value;
 
 use super::{
-    constant_time_eq, elements, first_present, parse_json, rejected, text, Fields, ParseContext,
-    Refusal,
+    constant_time_eq, elements, error_words, first_present, parse_json, rejected, text, Fields,
+    ParseContext, Refusal,
 };
 use crate::config::BikSettings;
-use crate::domain::{EventKind, Provider};
+use crate::domain::{failure_text, EventKind, Provider};
 use crate::store::IngestItem;
 
 const STATUS_EVENT: &str = "message-status-update";
@@ -61,10 +61,33 @@ fn parse_event(raw: &Value, settings: &BikSettings, ctx: ParseContext) -> Ingest
         at: info.get("createdAt"),
         recipient: text(info.get("assetValue")),
         channel: text(info.get("channelId")),
-        failure_reason: text(info.get("failureReason")),
+        failure_code: failure_code(info),
+        failure_reason: failure_reason(info),
         callback: first_present([info.get("callbackData"), raw.get("callbackData")]),
+        ..Default::default()
     };
     fields.into_item(Provider::Bik, kind, raw, ctx)
+}
+
+/// BIK relays the channel's error: a code in `failureCode` or `errorCode` (or inside a
+/// `failureReason` object), as a number or a string.
+fn failure_code(info: &Value) -> Option<String> {
+    text(first_present([
+        info.get("failureCode"),
+        info.get("errorCode"),
+        info.pointer("/failureReason/code"),
+    ]))
+}
+
+/// `failureReason` as text, or, when BIK passes the channel's error object through, its words
+/// joined the way Meta's are.
+fn failure_reason(info: &Value) -> Option<String> {
+    let reason = info.get("failureReason")?;
+    if reason.is_object() {
+        error_words(reason)
+    } else {
+        failure_text([reason.as_str()])
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +121,52 @@ mod tests {
         }
         let empty = BikSettings::default();
         assert!(verify(Some(b"Basic "), &empty).is_err());
+    }
+
+    /// BIK's public reference shows `failureReason` as text (`tests/fixtures/bik/`); a code
+    /// field or the channel's error object passed through are read the same way as Meta's.
+    #[test]
+    fn failure_codes_and_error_objects_are_kept_like_metas() {
+        let ctx = ParseContext {
+            received_at: chrono::Utc::now(),
+            max_callback_bytes: 4096,
+        };
+        let failed = |info: serde_json::Value| {
+            let mut body = serde_json::json!({"eventName": "message-status-update", "id": "e1",
+                "eventInfo": {"messageId": "wamid.X==", "status": "failed",
+                              "createdAt": "2026-11-21T10:00:00Z"}});
+            body["eventInfo"]
+                .as_object_mut()
+                .unwrap()
+                .extend(info.as_object().unwrap().clone());
+            match parse(body.to_string().as_bytes(), &settings(), ctx)
+                .unwrap()
+                .remove(0)
+            {
+                IngestItem::Event(e) => (e.failure_code, e.failure_reason),
+                _ => panic!("not an event"),
+            }
+        };
+        assert_eq!(
+            failed(serde_json::json!({"failureReason": "Re-engagement message"})),
+            (None, Some("Re-engagement message".into()))
+        );
+        assert_eq!(
+            failed(serde_json::json!({"failureReason": "Blocked", "failureCode": 131049})),
+            (Some("131049".into()), Some("Blocked".into()))
+        );
+        assert_eq!(
+            failed(serde_json::json!({"failureReason": {"code": 131047,
+                "title": "Re-engagement message", "message": "Re-engagement message",
+                "error_data": {"details": "More than 24 hours have passed."}}})),
+            (
+                Some("131047".into()),
+                Some("Re-engagement message: More than 24 hours have passed.".into())
+            )
+        );
+        assert_eq!(
+            failed(serde_json::json!({"failureReason": null})),
+            (None, None)
+        );
     }
 }

@@ -115,7 +115,10 @@ fn parse_event(raw: &Value, event_id: String, ctx: ParseContext) -> IngestItem {
         url: raw.get("url"),
         at: raw.get("timestamp"),
         recipient: text(raw.get("recipient")),
+        recipient_user_id: text(raw.get("recipient_user_id")),
+        participant: text(raw.get("participant")),
         channel: text(raw.get("channel")),
+        failure_code: text(raw.get("failure_code")),
         failure_reason: text(raw.get("failure_reason")),
         callback: raw.get("callback_data"),
     };

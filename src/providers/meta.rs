@@ -5,7 +5,9 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{constant_time_eq, parse_json, rejected, text, Fields, ParseContext, Refusal};
+use super::{
+    constant_time_eq, error_words, parse_json, rejected, text, Fields, ParseContext, Refusal,
+};
 use crate::config::MetaSettings;
 use crate::domain::{EventKind, Provider};
 use crate::store::IngestItem;
@@ -94,6 +96,10 @@ pub fn parse(body: &[u8], ctx: ParseContext) -> Result<Vec<IngestItem>, Refusal>
     Ok(items)
 }
 
+/// One status. A group message's statuses name the member in `recipient_participant_id`; a
+/// user addressed by business-scoped user id has an empty `recipient_id` and a
+/// `recipient_user_id`. A failure's words are `errors[0]`'s `title`, `message` and
+/// `error_data.details`; its `code` is a number.
 fn parse_status(raw: &Value, ctx: ParseContext) -> IngestItem {
     let error = raw.pointer("/errors/0");
     let fields = Fields {
@@ -102,8 +108,11 @@ fn parse_status(raw: &Value, ctx: ParseContext) -> IngestItem {
         status: raw.get("status"),
         at: raw.get("timestamp"),
         recipient: text(raw.get("recipient_id")),
+        recipient_user_id: text(raw.get("recipient_user_id")),
+        participant: text(raw.get("recipient_participant_id")),
         channel: Some("whatsapp".into()),
-        failure_reason: error.and_then(|e| text(e.get("title")).or_else(|| text(e.get("message")))),
+        failure_code: error.and_then(|e| text(e.get("code"))),
+        failure_reason: error.and_then(error_words),
         callback: raw.get("biz_opaque_callback_data"),
         ..Default::default()
     };

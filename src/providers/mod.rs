@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use crate::domain::{CallbackData, Event, EventKind, MessageId, Provider, Status};
+use crate::domain::{failure_text, CallbackData, Event, EventKind, MessageId, Provider, Status};
 use crate::store::IngestItem;
 
 /// Why a request was refused before anything was stored.
@@ -35,8 +35,11 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// Parses a body, after the signature was checked over its exact bytes. A UTF-8 byte-order
+/// mark in front of the JSON, which some senders' frameworks add, is skipped.
 fn parse_json(body: &[u8]) -> Result<Value, Refusal> {
-    serde_json::from_slice(body).map_err(|e| Refusal::NotJson(e.to_string()))
+    let json = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    serde_json::from_slice(json).map_err(|e| Refusal::NotJson(e.to_string()))
 }
 
 /// A body that is one event or an array of them, as a list.
@@ -80,6 +83,17 @@ fn text(value: Option<&Value>) -> Option<String> {
     }
 }
 
+/// A channel error's words, as Meta shapes them (`title`, `message`, `error_data.details`),
+/// joined by [`failure_text`].
+fn error_words(error: &Value) -> Option<String> {
+    let part = |pointer: &str| error.pointer(pointer).and_then(Value::as_str);
+    failure_text([
+        part("/title"),
+        part("/message"),
+        part("/error_data/details"),
+    ])
+}
+
 /// The first of `values` that is present and not null.
 fn first_present<'a>(values: impl IntoIterator<Item = Option<&'a Value>>) -> Option<&'a Value> {
     values.into_iter().flatten().find(|v| !v.is_null())
@@ -94,7 +108,10 @@ struct Fields<'a> {
     url: Option<&'a Value>,
     at: Option<&'a Value>,
     recipient: Option<String>,
+    recipient_user_id: Option<String>,
+    participant: Option<String>,
     channel: Option<String>,
+    failure_code: Option<String>,
     failure_reason: Option<String>,
     callback: Option<&'a Value>,
 }
@@ -152,7 +169,10 @@ impl Fields<'_> {
             received_at: ctx.received_at,
             event_id: self.event_id,
             recipient: self.recipient,
+            recipient_user_id: self.recipient_user_id,
+            participant: self.participant,
             channel: self.channel,
+            failure_code: self.failure_code,
             failure_reason: self.failure_reason,
             callback: self
                 .callback

@@ -51,7 +51,8 @@ impl Store {
         let mut moved = Moved::default();
         for entry in self.inner.trees.messages.iter() {
             let (k, v) = entry.map_err(StoreError::from)?;
-            let message: MessageState = serde_json::from_slice(&v).map_err(StoreError::from)?;
+            let mut message: MessageState = serde_json::from_slice(&v).map_err(StoreError::from)?;
+            message.upgrade();
             let actions = self.message_actions(&String::from_utf8_lossy(&k))?;
             moved.messages += 1;
             moved.actions += actions.len() as u64;

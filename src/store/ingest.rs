@@ -12,6 +12,7 @@ use super::actions::{cancelled, Action, ActionState, ActionTx};
 use super::query::RejectedEvent;
 use super::writer::Context;
 use super::{index_value, json_bytes as json, key, Store, StoreError, TxResult};
+use crate::domain::recipient::lookup_key;
 use crate::domain::{Event, EventKind, MessageId, MessageState, Provider};
 use crate::observe;
 use crate::rules::{action_id, Due, Rules, Step};
@@ -397,7 +398,8 @@ pub(super) fn dedupe_keys(
 /// What a message contributes to the secondary indexes and aggregates.
 #[derive(PartialEq)]
 pub(super) struct Derived {
-    recipient: Option<String>,
+    /// Recipient keys: the recipient's [`lookup_key`] and the business-scoped user id.
+    recipients: Vec<String>,
     callback: Vec<(String, String)>,
     status: Option<String>,
     clicked: bool,
@@ -409,11 +411,18 @@ pub(super) struct Derived {
 impl Derived {
     pub(super) fn of(state: Option<&MessageState>, fields: &[String]) -> Option<Self> {
         let state = state?;
+        // The state's `recipient_e164` is `lookup_key`'s answer already, when there is one.
+        let mut recipients: Vec<String> = state
+            .recipient_e164
+            .clone()
+            .or_else(|| state.recipient.as_deref().map(lookup_key))
+            .into_iter()
+            .chain(state.recipient_user_id.clone())
+            .filter(|r| !r.is_empty() && !r.contains('\0') && r.len() <= 256)
+            .collect();
+        recipients.dedup();
         Some(Self {
-            recipient: state
-                .recipient
-                .clone()
-                .filter(|r| !r.contains('\0') && r.len() <= 256),
+            recipients,
             callback: fields
                 .iter()
                 .filter_map(|f| Some((f.clone(), index_value(state.callback_field(f)?)?)))
@@ -421,10 +430,7 @@ impl Derived {
             status: state.status.as_ref().map(|s| s.as_str().to_owned()),
             clicked: !state.clicks.is_empty(),
             day: super::stats::day_of(state.first_seen_at),
-            failure: state.failure_reason.as_deref().map(|r| {
-                let r: String = r.chars().filter(|c| *c != '\0').take(120).collect();
-                r
-            }),
+            failure: super::stats::failure_metric(state),
         })
     }
 
@@ -434,7 +440,7 @@ impl Derived {
         if self.clicked {
             metrics.push("clicked".into());
         }
-        metrics.extend(self.failure.as_ref().map(|r| format!("failure:{r}")));
+        metrics.extend(self.failure.clone());
         metrics
     }
 }
@@ -470,7 +476,7 @@ impl Filing<'_> {
     fn file(&self, id: &MessageId, d: &Derived, delta: i64) -> TxResult<()> {
         let id = id.as_str().as_bytes();
         let mut entries: Vec<(&TransactionalTree, Vec<u8>)> = Vec::new();
-        if let Some(r) = &d.recipient {
+        for r in &d.recipients {
             entries.push((self.recipient, key(&[r.as_bytes(), id])));
         }
         for (field, value) in &d.callback {

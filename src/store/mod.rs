@@ -13,11 +13,12 @@
 //! |                 | `n\0<natural key>` (see `Event::natural_key`)| first seen, unix seconds (u64 BE)  |
 //! |                 | `r\0<provider>\0<sha256 of raw>` (quarantined) | first seen, unix seconds (u64 BE) |
 //! | `idx_callback`  | `<field>\0<value>\0<message id>`            | empty                              |
-//! | `idx_recipient` | `<recipient>\0<message id>`                 | empty                              |
+//! | `idx_recipient` | `<recipient key>\0<message id>` (the E.164 form, else as sent; and the business-scoped user id) | empty |
 //! | `idx_time`      | `<updated_at unix ms, u64 BE><message id>`  | empty (retention reads it in order)|
 //! | `aggregates`    | `<field>\0<value>\0<day><metric>` (see [`stats`]) | count (i64 BE); `\0\0action:<state>` counts all actions |
 //! | `rejected`      | id (u64 BE, from `generate_id`, so in time order) | `RejectedEvent` JSON         |
 //! | `meta`          | `readyz`                                    | last readiness probe time          |
+//! |                 | `recipient_index`                           | `e164` once `idx_recipient` uses normalized keys |
 //! | `actions`       | action id (`act_<hex>`, from message id and rule) | `Action` JSON                |
 //! | `action_idx`    | `a\0<created><id>`, `r\0<rule>\0<created><id>`, `s\0<state>\0<created><id>`, `q\0<rule>\0<state>\0<created><id>` | empty (`<created>` is unix ms, u64 BE) |
 //! |                 | `m\0<message id>\0<action id>`              | empty                              |
@@ -135,6 +136,8 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             inflight: db.open_tree("inflight")?,
         };
+        migrate_recipient_index(&trees)?;
+        db.flush()?;
         let flusher = Arc::new(durability::Flusher::start(
             db.clone(),
             settings.durability,
@@ -203,6 +206,49 @@ impl Store {
     pub fn index_fields(&self) -> &[String] {
         &self.inner.index_fields
     }
+}
+
+/// The `meta` key that says `idx_recipient` files recipients under
+/// [`lookup_key`](crate::domain::recipient::lookup_key) (stores written before that filed them
+/// as the provider sent them).
+const RECIPIENT_INDEX: &str = "recipient_index";
+const RECIPIENT_INDEX_E164: &[u8] = b"e164";
+
+/// Refiles an older store's recipient index under normalized keys, once, in bounded batches.
+/// Each batch is atomic and the rewrite is idempotent, so a crash part way only repeats work.
+fn migrate_recipient_index(trees: &Trees) -> Result<(), StoreError> {
+    if trees.meta.get(RECIPIENT_INDEX)?.as_deref() == Some(RECIPIENT_INDEX_E164) {
+        return Ok(());
+    }
+    let mut moved = 0u64;
+    let mut batch = sled::Batch::default();
+    let mut pending = 0;
+    for entry in trees.idx_recipient.iter() {
+        let (k, _) = entry?;
+        let Some(split) = k.iter().rposition(|b| *b == 0) else {
+            continue;
+        };
+        let recipient = String::from_utf8_lossy(&k[..split]);
+        let normalized = crate::domain::recipient::lookup_key(&recipient);
+        if normalized != recipient {
+            batch.remove(&k);
+            batch.insert(key(&[normalized.as_bytes(), &k[split + 1..]]), &[]);
+            moved += 1;
+            pending += 1;
+        }
+        if pending == 10_000 {
+            trees
+                .idx_recipient
+                .apply_batch(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+    }
+    trees.idx_recipient.apply_batch(batch)?;
+    trees.meta.insert(RECIPIENT_INDEX, RECIPIENT_INDEX_E164)?;
+    if moved > 0 {
+        tracing::info!(moved, "recipient index refiled under E.164 numbers");
+    }
+    Ok(())
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -288,4 +334,91 @@ pub(crate) fn temporary_with(settings: &StoreSettings, rules: Rules) -> Store {
         .open()
         .expect("temporary sled");
     Store::with_db(db, settings, Arc::new(rules)).expect("open temporary store")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Event, Provider, Status};
+
+    /// A message as the release before failure codes and normalized recipients stored it:
+    /// no `recipient_e164`, `recipient_user_id` or `failure_code`, Meta's recipient without
+    /// `+`, and equal-time events in the old (alphabetical) order.
+    const OLD_STATE: &str = r#"{"message_id":"wamid.OLD==","provider":"meta","channel":"whatsapp",
+        "recipient":"16505551234","status":"read","failure_reason":null,"callback_data":null,
+        "callback_data_raw":null,"callback_data_error":null,
+        "first_seen_at":"2026-11-21T10:00:00Z","updated_at":"2026-11-21T10:00:00Z",
+        "sent_at":"2026-11-21T10:00:00Z","delivered_at":null,"read_at":"2026-11-21T10:00:00Z",
+        "failed_at":null,"clicks":[],"events":[
+        {"kind":"status","status":"read","url":null,"at":"2026-11-21T10:00:00Z",
+         "received_at":"2026-11-21T10:00:00Z","event_id":null,"provider":"meta",
+         "recipient":"16505551234","channel":"whatsapp","failure_reason":null,"callback":null},
+        {"kind":"status","status":"sent","url":null,"at":"2026-11-21T10:00:00Z",
+         "received_at":"2026-11-21T10:00:00Z","event_id":null,"provider":"meta",
+         "recipient":"16505551234","channel":"whatsapp","failure_reason":null,"callback":null}]}"#;
+
+    #[tokio::test]
+    async fn a_store_written_before_normalized_recipients_reads_and_is_found() {
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let settings = StoreSettings::default();
+        db.open_tree("messages")
+            .unwrap()
+            .insert("wamid.OLD==", OLD_STATE.as_bytes())
+            .unwrap();
+        db.open_tree("idx_recipient")
+            .unwrap()
+            .insert(key(&[b"16505551234", b"wamid.OLD=="]), &[])
+            .unwrap();
+        let dedupe = db.open_tree("dedupe").unwrap();
+        for status in ["read", "sent"] {
+            let natural = format!("wamid.OLD==|status|2026-11-21T10:00:00Z|{status}");
+            let (k, _) = ingest::dedupe_keys(&natural, Provider::Meta, None);
+            dedupe.insert(k, &1_795_255_200u64.to_be_bytes()).unwrap();
+        }
+        let store = Store::with_db(db, &settings, Arc::new(Rules::default())).unwrap();
+
+        let old = store.message("wamid.OLD==").unwrap().unwrap();
+        assert_eq!(old.recipient.as_deref(), Some("16505551234"));
+        assert_eq!(old.recipient_e164.as_deref(), Some("+16505551234"));
+        assert_eq!(old.failure_code, None);
+        for written in ["16505551234", "+1 650 555 1234", "+16505551234"] {
+            let page = store
+                .lookup(&Lookup::Recipient(written.into()), 10, None)
+                .unwrap();
+            assert_eq!(page.items.len(), 1, "{written}");
+        }
+
+        // New events fold into the old timeline; the old `sent` is still a duplicate.
+        let event = |status: &str| {
+            let mut e = Event::test_status("wamid.OLD==", status, 0);
+            e.provider = Provider::Meta;
+            e.event_id = None;
+            e.at = old.events[0].at;
+            IngestItem::Event(Box::new(e))
+        };
+        let outcome = store
+            .ingest(
+                Provider::Meta,
+                vec![event("sent"), event("delivered")],
+                crate::domain::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!((outcome.accepted, outcome.duplicates), (1, 1));
+        let after = store.message("wamid.OLD==").unwrap().unwrap();
+        let order: Vec<&str> = after
+            .events
+            .iter()
+            .filter_map(|e| e.status.as_ref().map(Status::as_str))
+            .collect();
+        assert_eq!(order, ["sent", "delivered", "read"]);
+        let page = store
+            .lookup(&Lookup::Recipient("16505551234".into()), 10, None)
+            .unwrap();
+        assert_eq!(page.items.len(), 1, "refiled, not filed twice");
+    }
 }

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{key, Store, StoreError};
+use crate::domain::recipient::lookup_key;
 use crate::domain::{MessageState, Provider};
 
 /// An event kept in quarantine because it could not be used.
@@ -43,12 +44,12 @@ pub struct Page<T> {
 
 impl Store {
     pub fn message(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
-        self.inner
-            .trees
-            .messages
-            .get(id.as_bytes())?
-            .map(|bytes| serde_json::from_slice(&bytes).map_err(StoreError::from))
-            .transpose()
+        let Some(bytes) = self.inner.trees.messages.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut state: MessageState = serde_json::from_slice(&bytes)?;
+        state.upgrade();
+        Ok(Some(state))
     }
 
     /// Messages filed under a callback value or a recipient, in message-id order.
@@ -63,7 +64,10 @@ impl Store {
                 &self.inner.trees.idx_callback,
                 key(&[field.as_bytes(), value.as_bytes(), b""]),
             ),
-            Lookup::Recipient(r) => (&self.inner.trees.idx_recipient, key(&[r.as_bytes(), b""])),
+            Lookup::Recipient(r) => (
+                &self.inner.trees.idx_recipient,
+                key(&[lookup_key(r).as_bytes(), b""]),
+            ),
         };
         let page = scan(tree, &prefix, limit, cursor)?;
         let mut items = Vec::with_capacity(page.items.len());

@@ -3,8 +3,9 @@
 //! stats query reads counters, never messages.
 //!
 //! Key: `<field>\0<value>\0<day: u32 BE, days since 1970-01-01><metric>`; value: i64 BE.
-//! Metrics: `messages`, `status:<status>` (current status), `clicked`, `failure:<reason>`
-//! (current failure reason of failed messages), `action:<state>`.
+//! Metrics: `messages`, `status:<status>` (current status), `clicked`, for failed messages
+//! `failure_code:<code>\0<reason>` (with the provider's code) or `failure:<reason>` (without
+//! one), and `action:<state>`.
 
 use std::collections::BTreeMap;
 
@@ -43,8 +44,9 @@ pub struct Group {
     pub messages: i64,
     /// Messages with a known outcome: current status sent, delivered, read or failed.
     pub sent: i64,
-    /// Delivered or read.
+    /// Delivered, read or played.
     pub delivered: i64,
+    /// Read or played (`played` implies read).
     pub read: i64,
     pub failed: i64,
     /// Messages with at least one click.
@@ -66,10 +68,40 @@ pub struct Rates {
     pub clicked: Option<f64>,
 }
 
+/// Failed messages grouped by the provider's error code, or by reason where there is none.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FailureReason {
+    /// The provider's error code (Meta's `errors[0].code`), or null.
+    #[schema(example = "131047")]
+    pub code: Option<String>,
+    /// The reason given most often with this code (the reason itself, without a code).
     pub reason: String,
     pub count: i64,
+}
+
+/// The failure metric a failed message is counted under, if it is failed.
+pub(super) fn failure_metric(state: &crate::domain::MessageState) -> Option<String> {
+    if state.status != Some(crate::domain::Status::Failed) {
+        return None;
+    }
+    let clean = |text: &str, max: usize| -> String {
+        let mut chars = text.chars().filter(|c| *c != '\0');
+        let mut out: String = chars.by_ref().take(max).collect();
+        if chars.next().is_some() {
+            out.push('…');
+        }
+        out
+    };
+    let reason = state.failure_reason.as_deref().map(|r| clean(r, 160));
+    match (state.failure_code.as_deref(), reason) {
+        (Some(code), reason) => Some(format!(
+            "failure_code:{}\0{}",
+            clean(code, 32),
+            reason.unwrap_or_default()
+        )),
+        (None, Some(reason)) => Some(format!("failure:{reason}")),
+        (None, None) => None,
+    }
 }
 
 /// Failure reasons listed per group.
@@ -119,23 +151,15 @@ impl Store {
 fn group(value: String, m: &BTreeMap<String, i64>) -> Group {
     let get = |k: &str| m.get(k).copied().unwrap_or(0);
     let (sent_now, delivered_now) = (get("status:sent"), get("status:delivered"));
-    let (read, failed) = (get("status:read"), get("status:failed"));
+    // `played` implies read, so a played message counts as read (and delivered).
+    let (read, failed) = (
+        get("status:read") + get("status:played"),
+        get("status:failed"),
+    );
     let delivered = delivered_now + read;
     let sent = sent_now + delivered + failed;
     let clicked = get("clicked");
     let ratio = |a: i64, b: i64| (b > 0).then(|| a as f64 / b as f64);
-    let mut reasons: Vec<FailureReason> = m
-        .iter()
-        .filter_map(|(k, n)| {
-            let reason = k.strip_prefix("failure:")?;
-            (*n > 0).then(|| FailureReason {
-                reason: reason.to_owned(),
-                count: *n,
-            })
-        })
-        .collect();
-    reasons.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
-    reasons.truncate(TOP_REASONS);
     Group {
         value,
         messages: get("messages"),
@@ -151,8 +175,50 @@ fn group(value: String, m: &BTreeMap<String, i64>) -> Group {
             read: ratio(read, delivered),
             clicked: ratio(clicked, read),
         },
-        top_failure_reasons: reasons,
+        top_failure_reasons: top_failure_reasons(m),
     }
+}
+
+/// Failure counts by code (with the reason most often given for it), then by reason for
+/// failures without a code; the largest [`TOP_REASONS`].
+fn top_failure_reasons(m: &BTreeMap<String, i64>) -> Vec<FailureReason> {
+    // code -> (total, reason -> count)
+    let mut by_code: BTreeMap<&str, (i64, BTreeMap<&str, i64>)> = BTreeMap::new();
+    let mut reasons: Vec<FailureReason> = Vec::new();
+    for (metric, n) in m.iter().filter(|(_, n)| **n > 0) {
+        if let Some(coded) = metric.strip_prefix("failure_code:") {
+            let (code, reason) = coded.split_once('\0').unwrap_or((coded, ""));
+            let entry = by_code.entry(code).or_default();
+            entry.0 += n;
+            *entry.1.entry(reason).or_default() += n;
+        } else if let Some(reason) = metric.strip_prefix("failure:") {
+            reasons.push(FailureReason {
+                code: None,
+                reason: reason.to_owned(),
+                count: *n,
+            });
+        }
+    }
+    for (code, (count, texts)) in by_code {
+        let reason = texts
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(text, _)| (*text).to_owned())
+            .unwrap_or_default();
+        reasons.push(FailureReason {
+            code: Some(code.to_owned()),
+            reason,
+            count,
+        });
+    }
+    reasons.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.code.cmp(&b.code))
+            .then_with(|| a.reason.cmp(&b.reason))
+    });
+    reasons.truncate(TOP_REASONS);
+    reasons
 }
 
 #[cfg(test)]

@@ -67,6 +67,8 @@ async fn text_of(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
     }
 }
 
+const FAILED_131047: &str = "wamid.HBgMOTE5MDkwOTA5MDkwFQIAERgSRkFJTDQ3REVGNDU2R0hJNzg5AA==";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
     let (Some(chromedriver), Some(chromium)) = (
@@ -103,6 +105,10 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
         app.post_bik_status(&id, status, Utc::now(), &callback)
             .await;
     }
+    // Meta failures with their codes, in a campaign of their own.
+    let failures =
+        fixture("meta/statuses-failed-errors.json").replace("abandoned_cart", "reengage");
+    counts(app.post_meta(failures).await).await;
 
     let port = free_port();
     let _driver = Driver(
@@ -182,6 +188,20 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
         t.contains("cart-read") && t.contains("delivered")
     })
     .await;
+
+    // Failures show the provider's code, in the funnel's list and on the message.
+    let reasons = r#"[data-value="reengage"] [data-testid="failure-reason"]"#;
+    text_of(&c, reasons, |t| {
+        t.starts_with("130472 ") && t.ends_with("(1)")
+    })
+    .await;
+    fill(&c, "#q", FAILED_131047).await;
+    click(&c, "#search button").await;
+    text_of(&c, r#"[data-testid="failure"]"#, |t| {
+        t.starts_with("131047 Re-engagement message") && t.contains("24 hours")
+    })
+    .await;
+    text_of(&c, "#timeline .detail", |t| t.starts_with("131047")).await;
 
     // Retry from the dead letters: the action is attempted again (and dies again).
     click(&c, "#dead tbody button").await;

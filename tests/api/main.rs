@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod crash;
 mod durability;
+mod fidelity;
 mod generic;
 mod helpers;
 mod hostile;

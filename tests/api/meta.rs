@@ -74,7 +74,7 @@ async fn signed_meta_statuses_are_stored_and_merge_with_bik_events_for_the_same_
 }
 
 #[tokio::test]
-async fn a_meta_failure_keeps_the_error_title_as_reason() {
+async fn a_meta_failure_keeps_the_error_code_and_its_words_as_reason() {
     let app = spawn_app().await;
     counts(app.post_meta(fixture("meta/statuses-failed.json")).await).await;
     let m = app
@@ -83,8 +83,12 @@ async fn a_meta_failure_keeps_the_error_title_as_reason() {
         .unwrap();
     assert_eq!(
         (m["status"].as_str(), m["failure_reason"].as_str()),
-        (Some("failed"), Some("Message undeliverable"))
+        (
+            Some("failed"),
+            Some("Message undeliverable: Receiver is incapable of receiving this message")
+        )
     );
+    assert_eq!(m["failure_code"], "131026");
 }
 
 #[tokio::test]
@@ -137,7 +141,10 @@ async fn the_signature_is_checked_over_the_raw_bytes_not_re_serialized_json() {
         .message("wamid.METAFAILED000000000000000000000000000000001")
         .await
         .unwrap();
-    assert_eq!(m["failure_reason"], "Message non délivrable");
+    assert_eq!(
+        m["failure_reason"],
+        "Message non délivrable: Message undeliverable: Receiver is incapable of receiving this message"
+    );
 }
 
 #[tokio::test]

@@ -134,3 +134,43 @@ async fn the_document_is_openapi_3_and_covers_every_route() {
         }
     }
 }
+
+/// The property names a component schema documents.
+fn documented_fields(doc: &Value, schema: &str) -> BTreeSet<String> {
+    doc["components"]["schemas"][schema]["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no schema {schema}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn served_fields(value: &Value) -> BTreeSet<String> {
+    value.as_object().unwrap().keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn the_documented_message_event_and_failure_fields_are_exactly_what_is_served() {
+    let app = spawn_app().await;
+    let doc: Value = app.get_public("/openapi.json").await.json().await.unwrap();
+    counts(
+        app.post_meta(fixture("meta/statuses-failed-errors.json"))
+            .await,
+    )
+    .await;
+    let id = "wamid.HBgMOTE5MDkwOTA5MDkwFQIAERgSRkFJTDQ3REVGNDU2R0hJNzg5AA==";
+    let m = app.message(id).await.unwrap();
+    assert_eq!(served_fields(&m), documented_fields(&doc, "MessageView"));
+    assert_eq!(
+        served_fields(&m["events"][0]),
+        documented_fields(&doc, "EventView")
+    );
+    for field in ["recipient_e164", "recipient_user_id", "failure_code"] {
+        assert!(m.get(field).is_some(), "{field}");
+    }
+    let stats = app.get_json("/v1/stats?group_by=callback.campaign").await;
+    assert_eq!(
+        served_fields(&stats["groups"][0]["top_failure_reasons"][0]),
+        documented_fields(&doc, "FailureReason")
+    );
+}

@@ -80,7 +80,7 @@ fn expected_groups() -> Value {
         {"value": "spring", "messages": 4, "sent": 4, "delivered": 2, "read": 1, "failed": 2,
          "clicked": 1, "actions_delivered": 1, "actions_dead": 2,
          "rates": {"delivered": 0.5, "read": 0.5, "clicked": 1.0},
-         "top_failure_reasons": [{"reason": "blocked", "count": 1}, {"reason": "undeliverable", "count": 1}]},
+         "top_failure_reasons": [{"code": null, "reason": "blocked", "count": 1}, {"code": null, "reason": "undeliverable", "count": 1}]},
         {"value": "summer", "messages": 1, "sent": 1, "delivered": 0, "read": 0, "failed": 0,
          "clicked": 0, "actions_delivered": 0, "actions_dead": 0,
          "rates": {"delivered": 0.0, "read": null, "clicked": null},

@@ -80,7 +80,9 @@ function funnelCard(group) {
     fact("dead", group.actions_dead, "actions-dead")));
   if (group.top_failure_reasons.length) {
     card.append(el("ul", { class: "reasons" },
-      ...group.top_failure_reasons.map((r) => el("li", { text: `${r.reason} (${r.count})` }))));
+      ...group.top_failure_reasons.map((r) => el("li", { "data-testid": "failure-reason" },
+        r.code ? el("b", { class: "code", text: r.code }) : "",
+        `${r.code ? " " : ""}${r.reason || "no reason given"} (${r.count})`))));
   }
   return card;
 }
@@ -158,6 +160,21 @@ async function retry(id) {
   refresh();
 }
 
+// The recipient as sent, with its E.164 form or user id when they say more.
+function recipientText(m) {
+  const parts = [m.recipient || m.recipient_user_id || "no recipient"];
+  if (m.recipient_e164 && m.recipient_e164 !== m.recipient) parts.push(`(${m.recipient_e164})`);
+  return parts.join(" ");
+}
+
+function eventDetail(e) {
+  const parts = [];
+  if (e.participant) parts.push(`participant ${e.participant}`);
+  if (e.failure_code) parts.push(e.failure_code);
+  if (e.failure_reason) parts.push(e.failure_reason);
+  return parts.join(" · ");
+}
+
 async function openMessage(id) {
   const panel = $("#timeline");
   panel.hidden = false;
@@ -166,14 +183,20 @@ async function openMessage(id) {
     const m = await api(`/v1/messages/${encodeURIComponent(id)}`);
     panel.replaceChildren(
       el("h3", { "data-testid": "timeline-id", text: m.message_id }),
-      el("p", {}, badge(m.status), ` ${m.provider} · ${m.recipient || "no recipient"} · ${m.channel || ""}`),
+      el("p", {}, badge(m.status), ` ${m.provider} · ${recipientText(m)} · ${m.channel || ""}`),
+      m.status === "failed"
+        ? el("p", { class: "error", "data-testid": "failure" },
+          m.failure_code ? el("b", { class: "code", text: m.failure_code }) : "",
+          `${m.failure_code ? " " : ""}${m.failure_reason || "no reason given"}`)
+        : "",
       el("pre", { text: JSON.stringify(m.callback_data ?? m.callback_data_raw, null, 2) }),
       el("div", { class: "scroll" }, el("table", {},
-        el("thead", {}, el("tr", {}, ...["Event", "At", "Received"].map((h) => el("th", { text: h })))),
+        el("thead", {}, el("tr", {}, ...["Event", "At", "Received", "Detail"].map((h) => el("th", { text: h })))),
         el("tbody", {}, ...m.events.map((e) => el("tr", {},
           el("td", {}, e.kind === "click" ? `click ${e.url}` : badge(e.status)),
           el("td", { text: when(e.at) }),
-          el("td", { text: when(e.received_at) })))))),
+          el("td", { text: when(e.received_at) }),
+          el("td", { class: "detail", text: eventDetail(e) })))))),
       el("div", { class: "scroll" }, el("table", {},
         el("thead", {}, el("tr", {}, ...["Follow-up", "State", "Attempts", "Last error"].map((h) => el("th", { text: h })))),
         el("tbody", {}, ...m.actions.map((a) => el("tr", {},
