@@ -46,6 +46,16 @@ impl CallbackData {
         }
     }
 
+    /// Callback data as stored (`raw` and `error`), its object decoded again from `raw`.
+    pub fn restore(raw: String, error: Option<String>) -> Self {
+        let decodable = error.is_none() && raw.trim_start().starts_with('{');
+        let value = match decodable.then(|| serde_json::from_str(&raw)) {
+            Some(Ok(Value::Object(map))) => Some(map),
+            _ => None,
+        };
+        Self { raw, value, error }
+    }
+
     fn decode_text(text: &str, max_bytes: usize) -> Self {
         if text.len() > max_bytes {
             return Self::too_large(text.to_owned(), max_bytes);

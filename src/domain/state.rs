@@ -248,6 +248,39 @@ impl MessageState {
         }
     }
 
+    /// The state of a stored timeline (distinct events), or `None` for no events.
+    pub fn from_events(message_id: MessageId, mut events: Vec<TimelineEvent>) -> Option<Self> {
+        if events.is_empty() {
+            return None;
+        }
+        if !events.is_sorted_by(|a, b| a.sort_key() <= b.sort_key()) {
+            events.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        }
+        Some(Self::from_timeline(message_id, events, None))
+    }
+
+    /// Whether the timeline already holds `event`: one with its natural key, or one with the
+    /// same provider event id.
+    pub fn has_seen(&self, event: &Event) -> bool {
+        let wanted = (
+            event.at,
+            event.kind,
+            event.status.as_ref().map_or(0, Status::timeline_order),
+            super::event::subject(event.kind, event.status.as_ref(), event.url.as_deref()),
+            event.participant.as_deref(),
+        );
+        let by_key = self
+            .events
+            .binary_search_by(|e| e.sort_key().cmp(&wanted))
+            .is_ok();
+        by_key
+            || event.event_id.as_ref().is_some_and(|id| {
+                self.events
+                    .iter()
+                    .any(|e| e.provider == event.provider && e.event_id.as_ref() == Some(id))
+            })
+    }
+
     /// Fills what a state stored by an older flowhook lacks and can be derived from what it
     /// has: today only `recipient_e164`. Codes, participants and user ids that were never
     /// kept stay `None`.

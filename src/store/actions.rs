@@ -20,6 +20,7 @@ use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
 use super::query::Page;
+use super::record::Record;
 use super::{abort, from_json, json_bytes, key, Store, StoreError, Ticket, TxResult};
 use crate::domain::{rfc3339, MessageState, Status};
 use crate::observe;
@@ -713,10 +714,14 @@ fn claim_one(tx: &ActionTx<'_>, messages: &TransactionalTree, entry: &DueEntry) 
         return Ok(Claim::Gone);
     }
     if !old.until.is_empty() {
-        let state: Option<MessageState> = messages
-            .get(old.message_id.as_bytes())?
-            .map(|b| from_json(&b))
-            .transpose()?;
+        let state: Option<MessageState> = match messages.get(old.message_id.as_bytes())? {
+            Some(b) => {
+                Record::decode(&old.message_id, &b)
+                    .map_err(sled::transaction::ConflictableTransactionError::Abort)?
+                    .state
+            }
+            None => None,
+        };
         if let Some(status) = state
             .as_ref()
             .and_then(|s| old.until.iter().find(|u| reached(s, u).is_some()))

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 use super::actions::{Action, ActionTx};
-use super::ingest::dedupe_keys;
 use super::ingest::{Derived, Filing};
-use super::{abort, json_bytes, time_key, RejectedEvent, Store, StoreError};
+use super::record::Record;
+use super::{abort, time_key, RejectedEvent, Store, StoreError};
 use crate::domain::MessageState;
 
 #[derive(Serialize, Deserialize)]
@@ -51,9 +51,12 @@ impl Store {
         let mut moved = Moved::default();
         for entry in self.inner.trees.messages.iter() {
             let (k, v) = entry.map_err(StoreError::from)?;
-            let mut message: MessageState = serde_json::from_slice(&v).map_err(StoreError::from)?;
-            message.upgrade();
-            let actions = self.message_actions(&String::from_utf8_lossy(&k))?;
+            let id = String::from_utf8_lossy(&k).into_owned();
+            // A tombstone (a purged message still inside the dedupe window) is not exported.
+            let Some(message) = Record::decode(&id, &v)?.state else {
+                continue;
+            };
+            let actions = self.message_actions(&id)?;
             moved.messages += 1;
             moved.actions += actions.len() as u64;
             let line = Line::Message {
@@ -118,7 +121,6 @@ impl Store {
         let fields = &self.inner.index_fields;
         (
             &t.messages,
-            &t.dedupe,
             &t.idx_callback,
             &t.idx_recipient,
             &t.idx_time,
@@ -128,19 +130,16 @@ impl Store {
             &t.outbox,
         )
             .transaction(
-                |(
-                    messages,
-                    dedupe,
-                    idx_callback,
-                    idx_recipient,
-                    idx_time,
-                    aggregates,
-                    a,
-                    ai,
-                    o,
-                )| {
+                |(messages, idx_callback, idx_recipient, idx_time, aggregates, a, ai, o)| {
                     let id = &message.message_id;
-                    messages.insert(id.as_str().as_bytes(), json_bytes(message)?)?;
+                    let record = Record {
+                        state: Some(message.clone()),
+                        purged: Vec::new(),
+                    };
+                    let record = record
+                        .encode()
+                        .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
+                    messages.insert(id.as_str().as_bytes(), record)?;
                     idx_time.insert(time_key(message), &[])?;
                     let filing = Filing {
                         callback: idx_callback,
@@ -148,17 +147,6 @@ impl Store {
                         aggregates,
                     };
                     filing.refile(id, None, Derived::of(Some(message), fields).as_ref())?;
-                    for event in &message.events {
-                        let seen = event.received_at.timestamp().max(0).to_be_bytes();
-                        let (natural, by_id) = dedupe_keys(
-                            &event.natural_key(id),
-                            event.provider,
-                            event.event_id.as_deref(),
-                        );
-                        for k in std::iter::once(natural).chain(by_id) {
-                            dedupe.insert(k, &seen)?;
-                        }
-                    }
                     let tx = ActionTx {
                         actions: a,
                         index: ai,

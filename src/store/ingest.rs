@@ -1,15 +1,16 @@
 //! The one write path for webhooks: a whole request in one atomic, durable commit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sled::transaction::TransactionalTree;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
 use super::actions::{cancelled, Action, ActionState, ActionTx};
 use super::query::RejectedEvent;
+use super::record::Record;
 use super::writer::Context;
 use super::{index_value, json_bytes as json, key, Store, StoreError, TxResult};
 use crate::domain::recipient::lookup_key;
@@ -178,7 +179,7 @@ pub(super) fn commit(
                 for (request, p) in pending.iter().enumerate() {
                     let (outcome, report) = &mut results[request];
                     for event in &p.events {
-                        if batch.apply(messages, dedupe, event.clone(), request)? {
+                        if batch.apply(messages, event.clone(), request)? {
                             outcome.accepted += 1;
                             report.events.push((
                                 event.kind,
@@ -190,11 +191,17 @@ pub(super) fn commit(
                     }
                 }
                 for (id, change) in &batch.states {
-                    let (before, after) = (&change.before, &change.after);
-                    if before.as_ref() == Some(after) {
+                    if change.before == change.after {
                         continue;
                     }
-                    messages.insert(id.as_str().as_bytes(), json(after)?)?;
+                    let (before, Some(after)) = (&change.before.state, &change.after.state) else {
+                        continue;
+                    };
+                    let record = change
+                        .after
+                        .encode()
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    messages.insert(id.as_str().as_bytes(), record)?;
                     let old_time = before.as_ref().map(super::time_key);
                     let new_time = super::time_key(after);
                     if old_time.as_ref() != Some(&new_time) {
@@ -315,84 +322,55 @@ fn queue_actions(
     Ok(())
 }
 
-/// The messages a batch touches, before and after, and the dedupe keys it has claimed.
+/// The messages a batch touches, before and after.
 #[derive(Default)]
 struct Batch {
     states: HashMap<MessageId, Change>,
-    claimed: HashSet<Vec<u8>>,
 }
 
 /// One message's change within a batch.
 struct Change {
-    before: Option<MessageState>,
-    after: MessageState,
+    before: Record,
+    after: Record,
     /// The request that changed it last; its report gets the actions the change triggers.
     request: usize,
 }
 
 impl Batch {
-    /// Folds one event in; false when it is a duplicate (by provider event id, or by message,
-    /// kind, status and time).
+    /// Folds one event in; false when it is a duplicate: the message's record already has an
+    /// event with its provider event id or its natural key (message, kind, status or URL,
+    /// time, participant).
     fn apply(
         &mut self,
         messages: &TransactionalTree,
-        dedupe: &TransactionalTree,
         event: Event,
         request: usize,
     ) -> TxResult<bool> {
-        let (natural, by_id) = dedupe_keys(
-            &event.natural_key(),
-            event.provider,
-            event.event_id.as_deref(),
-        );
-        let seen_at = event.received_at.timestamp().max(0).to_be_bytes();
-        let mut duplicate = false;
-        for k in std::iter::once(&natural).chain(by_id.as_ref()) {
-            if self.claimed.contains(k) || dedupe.get(k)?.is_some() {
-                duplicate = true;
-            } else {
-                // A retry under a new event id is still remembered under that id.
-                dedupe.insert(k.as_slice(), &seen_at)?;
-                self.claimed.insert(k.clone());
-            }
-        }
-        if duplicate {
-            return Ok(false);
-        }
         let id = event.message_id.clone();
-        let (before, current) = match self.states.remove(&id) {
-            Some(change) => (change.before, Some(change.after)),
+        let mut change = match self.states.remove(&id) {
+            Some(change) => change,
             None => {
-                let stored = messages
-                    .get(id.as_str().as_bytes())?
-                    .map(|bytes| super::from_json(&bytes))
-                    .transpose()?;
-                (stored.clone(), stored)
+                let stored = match messages.get(id.as_str().as_bytes())? {
+                    Some(bytes) => Record::decode(id.as_str(), &bytes)
+                        .map_err(ConflictableTransactionError::Abort)?,
+                    None => Record::default(),
+                };
+                Change {
+                    before: stored.clone(),
+                    after: stored,
+                    request,
+                }
             }
         };
-        let (after, _) = MessageState::apply(current, event);
-        self.states.insert(
-            id,
-            Change {
-                before,
-                after,
-                request,
-            },
-        );
-        Ok(true)
+        let fresh = !change.after.has_seen(&event);
+        if fresh {
+            let (after, _) = MessageState::apply(change.after.state.take(), event);
+            change.after.state = Some(after);
+            change.request = request;
+        }
+        self.states.insert(id, change);
+        Ok(fresh)
     }
-}
-
-/// An event's dedupe keys: by natural key, and by provider event id when it has one.
-pub(super) fn dedupe_keys(
-    natural_key: &str,
-    provider: Provider,
-    event_id: Option<&str>,
-) -> (Vec<u8>, Option<Vec<u8>>) {
-    (
-        key(&[b"n", natural_key.as_bytes()]),
-        event_id.map(|id| key(&[b"i", provider.as_str().as_bytes(), id.as_bytes()])),
-    )
 }
 
 /// What a message contributes to the secondary indexes and aggregates.

@@ -8,10 +8,8 @@
 //!
 //! | tree            | key                                         | value                              |
 //! |-----------------|---------------------------------------------|------------------------------------|
-//! | `messages`      | message id                                  | `MessageState` JSON (with timeline)|
-//! | `dedupe`        | `i\0<provider>\0<event id>`                 | first seen, unix seconds (u64 BE)  |
-//! |                 | `n\0<natural key>` (see `Event::natural_key`)| first seen, unix seconds (u64 BE)  |
-//! |                 | `r\0<provider>\0<sha256 of raw>` (quarantined) | first seen, unix seconds (u64 BE) |
+//! | `messages`      | message id                                  | versioned compact record: the timeline, see [`record`] (duplicates are checked against it) |
+//! | `dedupe`        | `r\0<provider>\0<sha256 of raw>` (quarantined) | first seen, unix seconds (u64 BE) |
 //! | `idx_callback`  | `<field>\0<value>\0<message id>`            | empty                              |
 //! | `idx_recipient` | `<recipient key>\0<message id>` (the E.164 form, else as sent; and the business-scoped user id) | empty |
 //! | `idx_time`      | `<updated_at unix ms, u64 BE><message id>`  | empty (retention reads it in order)|
@@ -19,15 +17,15 @@
 //! | `rejected`      | id (u64 BE, from `generate_id`, so in time order) | `RejectedEvent` JSON         |
 //! | `meta`          | `readyz`                                    | last readiness probe time          |
 //! |                 | `recipient_index`                           | `e164` once `idx_recipient` uses normalized keys |
+//! |                 | `format`                                    | the store's format, one byte (see [`upgrade`]) |
 //! | `actions`       | action id (`act_<hex>`, from message id and rule) | `Action` JSON                |
 //! | `action_idx`    | `a\0<created><id>`, `r\0<rule>\0<created><id>`, `s\0<state>\0<created><id>`, `q\0<rule>\0<state>\0<created><id>` | empty (`<created>` is unix ms, u64 BE) |
 //! |                 | `m\0<message id>\0<action id>`              | empty                              |
 //! | `outbox`        | `<target>\0<due unix ms, u64 BE><action id>` | empty                            |
 //! | `inflight`      | action id                                   | empty                              |
 //!
-//! A request's writes are atomic: one multi-tree transaction over all of these, so state,
-//! timeline, dedupe keys, indexes, aggregates and the actions the events triggered never
-//! disagree. [`writer`] puts the requests that arrive together into one transaction;
+//! A request's writes are atomic: one multi-tree transaction over all of these, so the
+//! timeline, indexes, aggregates and the actions the events triggered never disagree. [`writer`] puts the requests that arrive together into one transaction;
 //! durability comes from [`durability::Flusher`]. See [`actions`] for the outbox's invariants.
 
 mod actions;
@@ -35,8 +33,10 @@ mod backup;
 mod durability;
 mod ingest;
 mod query;
+mod record;
 mod retention;
 mod stats;
+mod upgrade;
 mod writer;
 
 use std::sync::Arc;
@@ -69,6 +69,8 @@ pub enum StoreError {
     BadCursor,
     #[error("the store holds corrupt data: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Incompatible(String),
     #[error("the store is closed")]
     Closed,
 }
@@ -136,7 +138,7 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             inflight: db.open_tree("inflight")?,
         };
-        migrate_recipient_index(&trees)?;
+        upgrade::run(&trees)?;
         db.flush()?;
         let flusher = Arc::new(durability::Flusher::start(
             db.clone(),
@@ -206,49 +208,6 @@ impl Store {
     pub fn index_fields(&self) -> &[String] {
         &self.inner.index_fields
     }
-}
-
-/// The `meta` key that says `idx_recipient` files recipients under
-/// [`lookup_key`](crate::domain::recipient::lookup_key) (stores written before that filed them
-/// as the provider sent them).
-const RECIPIENT_INDEX: &str = "recipient_index";
-const RECIPIENT_INDEX_E164: &[u8] = b"e164";
-
-/// Refiles an older store's recipient index under normalized keys, once, in bounded batches.
-/// Each batch is atomic and the rewrite is idempotent, so a crash part way only repeats work.
-fn migrate_recipient_index(trees: &Trees) -> Result<(), StoreError> {
-    if trees.meta.get(RECIPIENT_INDEX)?.as_deref() == Some(RECIPIENT_INDEX_E164) {
-        return Ok(());
-    }
-    let mut moved = 0u64;
-    let mut batch = sled::Batch::default();
-    let mut pending = 0;
-    for entry in trees.idx_recipient.iter() {
-        let (k, _) = entry?;
-        let Some(split) = k.iter().rposition(|b| *b == 0) else {
-            continue;
-        };
-        let recipient = String::from_utf8_lossy(&k[..split]);
-        let normalized = crate::domain::recipient::lookup_key(&recipient);
-        if normalized != recipient {
-            batch.remove(&k);
-            batch.insert(key(&[normalized.as_bytes(), &k[split + 1..]]), &[]);
-            moved += 1;
-            pending += 1;
-        }
-        if pending == 10_000 {
-            trees
-                .idx_recipient
-                .apply_batch(std::mem::take(&mut batch))?;
-            pending = 0;
-        }
-    }
-    trees.idx_recipient.apply_batch(batch)?;
-    trees.meta.insert(RECIPIENT_INDEX, RECIPIENT_INDEX_E164)?;
-    if moved > 0 {
-        tracing::info!(moved, "recipient index refiled under E.164 numbers");
-    }
-    Ok(())
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -376,7 +335,8 @@ mod tests {
         let dedupe = db.open_tree("dedupe").unwrap();
         for status in ["read", "sent"] {
             let natural = format!("wamid.OLD==|status|2026-11-21T10:00:00Z|{status}");
-            let (k, _) = ingest::dedupe_keys(&natural, Provider::Meta, None);
+            // Format 0 kept a dedupe key per event; the upgrade removes them.
+            let k = key(&[b"n", natural.as_bytes()]);
             dedupe.insert(k, &1_795_255_200u64.to_be_bytes()).unwrap();
         }
         let store = Store::with_db(db, &settings, Arc::new(Rules::default())).unwrap();
@@ -420,5 +380,20 @@ mod tests {
             .lookup(&Lookup::Recipient("16505551234".into()), 10, None)
             .unwrap();
         assert_eq!(page.items.len(), 1, "refiled, not filed twice");
+        assert!(
+            store.inner.trees.dedupe.is_empty(),
+            "format 0's event dedupe keys are gone"
+        );
+        assert_eq!(
+            store
+                .inner
+                .trees
+                .messages
+                .get("wamid.OLD==")
+                .unwrap()
+                .unwrap()[0],
+            0xF1,
+            "the message is a versioned record now"
+        );
     }
 }

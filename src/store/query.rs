@@ -7,6 +7,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::record::Record;
 use super::{key, Store, StoreError};
 use crate::domain::recipient::lookup_key;
 use crate::domain::{MessageState, Provider};
@@ -47,9 +48,7 @@ impl Store {
         let Some(bytes) = self.inner.trees.messages.get(id.as_bytes())? else {
             return Ok(None);
         };
-        let mut state: MessageState = serde_json::from_slice(&bytes)?;
-        state.upgrade();
-        Ok(Some(state))
+        Ok(Record::decode(id, &bytes)?.state)
     }
 
     /// Messages filed under a callback value or a recipient, in message-id order.

@@ -1,20 +1,23 @@
 //! Retention: messages (with their indexes, counts and actions) whose last event is older than
-//! `store.retention_days`, quarantined events as old, and dedupe keys older than
-//! `store.dedupe_days` are purged in the background, in bounded batches.
+//! `store.retention_days`, quarantined events as old, and quarantine fingerprints and
+//! tombstones older than `store.dedupe_days` are purged in the background, in bounded batches.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::ops::Bound;
+
 use chrono::{DateTime, Utc};
+use sled::transaction::ConflictableTransactionError::Abort;
 use sled::Transactional;
 
 use super::actions::ActionTx;
 use super::ingest::{Derived, Filing};
-use super::{abort, from_json, time_key, Store, StoreError};
+use super::record::Record;
+use super::{abort, time_key, Store, StoreError};
 use crate::config::StoreSettings;
-use crate::domain::MessageState;
 
 /// Entries removed per transaction.
 const BATCH: usize = 500;
@@ -38,29 +41,47 @@ impl Store {
         dedupe_before: DateTime<Utc>,
     ) -> Result<Purged, StoreError> {
         let mut purged = Purged::default();
-        self.purge_messages(messages_before, &mut purged)?;
+        self.purge_messages(messages_before, dedupe_before, &mut purged)?;
         self.purge_rejected(messages_before, &mut purged)?;
         self.purge_dedupe(dedupe_before, &mut purged)?;
         self.inner.flusher.committed();
         Ok(purged)
     }
 
-    fn purge_messages(&self, before: DateTime<Utc>, purged: &mut Purged) -> Result<(), StoreError> {
+    /// Purges messages last updated before `before`, with their indexes, counts and actions.
+    /// One still inside the dedupe window (updated at or after `dedupe_before`, when
+    /// `retention_days < dedupe_days`) leaves a tombstone of its events' fingerprints, removed
+    /// in a later pass once the window is over.
+    fn purge_messages(
+        &self,
+        before: DateTime<Utc>,
+        dedupe_before: DateTime<Utc>,
+        purged: &mut Purged,
+    ) -> Result<(), StoreError> {
         let t = &self.inner.trees;
-        let end = (before.timestamp_millis().max(0) as u64).to_be_bytes();
+        let end = (before.timestamp_millis().max(0) as u64)
+            .to_be_bytes()
+            .to_vec();
+        let window = dedupe_before.timestamp_millis().max(0) as u64;
+        let mut start = Bound::Unbounded;
         loop {
             let mut batch = Vec::with_capacity(BATCH);
-            for entry in t.idx_time.range(..end.as_slice()).take(BATCH) {
+            for entry in t
+                .idx_time
+                .range((start.clone(), Bound::Excluded(end.clone())))
+                .take(BATCH)
+            {
                 let (k, _) = entry?;
                 let id = String::from_utf8_lossy(k.get(8..).unwrap_or_default()).into_owned();
                 let actions = self.message_action_ids(&id)?;
                 batch.push((k.to_vec(), id, actions));
             }
-            if batch.is_empty() {
+            let Some(last) = batch.last() else {
                 return Ok(());
-            }
+            };
+            start = Bound::Excluded(last.0.clone());
             let fields = &self.inner.index_fields;
-            let (messages, actions) = (
+            let (messages, actions, tombstones) = (
                 &t.messages,
                 &t.idx_time,
                 &t.idx_callback,
@@ -95,19 +116,38 @@ impl Store {
                             aggregates,
                             inflight: Some(inflight),
                         };
-                        let (mut n_messages, mut n_actions) = (0, 0);
+                        let (mut n_messages, mut n_actions, mut n_tombstones) = (0, 0, 0);
                         for (k, id, action_ids) in &batch {
-                            idx_time.remove(k.as_slice())?;
                             let Some(bytes) = messages.get(id.as_bytes())? else {
+                                idx_time.remove(k.as_slice())?;
                                 continue;
                             };
-                            let state: MessageState = from_json(&bytes)?;
-                            if time_key(&state) != *k {
-                                // Updated since the scan: it has a newer entry and stays.
+                            let record = Record::decode(id, &bytes).map_err(Abort)?;
+                            let updated_ms =
+                                u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
+                            let in_window = updated_ms >= window;
+                            let Some(state) = &record.state else {
+                                // A tombstone: gone once its events can no longer be retried.
+                                if !in_window {
+                                    messages.remove(id.as_bytes())?;
+                                    idx_time.remove(k.as_slice())?;
+                                    n_tombstones += 1;
+                                }
+                                continue;
+                            };
+                            if time_key(state) != *k {
+                                // Updated since: it has a newer entry and stays.
+                                idx_time.remove(k.as_slice())?;
                                 continue;
                             }
-                            messages.remove(id.as_bytes())?;
-                            let old = Derived::of(Some(&state), fields);
+                            if in_window {
+                                let tomb = record.tombstone().encode().map_err(Abort)?;
+                                messages.insert(id.as_bytes(), tomb)?;
+                            } else {
+                                messages.remove(id.as_bytes())?;
+                                idx_time.remove(k.as_slice())?;
+                            }
+                            let old = Derived::of(Some(state), fields);
                             filing.refile(&state.message_id, old.as_ref(), None)?;
                             n_messages += 1;
                             for action_id in action_ids {
@@ -117,12 +157,13 @@ impl Store {
                                 }
                             }
                         }
-                        Ok((n_messages, n_actions))
+                        Ok((n_messages, n_actions, n_tombstones))
                     },
                 )
                 .map_err(abort)?;
             purged.messages += messages;
             purged.actions += actions;
+            purged.dedupe_keys += tombstones;
             if batch.len() < BATCH {
                 return Ok(());
             }
@@ -309,24 +350,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn expired_dedupe_keys_go_and_the_event_counts_as_new_again() {
+    async fn a_retry_is_a_duplicate_for_as_long_as_its_message_is_kept() {
         let store = temporary(&StoreSettings::default());
         ingest(&store, vec![event("m", "sent", 0)], 0).await;
         let again = || vec![event("m", "sent", 0)];
-        let outcome = store
-            .ingest(Provider::Generic, again(), at(1))
-            .await
-            .unwrap();
-        assert_eq!(outcome.duplicates, 1);
-        // Two keys: the provider event id and the natural key.
+        // Dedupe reads the message's own record: no separate key, nothing to expire.
         let purged = store.purge(at(-100), at(5)).unwrap();
-        assert_eq!((purged.dedupe_keys, purged.messages), (2, 0));
-        // The timeline still holds the event, so the state does not change either way.
+        assert_eq!(purged, Purged::default());
         let outcome = store
             .ingest(Provider::Generic, again(), at(6))
             .await
             .unwrap();
+        assert_eq!((outcome.accepted, outcome.duplicates), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_message_purged_inside_the_dedupe_window_leaves_a_tombstone_until_it_ends() {
+        let store = temporary(&StoreSettings::default());
+        ingest(&store, vec![event("m", "sent", 0)], 0).await;
+        // Retention is over (cutoff 5) but the dedupe window is not (cutoff -100).
+        let purged = store.purge(at(5), at(-100)).unwrap();
+        assert_eq!((purged.messages, purged.dedupe_keys), (1, 0));
+        assert!(store.message("m").unwrap().is_none(), "gone for the API");
+        let outcome = store
+            .ingest(Provider::Generic, vec![event("m", "sent", 0)], at(6))
+            .await
+            .unwrap();
+        assert_eq!(outcome.duplicates, 1, "a retried event is still recognized");
+        assert!(store.message("m").unwrap().is_none());
+        // Once the window is over the tombstone goes, and the event counts as new again.
+        let purged = store.purge(at(5), at(5)).unwrap();
+        assert_eq!((purged.messages, purged.dedupe_keys), (0, 1));
+        let outcome = store
+            .ingest(Provider::Generic, vec![event("m", "sent", 0)], at(7))
+            .await
+            .unwrap();
         assert_eq!(outcome.accepted, 1);
-        assert_eq!(store.message("m").unwrap().unwrap().events.len(), 1);
+        assert!(store.message("m").unwrap().is_some());
     }
 }

@@ -18,3 +18,4 @@ mod openapi;
 mod process;
 mod retention;
 mod stats;
+mod upgrade;

@@ -1,0 +1,334 @@
+//! A message's one stored record: its timeline in a compact, versioned binary form.
+//!
+//! Layout of a value in `messages`: the byte [`MAGIC`], a format version, then the record in
+//! postcard (serde's compact binary format). Everything else about a message (status, times,
+//! clicks, failure) is derived from the timeline on read, as [`MessageState::apply`] derives it
+//! on write, so it is stored once. Callback data, usually the same on every event of a message,
+//! is stored once per distinct value.
+//!
+//! Format 0 (before records were versioned) was the whole `MessageState` as JSON; it is still
+//! read, so a store in the middle of its upgrade works (see [`super::upgrade`]).
+//!
+//! A record may also hold `purged`: 8-byte fingerprints of events whose message retention
+//! purged while they were still inside `store.dedupe_days` (a tombstone when there is no
+//! timeline), so that a provider retrying one of them is still told it is a duplicate.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::StoreError;
+use crate::domain::TimelineEvent;
+use crate::domain::{CallbackData, Event, EventKind, MessageId, MessageState, Provider, Status};
+
+/// First byte of every versioned record (no JSON text starts with it).
+const MAGIC: u8 = 0xF1;
+/// The format this build writes.
+pub(super) const VERSION: u8 = 1;
+
+/// What one key of `messages` holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Record {
+    /// `None` for a tombstone.
+    pub state: Option<MessageState>,
+    pub purged: Vec<u64>,
+}
+
+impl Record {
+    /// Whether `event` is already here: the same natural key in the timeline, the same
+    /// provider event id, or either among the purged fingerprints.
+    pub fn has_seen(&self, event: &Event) -> bool {
+        if self.state.as_ref().is_some_and(|s| s.has_seen(event)) {
+            return true;
+        }
+        !self.purged.is_empty()
+            && fingerprints(event)
+                .iter()
+                .flatten()
+                .any(|f| self.purged.contains(f))
+    }
+
+    /// The record that stays once retention purges the message: the fingerprints of its
+    /// events, for as long as a provider may retry them.
+    pub fn tombstone(&self) -> Record {
+        let mut purged = self.purged.clone();
+        if let Some(state) = &self.state {
+            for e in &state.events {
+                let natural = e.natural_key(&state.message_id);
+                purged.push(fingerprint(natural.as_bytes()));
+                if let Some(id) = &e.event_id {
+                    purged.push(fingerprint(&id_key(e.provider, id)));
+                }
+            }
+        }
+        purged.sort_unstable();
+        purged.dedup();
+        Record {
+            state: None,
+            purged,
+        }
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        let mut callbacks: Vec<StoredCallback> = Vec::new();
+        let events = self
+            .state
+            .iter()
+            .flat_map(|s| &s.events)
+            .map(|e| StoredEvent::from_timeline(e, &mut callbacks))
+            .collect();
+        let stored = StoredV1 {
+            callbacks,
+            events,
+            purged: self.purged.clone(),
+        };
+        let mut out = vec![MAGIC, VERSION];
+        postcard::to_io(&stored, &mut out).map_err(encoding)?;
+        Ok(out)
+    }
+
+    pub fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
+        match bytes {
+            [MAGIC, VERSION, rest @ ..] => {
+                let stored: StoredV1 = postcard::from_bytes(rest).map_err(encoding)?;
+                let message_id = MessageId::parse(id).map_err(StoreError::Corrupt)?;
+                let events: Vec<TimelineEvent> = stored
+                    .events
+                    .into_iter()
+                    .map(|e| e.into_timeline(&stored.callbacks))
+                    .collect::<Result<_, _>>()?;
+                Ok(Record {
+                    state: MessageState::from_events(message_id, events),
+                    purged: stored.purged,
+                })
+            }
+            [MAGIC, version, ..] => Err(StoreError::Corrupt(format!(
+                "message {id:?} is in record format {version}, newer than this flowhook reads \
+                 ({VERSION})"
+            ))),
+            json => {
+                // Derived again, so that older timelines get today's order and fields.
+                let old: MessageState = serde_json::from_slice(json)?;
+                Ok(Record {
+                    state: MessageState::from_events(old.message_id, old.events),
+                    purged: Vec::new(),
+                })
+            }
+        }
+    }
+}
+
+fn encoding(e: postcard::Error) -> StoreError {
+    StoreError::Corrupt(format!(
+        "a message record could not be encoded or decoded: {e}"
+    ))
+}
+
+/// An event's fingerprints: of its natural key, and of its provider event id if it has one.
+fn fingerprints(event: &Event) -> [Option<u64>; 2] {
+    [
+        Some(fingerprint(event.natural_key().as_bytes())),
+        event
+            .event_id
+            .as_deref()
+            .map(|id| fingerprint(&id_key(event.provider, id))),
+    ]
+}
+
+fn id_key(provider: Provider, id: &str) -> Vec<u8> {
+    let mut k = provider.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The first 8 bytes of SHA-256: stable across builds, unlike `std`'s hashers.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let digest = Sha256::digest(bytes);
+    u64::from_be_bytes(digest[..8].try_into().expect("8 of 32 bytes"))
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredV1 {
+    callbacks: Vec<StoredCallback>,
+    events: Vec<StoredEvent>,
+    purged: Vec<u64>,
+}
+
+/// Callback data as received; its decoded object is derived again from `raw` on read.
+#[derive(Serialize, Deserialize, PartialEq)]
+struct StoredCallback {
+    raw: String,
+    error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEvent {
+    kind: EventKind,
+    status: Option<String>,
+    url: Option<String>,
+    /// Provider time and receive time as (seconds, nanoseconds): exact, so keys and answers
+    /// read back the same.
+    at: (i64, u32),
+    received_at: (i64, u32),
+    event_id: Option<String>,
+    provider: Provider,
+    recipient: Option<String>,
+    recipient_user_id: Option<String>,
+    participant: Option<String>,
+    channel: Option<String>,
+    failure_code: Option<String>,
+    failure_reason: Option<String>,
+    /// Index into the record's `callbacks`.
+    callback: Option<u32>,
+}
+
+impl StoredEvent {
+    fn from_timeline(e: &TimelineEvent, callbacks: &mut Vec<StoredCallback>) -> Self {
+        let callback = e.callback.as_ref().map(|cb| {
+            let stored = StoredCallback {
+                raw: cb.raw.clone(),
+                error: cb.error.clone(),
+            };
+            let at = callbacks
+                .iter()
+                .position(|c| *c == stored)
+                .unwrap_or_else(|| {
+                    callbacks.push(stored);
+                    callbacks.len() - 1
+                });
+            at as u32
+        });
+        Self {
+            kind: e.kind,
+            status: e.status.as_ref().map(|s| s.as_str().to_owned()),
+            url: e.url.clone(),
+            at: split_time(e.at),
+            received_at: split_time(e.received_at),
+            event_id: e.event_id.clone(),
+            provider: e.provider,
+            recipient: e.recipient.clone(),
+            recipient_user_id: e.recipient_user_id.clone(),
+            participant: e.participant.clone(),
+            channel: e.channel.clone(),
+            failure_code: e.failure_code.clone(),
+            failure_reason: e.failure_reason.clone(),
+            callback,
+        }
+    }
+
+    fn into_timeline(self, callbacks: &[StoredCallback]) -> Result<TimelineEvent, StoreError> {
+        let callback = match self.callback {
+            None => None,
+            Some(i) => {
+                let stored = callbacks.get(i as usize).ok_or_else(|| {
+                    StoreError::Corrupt("an event names callback data the record lacks".into())
+                })?;
+                Some(CallbackData::restore(
+                    stored.raw.clone(),
+                    stored.error.clone(),
+                ))
+            }
+        };
+        Ok(TimelineEvent {
+            kind: self.kind,
+            status: self.status.map(|s| Status::parse(&s)),
+            url: self.url,
+            at: join_time(self.at)?,
+            received_at: join_time(self.received_at)?,
+            event_id: self.event_id,
+            provider: self.provider,
+            recipient: self.recipient,
+            recipient_user_id: self.recipient_user_id,
+            participant: self.participant,
+            channel: self.channel,
+            failure_code: self.failure_code,
+            failure_reason: self.failure_reason,
+            callback,
+        })
+    }
+}
+
+fn split_time(at: DateTime<Utc>) -> (i64, u32) {
+    (at.timestamp(), at.timestamp_subsec_nanos())
+}
+
+fn join_time((secs, nanos): (i64, u32)) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp(secs, nanos)
+        .ok_or_else(|| StoreError::Corrupt(format!("a stored time is out of range: {secs}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(events: &[(&str, i64)]) -> MessageState {
+        let mut state = None;
+        for (status, at) in events {
+            let mut e = Event::test_status("wamid.REC==", status, *at);
+            e.at += chrono::Duration::nanoseconds(123_456_789);
+            state = Some(MessageState::apply(state, e).0);
+        }
+        state.unwrap()
+    }
+
+    #[test]
+    fn a_record_reads_back_exactly() {
+        let mut s = state(&[("sent", 1), ("delivered", 2), ("failed", 3)]);
+        s.events[2].failure_code = Some("131047".into());
+        let s = MessageState::from_events(s.message_id.clone(), s.events).unwrap();
+        let record = Record {
+            state: Some(s),
+            purged: vec![7],
+        };
+        let bytes = record.encode().unwrap();
+        assert_eq!(Record::decode("wamid.REC==", &bytes).unwrap(), record);
+    }
+
+    #[test]
+    fn callback_data_is_stored_once_per_distinct_value() {
+        let three = Record {
+            state: Some(state(&[("sent", 1), ("delivered", 2), ("read", 3)])),
+            purged: vec![],
+        };
+        let bytes = three.encode().unwrap();
+        let raw = br#"{"campaign":"c"}"#;
+        let copies = bytes.windows(raw.len()).filter(|w| w == raw).count();
+        assert_eq!(copies, 1);
+        assert!(bytes.len() < 300, "{} bytes for three events", bytes.len());
+    }
+
+    #[test]
+    fn the_json_of_format_0_still_reads() {
+        let s = state(&[("sent", 1), ("read", 2)]);
+        let json = serde_json::to_vec(&s).unwrap();
+        let record = Record::decode("wamid.REC==", &json).unwrap();
+        assert_eq!(record.state.unwrap(), s);
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_with_a_clear_error() {
+        let error = Record::decode("wamid.REC==", &[MAGIC, 9, 0]).unwrap_err();
+        assert!(error.to_string().contains("newer than this flowhook reads"));
+    }
+
+    #[test]
+    fn a_tombstone_still_recognizes_the_events_it_had() {
+        let record = Record {
+            state: Some(state(&[("sent", 1), ("read", 2)])),
+            purged: vec![],
+        };
+        let tomb = record.tombstone();
+        assert!(tomb.state.is_none());
+        let mut again = Event::test_status("wamid.REC==", "read", 2);
+        again.at += chrono::Duration::nanoseconds(123_456_789);
+        assert!(tomb.has_seen(&again));
+        let mut by_id = Event::test_status("wamid.REC==", "read", 99);
+        by_id.event_id = Some("wamid.REC==-sent".into());
+        assert!(tomb.has_seen(&by_id), "same provider event id");
+        let new = Event::test_status("wamid.REC==", "delivered", 5);
+        assert!(!tomb.has_seen(&new));
+        let bytes = tomb.encode().unwrap();
+        assert_eq!(Record::decode("wamid.REC==", &bytes).unwrap(), tomb);
+    }
+}
