@@ -1,5 +1,7 @@
-//! Fills a store with N messages (BIK `delivered` statuses with callbackData, 1,000 per
-//! commit) straight through the library, for the benchmark's "after 1M stored messages" run.
+//! Fills a store with N messages straight through the library, for the benchmark's "after 1M
+//! stored messages" run: each message gets BIK `sent`, `delivered` and `read` statuses with
+//! callbackData (indexed `order_id` and `campaign`), and a rule fires on a quarter of them
+//! (its follow-ups stay queued: nothing dispatches here). 1,000 events per commit.
 //!
 //! `cargo run --release --example preload -- <store path> [messages, default 1000000]`
 
@@ -24,17 +26,37 @@ async fn main() -> anyhow::Result<()> {
         durability: Durability::Relaxed,
         ..StoreSettings::default()
     };
-    let store = Store::open(&settings, Default::default())?;
+    // A rule on the `read` of every fourth message (campaign `abandoned_cart`).
+    let config = flowhook::config::Settings::from_toml_str(
+        r#"
+[[rules]]
+name = "quarter"
+on = "status"
+statuses = ["read"]
+when = { "callback.campaign" = "abandoned_cart" }
+action = "http.post"
+params = { url = "http://127.0.0.1:9/hook", body = { order = "{{callback.order_id}}" } }
+"#,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rules = flowhook::rules::Rules::compile(&config)
+        .map_err(|problems| anyhow::anyhow!("{problems:?}"))?;
+    let store = Store::open(&settings, std::sync::Arc::new(rules))?;
     let started = Instant::now();
     let mut done = 0;
     while done < total {
-        let n = BATCH.min(total - done);
+        let n = (BATCH / 3).min(total - done);
         let events: Vec<String> = (done..done + n)
-            .map(|i| {
-                format!(
-                    r#"{{"eventName":"message-status-update","id":"pre-{i}","eventInfo":{{"messageId":"wamid.PRELOAD{i:09}","createdAt":"2026-11-21T10:00:02.000Z","channelId":"whatsapp","status":"delivered","assetValue":"+919090909090","callbackData":"{{\"order_id\":\"PRE{i}\",\"campaign\":\"{}\"}}"}}}}"#,
-                    if i % 10 == 0 { "abandoned_cart" } else { "newsletter" }
-                )
+            .flat_map(|i| {
+                let campaign = if i % 4 == 0 { "abandoned_cart" } else { "newsletter" };
+                ["sent", "delivered", "read"]
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(k, status)| {
+                        format!(
+                            r#"{{"eventName":"message-status-update","id":"pre-{i}-{k}","eventInfo":{{"messageId":"wamid.PRELOAD{i:09}","createdAt":"2026-11-21T10:00:0{k}.000Z","channelId":"whatsapp","status":"{status}","assetValue":"+919090909090","callbackData":"{{\"order_id\":\"PRE{i}\",\"campaign\":\"{campaign}\"}}"}}}}"#
+                        )
+                    })
             })
             .collect();
         let body = format!("[{}]", events.join(","));

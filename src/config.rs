@@ -83,6 +83,8 @@ pub struct StoreSettings {
     pub purge_interval_seconds: f64,
     /// `/readyz` reports not ready below this much free disk where the store lives.
     pub min_free_disk_bytes: u64,
+    /// Events a message keeps one by one; past it, the middle of its timeline is summarized.
+    pub max_events_per_message: usize,
 }
 
 impl Default for StoreSettings {
@@ -98,6 +100,7 @@ impl Default for StoreSettings {
             relaxed_flush_ms: 5,
             purge_interval_seconds: 60.0,
             min_free_disk_bytes: 100 * 1024 * 1024,
+            max_events_per_message: 1000,
         }
     }
 }
@@ -483,6 +486,9 @@ impl Settings {
         }
         if self.server.max_body_bytes < 1024 {
             problems.push("server.max_body_bytes: must be at least 1024".into());
+        }
+        if self.store.max_events_per_message < 10 {
+            problems.push("store.max_events_per_message: must be at least 10".into());
         }
         if self.store.dedupe_days < 8 {
             problems.push(

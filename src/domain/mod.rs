@@ -9,12 +9,14 @@ mod message_id;
 pub mod recipient;
 mod state;
 mod status;
+mod summary;
 
 pub use callback::{lookup_path, CallbackData};
 pub use event::{failure_text, Event, EventKind, Provider};
 pub use message_id::MessageId;
 pub use state::{MessageState, TimelineEvent};
 pub use status::Status;
+pub use summary::Summary;
 
 /// Formats a time the way every API answer does: RFC 3339, UTC, `Z`, sub-seconds only when set.
 pub fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {

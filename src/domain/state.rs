@@ -2,6 +2,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::summary::{insert_bounded, Summary};
 use super::{CallbackData, Event, EventKind, MessageId, Provider, Status};
 
 /// Everything flowhook knows about one message: derived fields plus the full timeline.
@@ -45,6 +46,9 @@ pub struct MessageState {
     pub failed_at: Option<DateTime<Utc>>,
     pub clicks: Vec<Click>,
     pub events: Vec<TimelineEvent>,
+    /// The events past `store.max_events_per_message`, counted but not listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,21 +100,26 @@ impl TimelineEvent {
 
     /// The timeline's order; two events with the same sort key are the same event (the sort
     /// key holds exactly the natural key's parts).
-    fn sort_key(&self) -> SortKey<'_> {
+    pub(super) fn sort_key(&self) -> SortKey<'_> {
         (
             self.at,
             self.kind,
             self.status.as_ref().map_or(0, Status::timeline_order),
-            super::event::subject(self.kind, self.status.as_ref(), self.url.as_deref()),
+            self.subject(),
             self.participant.as_deref(),
         )
+    }
+
+    /// Its status, or for a click its URL.
+    pub(super) fn subject(&self) -> &str {
+        super::event::subject(self.kind, self.status.as_ref(), self.url.as_deref())
     }
 
     /// Among two events with the same natural key, the one the timeline keeps: the earliest
     /// received, then the smallest event id, then (for copies that differ in nothing else,
     /// e.g. Meta statuses, which carry no event id) the smallest serialized form. A total
     /// order, so that the choice never depends on arrival order. Found by fuzzing.
-    fn preferred_over(&self, other: &Self) -> bool {
+    pub(super) fn preferred_over(&self, other: &Self) -> bool {
         let text = |e: &Self| serde_json::to_string(e).unwrap_or_default();
         (self.received_at, &self.event_id, self.provider)
             .cmp(&(other.received_at, &other.event_id, other.provider))
@@ -144,6 +153,18 @@ impl MessageState {
     /// Folds one event into a message's state. Returns the new state and whether it changed;
     /// an event already in the timeline (same kind, status or URL, and time) changes nothing.
     pub fn apply(state: Option<MessageState>, event: Event) -> (MessageState, bool) {
+        let (state, changed, _) = Self::apply_bounded(state, event, usize::MAX);
+        (state, changed)
+    }
+
+    /// [`apply`](Self::apply) with a timeline of at most `cap` events: past it, the event in
+    /// the middle of the timeline moves to the [`Summary`], and is returned so that the store
+    /// can still recognize it as a duplicate.
+    pub fn apply_bounded(
+        state: Option<MessageState>,
+        event: Event,
+        cap: usize,
+    ) -> (MessageState, bool, Option<TimelineEvent>) {
         let message_id = event.message_id.clone();
         let incoming = TimelineEvent::from(event);
         // Normalizing a number is the costliest step of a fold, and most events repeat it.
@@ -151,23 +172,38 @@ impl MessageState {
         let known_e164 = state
             .as_ref()
             .and_then(|s| Some((s.recipient.clone()?, s.recipient_e164.clone()?)));
-        let mut events = state.map(|s| s.events).unwrap_or_default();
+        let (mut events, mut summary) =
+            state.map_or_else(Default::default, |s| (s.events, s.summary));
         // Timelines stored before `played` and participants existed were sorted by an older key.
         if !events.is_sorted_by(|a, b| a.sort_key() <= b.sort_key()) {
             events.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         }
-        let changed = match events.binary_search_by(|e| e.sort_key().cmp(&incoming.sort_key())) {
-            Ok(i) if incoming.preferred_over(&events[i]) => {
-                events[i] = incoming;
-                true
-            }
-            Ok(_) => false,
-            Err(i) => {
-                events.insert(i, incoming);
-                true
-            }
-        };
-        (Self::from_timeline(message_id, events, known_e164), changed)
+        let (changed, evicted) = insert_bounded(&mut events, incoming, cap);
+        if let Some(e) = &evicted {
+            summary
+                .get_or_insert_with(Summary::default)
+                .absorb(e.clone());
+        }
+        let state = Self::from_timeline(message_id, events, summary, known_e164);
+        (state, changed, evicted)
+    }
+
+    /// Every event the state knows one by one: the timeline and, for a message past its cap,
+    /// the summary's representatives, in timeline order. What rules look at.
+    pub fn known_events(&self) -> Vec<&TimelineEvent> {
+        let mut all: Vec<&TimelineEvent> = self.events.iter().collect();
+        if let Some(summary) = &self.summary {
+            all.extend(&summary.representatives);
+            all.extend(&summary.latest_failure);
+            all.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+            all.dedup_by(|a, b| a.sort_key() == b.sort_key());
+        }
+        all
+    }
+
+    /// Distinct events received: listed and summarized.
+    pub fn events_total(&self) -> u64 {
+        self.events.len() as u64 + self.summary.as_ref().map_or(0, |s| s.events)
     }
 
     /// Derives every field from a sorted, de-duplicated, non-empty timeline; `known_e164` is a
@@ -175,11 +211,33 @@ impl MessageState {
     fn from_timeline(
         message_id: MessageId,
         events: Vec<TimelineEvent>,
+        summary: Option<Summary>,
         known_e164: Option<(String, String)>,
     ) -> Self {
-        let first = &events[0];
-        let first_with =
-            |pick: fn(&TimelineEvent) -> Option<&String>| events.iter().find_map(pick).cloned();
+        let mut state = Self::derive(message_id, &events, summary.as_ref(), known_e164);
+        state.events = events;
+        state.summary = summary;
+        state
+    }
+
+    /// Every derived field, from the timeline and the summary; `events` is left empty.
+    fn derive(
+        message_id: MessageId,
+        timeline: &[TimelineEvent],
+        summary: Option<&Summary>,
+        known_e164: Option<(String, String)>,
+    ) -> Self {
+        let mut events: Vec<&TimelineEvent> = timeline.iter().collect();
+        if let Some(summary) = summary {
+            events.extend(&summary.representatives);
+            events.extend(&summary.latest_failure);
+            events.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+            events.dedup_by(|a, b| a.sort_key() == b.sort_key());
+        }
+        let first = events[0];
+        let first_with = |pick: fn(&TimelineEvent) -> Option<&String>| {
+            events.iter().find_map(|e| pick(e)).cloned()
+        };
         let callback = events.iter().find_map(|e| e.callback.clone());
         let status = events
             .iter()
@@ -203,6 +261,15 @@ impl MessageState {
             _ => None,
         };
         let recipient = first_with(|e| e.recipient.as_ref());
+        let received = events
+            .iter()
+            .map(|e| e.received_at)
+            .chain(summary.and_then(|s| s.first_received_at))
+            .chain(summary.and_then(|s| s.last_received_at));
+        let (first_seen_at, updated_at) = received
+            .fold((first.received_at, first.received_at), |(lo, hi), t| {
+                (lo.min(t), hi.max(t))
+            });
         let clicks = events
             .iter()
             .filter(|e| e.kind == EventKind::Click)
@@ -228,35 +295,32 @@ impl MessageState {
             callback_data: callback.as_ref().and_then(|c| c.value.clone()),
             callback_data_raw: callback.as_ref().map(|c| c.raw.clone()),
             callback_data_error: callback.and_then(|c| c.error),
-            first_seen_at: events
-                .iter()
-                .map(|e| e.received_at)
-                .min()
-                .unwrap_or(first.received_at),
-            updated_at: events
-                .iter()
-                .map(|e| e.received_at)
-                .max()
-                .unwrap_or(first.received_at),
+            first_seen_at,
+            updated_at,
             sent_at: first_at(Status::Sent),
             delivered_at: first_at(Status::Delivered),
             read_at: first_at(Status::Read),
             failed_at: first_at(Status::Failed),
             status,
             clicks,
-            events,
+            events: Vec::new(),
+            summary: None,
         }
     }
 
-    /// The state of a stored timeline (distinct events), or `None` for no events.
-    pub fn from_events(message_id: MessageId, mut events: Vec<TimelineEvent>) -> Option<Self> {
+    /// The state of a stored timeline (distinct events) and summary, or `None` for no events.
+    pub fn from_events(
+        message_id: MessageId,
+        mut events: Vec<TimelineEvent>,
+        summary: Option<Summary>,
+    ) -> Option<Self> {
         if events.is_empty() {
             return None;
         }
         if !events.is_sorted_by(|a, b| a.sort_key() <= b.sort_key()) {
             events.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         }
-        Some(Self::from_timeline(message_id, events, None))
+        Some(Self::from_timeline(message_id, events, summary, None))
     }
 
     /// Whether the timeline already holds `event`: one with its natural key, or one with the
@@ -546,13 +610,82 @@ mod tests {
         let user_id = prop::option::of(prop::sample::select(vec!["US.1349", "IN.7781"]));
         let url = prop::sample::select(vec!["https://shop/a", "https://shop/b"]);
         prop_oneof![
-            (status, 0i64..6, participant, user_id).prop_map(|(s, t, p, u)| Event {
-                participant: p.map(str::to_owned),
-                recipient_user_id: u.map(str::to_owned),
-                ..event(EventKind::Status, Some(s), None, t)
+            (status, 0i64..6, participant, user_id).prop_map(|(s, t, p, u)| {
+                let plain = event(EventKind::Status, Some(s), None, t);
+                Event {
+                    event_id: plain.event_id.clone().map(|id| format!("{id}-{p:?}")),
+                    participant: p.map(str::to_owned),
+                    recipient_user_id: u.map(str::to_owned),
+                    ..plain
+                }
             }),
             (url, 0i64..6).prop_map(|(u, t)| event(EventKind::Click, None, Some(u), t)),
         ]
+    }
+
+    /// The events plus the picked duplicates, shuffled by a seed (so failures shrink and
+    /// replay): Fisher-Yates with a linear congruential generator.
+    fn shuffled(events: &[Event], dup_picks: &[prop::sample::Index], seed: u64) -> Vec<Event> {
+        let mut out = events.to_vec();
+        out.extend(dup_picks.iter().map(|i| i.get(events).clone()));
+        let mut seed = seed;
+        for i in (1..out.len()).rev() {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            out.swap(i, (seed >> 33) as usize % (i + 1));
+        }
+        out
+    }
+
+    /// Folds as the store does with a timeline capped at `cap`: an event already in the
+    /// record, or summarized before (the store's `o` keys), is a duplicate.
+    fn fold_bounded(events: impl IntoIterator<Item = Event>, cap: usize) -> MessageState {
+        let mut state: Option<MessageState> = None;
+        let mut summarized = std::collections::HashSet::new();
+        for e in events {
+            let id_key = e.event_id.clone().map(|id| format!("id:{id}"));
+            if state.as_ref().is_some_and(|s| s.has_seen(&e))
+                || summarized.contains(&e.natural_key())
+                || id_key.as_ref().is_some_and(|k| summarized.contains(k))
+            {
+                continue;
+            }
+            let (next, _, evicted) = MessageState::apply_bounded(state, e, cap);
+            if let Some(ev) = evicted {
+                summarized.insert(ev.natural_key(&next.message_id));
+                summarized.extend(ev.event_id.map(|id| format!("id:{id}")));
+            }
+            state = Some(next);
+        }
+        state.expect("at least one event")
+    }
+
+    #[test]
+    fn past_the_cap_events_still_move_the_state_and_are_counted() {
+        let mut events: Vec<Event> = (0..30)
+            .map(|i| {
+                event(
+                    EventKind::Click,
+                    None,
+                    Some(&format!("https://shop/{i}")),
+                    i,
+                )
+            })
+            .collect();
+        events.push(event(EventKind::Status, Some("sent"), None, 0));
+        // `read` lands in the middle of the timeline, so it is summarized.
+        events.push(event(EventKind::Status, Some("read"), None, 15));
+        let state = fold_bounded(events, 10);
+        assert_eq!(state.events.len(), 10);
+        assert_eq!(state.events_total(), 32);
+        assert_eq!(state.status, Some(Status::Read));
+        assert!(state.read_at.is_some());
+        assert!(state
+            .known_events()
+            .iter()
+            .any(|e| e.status == Some(Status::Read)));
+        assert_eq!(state.summary.as_ref().unwrap().events, 22);
     }
 
     proptest! {
@@ -564,17 +697,31 @@ mod tests {
             shuffle_seed in any::<u64>(),
         ) {
             let reference = serde_json::to_vec(&fold(events.clone())).unwrap();
+            let permuted = shuffled(&events, &dup_picks, shuffle_seed);
+            prop_assert_eq!(reference, serde_json::to_vec(&fold(permuted)).unwrap());
+        }
 
-            let mut shuffled = events.clone();
-            shuffled.extend(dup_picks.iter().map(|i| i.get(&events).clone()));
-            // Fisher-Yates driven by the generated seed, so failures shrink and replay.
-            let mut seed = shuffle_seed;
-            for i in (1..shuffled.len()).rev() {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                shuffled.swap(i, (seed >> 33) as usize % (i + 1));
-            }
-            let permuted = serde_json::to_vec(&fold(shuffled)).unwrap();
-            prop_assert_eq!(reference, permuted);
+        /// The same with a timeline capped at 4 events: what is kept and what is summarized
+        /// depend on the set of events only.
+        #[test]
+        fn a_capped_timeline_is_a_function_of_the_set_of_events_too(
+            events in prop::collection::vec(arb_event(), 1..16),
+            dup_picks in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            shuffle_seed in any::<u64>(),
+        ) {
+            // Copies of one event that differ elsewhere keep whichever came first, as in the
+            // store; so here a copy is a copy: the user id follows the event.
+            let events: Vec<Event> = events
+                .into_iter()
+                .map(|mut e| {
+                    e.recipient_user_id =
+                        (e.at.timestamp() % 2 == 0).then(|| "US.1349".to_owned());
+                    e
+                })
+                .collect();
+            let reference = serde_json::to_vec(&fold_bounded(events.clone(), 4)).unwrap();
+            let permuted = shuffled(&events, &dup_picks, shuffle_seed);
+            prop_assert_eq!(reference, serde_json::to_vec(&fold_bounded(permuted, 4)).unwrap());
         }
     }
 }

@@ -10,7 +10,7 @@ use super::auth::ApiCaller;
 use super::errors::ApiError;
 use super::openapi::{ErrorBody, MessagePage, MessageView, RejectedPage};
 use super::{guarded, AppState};
-use crate::domain::MessageState;
+use crate::domain::{MessageState, TimelineEvent};
 use crate::store::{Action, Lookup};
 
 const MESSAGES_PREFIX: &str = "/v1/messages/";
@@ -206,6 +206,20 @@ pub(super) async fn list_rejected(
     Ok(HttpResponse::Ok().json(json!({ "rejected": page.items, "next_cursor": page.next_cursor })))
 }
 
+/// Events a message's answer lists at most: the earliest and the latest half of that.
+const SHOWN_EVENTS: usize = 200;
+
+/// The events an answer lists: all of them, or for a long timeline its start and its end.
+fn shown_events(events: &[TimelineEvent]) -> impl Iterator<Item = &TimelineEvent> {
+    let (head, tail) = if events.len() > SHOWN_EVENTS {
+        let half = SHOWN_EVENTS / 2;
+        (&events[..half], &events[events.len() - half..])
+    } else {
+        (events, &events[..0])
+    };
+    head.iter().chain(tail)
+}
+
 /// A message as the API shows it: the stored state, its timeline reduced to what clients need
 /// (or left out, for lists), and its follow-up actions.
 fn view(message: &MessageState, with_events: bool, actions: &[Action]) -> Value {
@@ -214,10 +228,10 @@ fn view(message: &MessageState, with_events: bool, actions: &[Action]) -> Value 
         _ => Map::new(),
     };
     out.remove("events");
+    out.remove("summary");
+    out.insert("events_total".into(), message.events_total().into());
     if with_events {
-        let events: Vec<Value> = message
-            .events
-            .iter()
+        let events: Vec<Value> = shown_events(&message.events)
             .map(|e| {
                 json!({
                     "kind": e.kind,

@@ -167,6 +167,10 @@ pub struct MessageView {
     #[schema(format = DateTime)]
     failed_at: Option<String>,
     clicks: Vec<ClickView>,
+    /// Distinct events received. More than `events` lists when the timeline is long: an
+    /// answer lists its first and last 100, and past `store.max_events_per_message` the
+    /// middle of a timeline is summarized (counted, and kept for rules, but not listed).
+    events_total: u64,
     /// Absent in lists.
     events: Option<Vec<EventView>>,
     actions: Vec<ActionView>,

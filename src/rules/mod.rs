@@ -259,14 +259,14 @@ impl Rule {
     fn due<'a>(&'a self, state: &'a MessageState) -> Option<Due<'a>> {
         let (trigger, at) = match self.on {
             Trigger::Status => (
-                state.events.iter().find(|e| {
+                state.known_events().into_iter().find(|e| {
                     e.kind == EventKind::Status
                         && e.status.as_ref().is_some_and(|s| self.statuses.contains(s))
                 })?,
                 None,
             ),
             Trigger::Click => (
-                state.events.iter().find(|e| {
+                state.known_events().into_iter().find(|e| {
                     e.kind == EventKind::Click
                         && e.url.as_deref().is_some_and(|u| {
                             self.url_prefix.as_deref().is_none_or(|p| u.starts_with(p))
@@ -328,7 +328,7 @@ impl Rule {
 /// The earliest event by which a message reached `status`: that status itself, or for
 /// `sent`/`delivered`, a later one on the `sent < delivered < read` path.
 pub fn reached<'a>(state: &'a MessageState, status: &Status) -> Option<&'a TimelineEvent> {
-    state.events.iter().find(|e| match &e.status {
+    state.known_events().into_iter().find(|e| match &e.status {
         Some(s) if e.kind == EventKind::Status => {
             s == status || (status.rank() > 0 && s.rank() > status.rank())
         }
@@ -438,7 +438,7 @@ fn check_target(target: Target, settings: &Settings) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use chrono::TimeZone;
     use serde_json::json;
 
@@ -459,6 +459,11 @@ mod tests {
     }
 
     fn rules(toml: &str) -> Rules {
+        rules_for(toml)
+    }
+
+    /// Rules compiled from a `[[rules]]` TOML snippet, for tests elsewhere.
+    pub(crate) fn rules_for(toml: &str) -> Rules {
         let settings = Settings::from_toml_str(toml).unwrap();
         Rules::compile(&settings).unwrap()
     }

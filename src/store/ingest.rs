@@ -10,7 +10,7 @@ use sled::Transactional;
 
 use super::actions::{cancelled, Action, ActionState, ActionTx};
 use super::query::RejectedEvent;
-use super::record::Record;
+use super::record::{self, Record};
 use super::writer::Context;
 use super::{index_value, json_bytes as json, key, Store, StoreError, TxResult};
 use crate::domain::recipient::lookup_key;
@@ -179,7 +179,12 @@ pub(super) fn commit(
                 for (request, p) in pending.iter().enumerate() {
                     let (outcome, report) = &mut results[request];
                     for event in &p.events {
-                        if batch.apply(messages, event.clone(), request)? {
+                        if batch.apply(
+                            (messages, dedupe),
+                            event.clone(),
+                            request,
+                            context.max_events,
+                        )? {
                             outcome.accepted += 1;
                             report.events.push((
                                 event.kind,
@@ -339,13 +344,15 @@ struct Change {
 impl Batch {
     /// Folds one event in; false when it is a duplicate: the message's record already has an
     /// event with its provider event id or its natural key (message, kind, status or URL,
-    /// time, participant).
+    /// time, participant), or it was summarized past the message's cap (`o` keys in `dedupe`).
     fn apply(
         &mut self,
-        messages: &TransactionalTree,
+        trees: (&TransactionalTree, &TransactionalTree),
         event: Event,
         request: usize,
+        cap: usize,
     ) -> TxResult<bool> {
+        let (messages, dedupe) = trees;
         let id = event.message_id.clone();
         let mut change = match self.states.remove(&id) {
             Some(change) => change,
@@ -362,15 +369,39 @@ impl Batch {
                 }
             }
         };
-        let fresh = !change.after.has_seen(&event);
-        if fresh {
-            let (after, _) = MessageState::apply(change.after.state.take(), event);
+        let summarized = change
+            .after
+            .state
+            .as_ref()
+            .is_some_and(|s| s.summary.is_some());
+        let mut seen = change.after.has_seen(&event);
+        if !seen && summarized {
+            for fp in record::fingerprints(&event).into_iter().flatten() {
+                seen |= dedupe.get(overflow_key(fp))?.is_some();
+            }
+        }
+        if !seen {
+            let received = event.received_at.timestamp().max(0).to_be_bytes();
+            let (after, _, evicted) =
+                MessageState::apply_bounded(change.after.state.take(), event, cap);
+            if let Some(e) = evicted {
+                for fp in record::timeline_fingerprints(&id, &e).into_iter().flatten() {
+                    dedupe.insert(overflow_key(fp), &received)?;
+                }
+            }
             change.after.state = Some(after);
             change.request = request;
         }
         self.states.insert(id, change);
-        Ok(fresh)
+        Ok(!seen)
     }
+}
+
+/// The `dedupe` key remembering an event summarized past its message's cap.
+fn overflow_key(fingerprint: u64) -> Vec<u8> {
+    let mut k = b"o\0".to_vec();
+    k.extend_from_slice(&fingerprint.to_be_bytes());
+    k
 }
 
 /// What a message contributes to the secondary indexes and aggregates.
@@ -517,6 +548,49 @@ mod tests {
             .unwrap()
     }
 
+    fn click(id: &str, n: i64) -> IngestItem {
+        let mut e = Event::test_status(id, "sent", n);
+        e.kind = EventKind::Click;
+        e.status = None;
+        e.url = Some(format!("https://shop/{n}"));
+        e.event_id = Some(format!("click-{n}"));
+        IngestItem::Event(Box::new(e))
+    }
+
+    #[tokio::test]
+    async fn past_its_cap_a_message_summarizes_counts_and_still_recognizes_duplicates() {
+        let settings = StoreSettings {
+            max_events_per_message: 10,
+            ..StoreSettings::default()
+        };
+        let rules = crate::rules::tests::rules_for(
+            r#"
+[[rules]]
+name = "on-read"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
+"#,
+        );
+        let store = crate::store::temporary_with(&settings, rules);
+        let clicks: Vec<IngestItem> = (0..30).map(|n| click("big", n)).collect();
+        assert_eq!(ingest(&store, clicks).await.accepted, 30);
+        // A `read` in the middle of the timeline: summarized at once, yet it moves the state
+        // and fires the rule.
+        let read = || status_event("big", "read", 15, "c");
+        assert_eq!(ingest(&store, vec![read()]).await.accepted, 1);
+        let m = store.message("big").unwrap().unwrap();
+        assert_eq!(m.events.len(), 10);
+        assert_eq!(m.events_total(), 31);
+        assert_eq!(m.status.as_ref().map(|s| s.as_str()), Some("read"));
+        assert_eq!(store.message_actions("big").unwrap().len(), 1);
+        // Retries of summarized events, by natural key or by event id, are duplicates.
+        let again = ingest(&store, vec![read(), click("big", 12)]).await;
+        assert_eq!((again.accepted, again.duplicates), (0, 2));
+        assert_eq!(store.message("big").unwrap().unwrap().events_total(), 31);
+    }
+
     #[tokio::test]
     async fn a_message_moving_forward_moves_one_count_not_two() {
         let store = temporary(&StoreSettings::default());
@@ -622,6 +696,7 @@ mod tests {
             fields: store.index_fields().to_vec(),
             rules: Default::default(),
             flusher: std::sync::Arc::clone(&store.inner.flusher),
+            max_events: 1000,
         };
         super::super::writer::write_batch(&context, jobs);
         answers

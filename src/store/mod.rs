@@ -10,6 +10,7 @@
 //! |-----------------|---------------------------------------------|------------------------------------|
 //! | `messages`      | message id                                  | versioned compact record: the timeline, see [`record`] (duplicates are checked against it) |
 //! | `dedupe`        | `r\0<provider>\0<sha256 of raw>` (quarantined) | first seen, unix seconds (u64 BE) |
+//! |                 | `o\0<event fingerprint, u64 BE>` (an event summarized past `max_events_per_message`) | first seen, unix seconds (u64 BE) |
 //! | `idx_callback`  | `<field>\0<value>\0<message id>`            | empty                              |
 //! | `idx_recipient` | `<recipient key>\0<message id>` (the E.164 form, else as sent; and the business-scoped user id) | empty |
 //! | `idx_time`      | `<updated_at unix ms, u64 BE><message id>`  | empty (retention reads it in order)|
@@ -150,6 +151,7 @@ impl Store {
             fields: settings.index_callback_fields.clone(),
             rules: Arc::clone(&rules),
             flusher: Arc::clone(&flusher),
+            max_events: settings.max_events_per_message,
         });
         Ok(Self {
             inner: Arc::new(Inner {

@@ -19,7 +19,9 @@ use sha2::{Digest, Sha256};
 
 use super::StoreError;
 use crate::domain::TimelineEvent;
-use crate::domain::{CallbackData, Event, EventKind, MessageId, MessageState, Provider, Status};
+use crate::domain::{
+    CallbackData, Event, EventKind, MessageId, MessageState, Provider, Status, Summary,
+};
 
 /// First byte of every versioned record (no JSON text starts with it).
 const MAGIC: u8 = 0xF1;
@@ -53,12 +55,12 @@ impl Record {
     pub fn tombstone(&self) -> Record {
         let mut purged = self.purged.clone();
         if let Some(state) = &self.state {
-            for e in &state.events {
-                let natural = e.natural_key(&state.message_id);
-                purged.push(fingerprint(natural.as_bytes()));
-                if let Some(id) = &e.event_id {
-                    purged.push(fingerprint(&id_key(e.provider, id)));
-                }
+            for e in state.known_events() {
+                purged.extend(
+                    timeline_fingerprints(&state.message_id, e)
+                        .into_iter()
+                        .flatten(),
+                );
             }
         }
         purged.sort_unstable();
@@ -77,10 +79,29 @@ impl Record {
             .flat_map(|s| &s.events)
             .map(|e| StoredEvent::from_timeline(e, &mut callbacks))
             .collect();
+        let summary = self
+            .state
+            .as_ref()
+            .and_then(|s| s.summary.as_ref())
+            .map(|s| StoredSummary {
+                events: s.events,
+                first_received_at: s.first_received_at.map(split_time),
+                last_received_at: s.last_received_at.map(split_time),
+                representatives: s
+                    .representatives
+                    .iter()
+                    .map(|e| StoredEvent::from_timeline(e, &mut callbacks))
+                    .collect(),
+                latest_failure: s
+                    .latest_failure
+                    .as_ref()
+                    .map(|e| StoredEvent::from_timeline(e, &mut callbacks)),
+            });
         let stored = StoredV1 {
             callbacks,
             events,
             purged: self.purged.clone(),
+            summary,
         };
         let mut out = vec![MAGIC, VERSION];
         postcard::to_io(&stored, &mut out).map_err(encoding)?;
@@ -92,13 +113,31 @@ impl Record {
             [MAGIC, VERSION, rest @ ..] => {
                 let stored: StoredV1 = postcard::from_bytes(rest).map_err(encoding)?;
                 let message_id = MessageId::parse(id).map_err(StoreError::Corrupt)?;
+                let callbacks = &stored.callbacks;
                 let events: Vec<TimelineEvent> = stored
                     .events
                     .into_iter()
-                    .map(|e| e.into_timeline(&stored.callbacks))
+                    .map(|e| e.into_timeline(callbacks))
                     .collect::<Result<_, _>>()?;
+                let summary = match stored.summary {
+                    None => None,
+                    Some(s) => Some(Summary {
+                        events: s.events,
+                        first_received_at: s.first_received_at.map(join_time).transpose()?,
+                        last_received_at: s.last_received_at.map(join_time).transpose()?,
+                        representatives: s
+                            .representatives
+                            .into_iter()
+                            .map(|e| e.into_timeline(callbacks))
+                            .collect::<Result<_, _>>()?,
+                        latest_failure: s
+                            .latest_failure
+                            .map(|e| e.into_timeline(callbacks))
+                            .transpose()?,
+                    }),
+                };
                 Ok(Record {
-                    state: MessageState::from_events(message_id, events),
+                    state: MessageState::from_events(message_id, events, summary),
                     purged: stored.purged,
                 })
             }
@@ -110,7 +149,7 @@ impl Record {
                 // Derived again, so that older timelines get today's order and fields.
                 let old: MessageState = serde_json::from_slice(json)?;
                 Ok(Record {
-                    state: MessageState::from_events(old.message_id, old.events),
+                    state: MessageState::from_events(old.message_id, old.events, None),
                     purged: Vec::new(),
                 })
             }
@@ -124,8 +163,18 @@ fn encoding(e: postcard::Error) -> StoreError {
     ))
 }
 
+/// A stored event's fingerprints (see [`fingerprints`]).
+pub(super) fn timeline_fingerprints(message_id: &MessageId, e: &TimelineEvent) -> [Option<u64>; 2] {
+    [
+        Some(fingerprint(e.natural_key(message_id).as_bytes())),
+        e.event_id
+            .as_deref()
+            .map(|id| fingerprint(&id_key(e.provider, id))),
+    ]
+}
+
 /// An event's fingerprints: of its natural key, and of its provider event id if it has one.
-fn fingerprints(event: &Event) -> [Option<u64>; 2] {
+pub(super) fn fingerprints(event: &Event) -> [Option<u64>; 2] {
     [
         Some(fingerprint(event.natural_key().as_bytes())),
         event
@@ -153,6 +202,17 @@ struct StoredV1 {
     callbacks: Vec<StoredCallback>,
     events: Vec<StoredEvent>,
     purged: Vec<u64>,
+    summary: Option<StoredSummary>,
+}
+
+/// A [`Summary`] as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredSummary {
+    events: u64,
+    first_received_at: Option<(i64, u32)>,
+    last_received_at: Option<(i64, u32)>,
+    representatives: Vec<StoredEvent>,
+    latest_failure: Option<StoredEvent>,
 }
 
 /// Callback data as received; its decoded object is derived again from `raw` on read.
@@ -276,7 +336,7 @@ mod tests {
     fn a_record_reads_back_exactly() {
         let mut s = state(&[("sent", 1), ("delivered", 2), ("failed", 3)]);
         s.events[2].failure_code = Some("131047".into());
-        let s = MessageState::from_events(s.message_id.clone(), s.events).unwrap();
+        let s = MessageState::from_events(s.message_id.clone(), s.events, None).unwrap();
         let record = Record {
             state: Some(s),
             purged: vec![7],

@@ -46,6 +46,8 @@ pub(super) struct Context {
     pub fields: Vec<String>,
     pub rules: Arc<Rules>,
     pub flusher: Arc<Flusher>,
+    /// `store.max_events_per_message`.
+    pub max_events: usize,
 }
 
 pub(super) struct Writer {

@@ -239,3 +239,28 @@ async fn health_readiness_and_unknown_routes() {
         .unwrap();
     assert_error(wrong_method, 405, "method not allowed").await;
 }
+
+#[tokio::test]
+async fn a_long_timeline_is_summarized_past_the_cap_and_answered_in_part() {
+    let app = spawn_app_with(|s| s.store.max_events_per_message = 300).await;
+    let click = |n: i64| {
+        json!({"type": "message.click", "message_id": "wamid.LONG==", "url": format!("https://shop/{n}"),
+               "timestamp": 1_795_255_200 + n, "callback_data": {"campaign": "spam"}})
+    };
+    for part in 0..2 {
+        let body = Value::Array((part * 200..part * 200 + 200).map(click).collect());
+        let resp = app
+            .post_generic(&format!("wh-long-{part}"), body.to_string())
+            .await;
+        assert_eq!(counts(resp).await, (200, 0, 0, 0));
+    }
+    let m = app.message("wamid.LONG==").await.unwrap();
+    assert_eq!(m["events_total"], 400, "every distinct event counts");
+    let events = m["events"].as_array().unwrap();
+    assert_eq!(events.len(), 200, "the answer lists the first and last 100");
+    assert_eq!(events[0]["url"], "https://shop/0");
+    assert_eq!(events[199]["url"], "https://shop/399");
+    assert!(m.get("summary").is_none());
+    let listed = app.get_json("/v1/messages?callback.campaign=spam").await;
+    assert_eq!(listed["messages"][0]["events_total"], 400);
+}
