@@ -74,6 +74,9 @@ pub struct StoreSettings {
     pub retention_days: f64,
     pub dedupe_days: u32,
     pub index_callback_fields: Vec<String>,
+    /// Callback fields counted per value for `/v1/stats` (low-cardinality ones, such as a
+    /// campaign: each value costs counters).
+    pub stats_callback_fields: Vec<String>,
     pub max_callback_bytes: usize,
     /// sled's page cache; its default (1 GiB) is far more than flowhook needs.
     pub cache_capacity_bytes: u64,
@@ -95,6 +98,7 @@ impl Default for StoreSettings {
             retention_days: 30.0,
             dedupe_days: 8,
             index_callback_fields: vec!["order_id".into(), "campaign".into()],
+            stats_callback_fields: vec!["campaign".into()],
             max_callback_bytes: 4096,
             cache_capacity_bytes: 64 * 1024 * 1024,
             relaxed_flush_ms: 5,
@@ -509,7 +513,14 @@ impl Settings {
         if self.store.relaxed_flush_ms == 0 {
             problems.push("store.relaxed_flush_ms: must be positive".into());
         }
-        for field in &self.store.index_callback_fields {
+        let fields = [
+            ("index_callback_fields", &self.store.index_callback_fields),
+            ("stats_callback_fields", &self.store.stats_callback_fields),
+        ];
+        for (key, field) in fields
+            .iter()
+            .flat_map(|(k, list)| list.iter().map(move |f| (k, f)))
+        {
             let valid = !field.is_empty()
                 && field.split('.').all(|p| !p.is_empty())
                 && field
@@ -517,7 +528,7 @@ impl Settings {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
             if !valid {
                 problems.push(format!(
-                    "store.index_callback_fields: {field:?} must be a dot path of letters, digits, '_' and '-'"
+                    "store.{key}: {field:?} must be a dot path of letters, digits, '_' and '-'"
                 ));
             }
         }

@@ -27,7 +27,7 @@ pub struct Stats {
     /// Last day counted, inclusive, if limited.
     #[schema(value_type = Option<String>, format = Date)]
     to: Option<NaiveDate>,
-    /// The callback fields `group_by` can name (`store.index_callback_fields`).
+    /// The callback fields `group_by` can name (`store.stats_callback_fields`).
     fields: Vec<String>,
     groups: Vec<Group>,
 }
@@ -39,7 +39,7 @@ pub struct Stats {
     path = "/v1/stats",
     tag = "status",
     params(
-        ("group_by" = String, Query, description = "callback.<field>, a field in store.index_callback_fields"),
+        ("group_by" = String, Query, description = "callback.<field>, a field in store.stats_callback_fields"),
         ("from" = Option<String>, Query, description = "first day, YYYY-MM-DD or RFC 3339 (UTC; by first_seen_at)"),
         ("to" = Option<String>, Query, description = "last day, inclusive"),
     ),
@@ -52,14 +52,14 @@ pub(super) async fn stats(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let mut query = query.into_inner();
-    let fields = state.store.index_fields().to_vec();
+    let fields = state.store.stats_fields().to_vec();
     let group_by = query.remove("group_by").unwrap_or_default();
     let field = group_by
         .strip_prefix("callback.")
         .filter(|f| fields.iter().any(|x| x == f))
         .ok_or_else(|| {
             ApiError::bad_request(format!(
-                "group_by must be callback.<field> for a field in store.index_callback_fields ([{}])",
+                "group_by must be callback.<field> for a field in store.stats_callback_fields ([{}])",
                 fields.join(", ")
             ))
         })?

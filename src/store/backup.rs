@@ -118,7 +118,7 @@ impl Store {
     /// Files one message and its actions as ingest would have.
     fn restore(&self, message: &MessageState, actions: &[Action]) -> Result<(), StoreError> {
         let t = &self.inner.trees;
-        let fields = &self.inner.index_fields;
+        let fields = &self.inner.fields;
         (
             &t.messages,
             &t.idx_callback,

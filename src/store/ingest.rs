@@ -218,7 +218,7 @@ pub(super) fn commit(
                     let old = Derived::of(before.as_ref(), fields);
                     let new = Derived::of(Some(after), fields);
                     filing.refile(id, old.as_ref(), new.as_ref())?;
-                    let facets = new.map(|d| d.callback).unwrap_or_default();
+                    let facets = new.map(|d| d.stats).unwrap_or_default();
                     queue_actions(
                         &action_tx,
                         rules,
@@ -409,7 +409,10 @@ fn overflow_key(fingerprint: u64) -> Vec<u8> {
 pub(super) struct Derived {
     /// Recipient keys: the recipient's [`lookup_key`] and the business-scoped user id.
     recipients: Vec<String>,
+    /// Indexed callback values (`store.index_callback_fields`).
     callback: Vec<(String, String)>,
+    /// Counted callback values (`store.stats_callback_fields`).
+    stats: Vec<(String, String)>,
     status: Option<String>,
     clicked: bool,
     /// The day bucket of the stats (when the message was first seen).
@@ -418,9 +421,15 @@ pub(super) struct Derived {
 }
 
 impl Derived {
-    pub(super) fn of(state: Option<&MessageState>, fields: &[String]) -> Option<Self> {
+    pub(super) fn of(state: Option<&MessageState>, fields: &super::Fields) -> Option<Self> {
         let state = state?;
         // The state's `recipient_e164` is `lookup_key`'s answer already, when there is one.
+        let values = |names: &[String]| -> Vec<(String, String)> {
+            names
+                .iter()
+                .filter_map(|f| Some((f.clone(), index_value(state.callback_field(f)?)?)))
+                .collect()
+        };
         let mut recipients: Vec<String> = state
             .recipient_e164
             .clone()
@@ -432,10 +441,8 @@ impl Derived {
         recipients.dedup();
         Some(Self {
             recipients,
-            callback: fields
-                .iter()
-                .filter_map(|f| Some((f.clone(), index_value(state.callback_field(f)?)?)))
-                .collect(),
+            callback: values(&fields.index),
+            stats: values(&fields.stats),
             status: state.status.as_ref().map(|s| s.as_str().to_owned()),
             clicked: !state.clicks.is_empty(),
             day: super::stats::day_of(state.first_seen_at),
@@ -493,6 +500,8 @@ impl Filing<'_> {
                 self.callback,
                 key(&[field.as_bytes(), value.as_bytes(), id]),
             ));
+        }
+        for (field, value) in &d.stats {
             for metric in d.metrics() {
                 add(
                     self.aggregates,
@@ -693,7 +702,7 @@ params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
             .collect();
         let context = super::super::writer::Context {
             trees: store.inner.trees.clone(),
-            fields: store.index_fields().to_vec(),
+            fields: store.inner.fields.clone(),
             rules: Default::default(),
             flusher: std::sync::Arc::clone(&store.inner.flusher),
             max_events: 1000,

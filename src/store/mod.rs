@@ -87,7 +87,7 @@ struct Inner {
     trees: Trees,
     writer: writer::Writer,
     flusher: Arc<durability::Flusher>,
-    index_fields: Vec<String>,
+    fields: Fields,
     outbox_changed: tokio::sync::Notify,
     path: std::path::PathBuf,
     min_free_disk: u64,
@@ -148,7 +148,7 @@ impl Store {
         ));
         let writer = writer::Writer::start(writer::Context {
             trees: trees.clone(),
-            fields: settings.index_callback_fields.clone(),
+            fields: Fields::of(settings),
             rules: Arc::clone(&rules),
             flusher: Arc::clone(&flusher),
             max_events: settings.max_events_per_message,
@@ -159,7 +159,7 @@ impl Store {
                 trees,
                 writer,
                 flusher,
-                index_fields: settings.index_callback_fields.clone(),
+                fields: Fields::of(settings),
                 outbox_changed: tokio::sync::Notify::new(),
                 path: settings.path.clone(),
                 min_free_disk: settings.min_free_disk_bytes,
@@ -208,7 +208,28 @@ impl Store {
     }
 
     pub fn index_fields(&self) -> &[String] {
-        &self.inner.index_fields
+        &self.inner.fields.index
+    }
+
+    /// The callback fields counted per value (`store.stats_callback_fields`).
+    pub fn stats_fields(&self) -> &[String] {
+        &self.inner.fields.stats
+    }
+}
+
+/// The callback fields a message is filed under: indexed for lookups, counted for stats.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Fields {
+    pub index: Vec<String>,
+    pub stats: Vec<String>,
+}
+
+impl Fields {
+    fn of(settings: &StoreSettings) -> Self {
+        Self {
+            index: settings.index_callback_fields.clone(),
+            stats: settings.stats_callback_fields.clone(),
+        }
     }
 }
 

@@ -80,7 +80,7 @@ impl Store {
                 return Ok(());
             };
             start = Bound::Excluded(last.0.clone());
-            let fields = &self.inner.index_fields;
+            let fields = &self.inner.fields;
             let (messages, actions, tombstones) = (
                 &t.messages,
                 &t.idx_time,

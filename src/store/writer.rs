@@ -43,7 +43,7 @@ pub(super) struct Job {
 /// What the writer thread needs; handles only, so the thread never keeps the store alive.
 pub(super) struct Context {
     pub trees: Trees,
-    pub fields: Vec<String>,
+    pub fields: super::Fields,
     pub rules: Arc<Rules>,
     pub flusher: Arc<Flusher>,
     /// `store.max_events_per_message`.
