@@ -5,7 +5,9 @@
 #      one rule matching a tenth of them (its follow-ups go to the ceiling server);
 #   3. flowhook "sync" again after PRELOAD (default 1,000,000) stored messages: throughput, RSS,
 #      disk bytes per message;
-#   4. the lag from webhook accepted to follow-up received by a local target at LAG_RATE/s.
+#   4. the lag from webhook accepted to follow-up received by a local target at LAG_RATE/s;
+#   5. one more event on a message with 1,000 events (examples/long_message.rs), and what sled
+#      alone writes with flowhook's keys (examples/sled_floor.rs), the floor under ingest.
 # wrk: 1 thread, 64 connections, DURATION seconds; flowhook and the ceiling get 1 HTTP worker.
 # Prints a table and writes it, with the machine, to bench/results.md.
 set -euo pipefail
@@ -25,7 +27,8 @@ if ! command -v wrk >/dev/null; then
     $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
 fi
 echo "building release binaries..."
-cargo build --release --quiet --bin flowhook --example ceiling --example preload --example followup_lag
+cargo build --release --quiet --bin flowhook --example ceiling --example preload --example followup_lag \
+    --example long_message --example sled_floor
 
 work=$(mktemp -d)
 pids=()
@@ -107,6 +110,12 @@ RSS_LAG=$(rss_mb "$flowhook_pid")
 stop_flowhook
 echo "$LAG_OUT"
 
+LONG_OUT=$(./target/release/examples/long_message "$work/store-long" 1000)
+echo "$LONG_OUT"
+mkdir -p "$work/floor"
+FLOOR_OUT=$(./target/release/examples/sled_floor "$work/floor" 200000 16)
+echo "$FLOOR_OUT"
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 loss=$(awk -v a="${RPS[sync_after_preload]}" -v b="${RPS[sync]}" 'BEGIN {printf "%.0f", (1 - a/b) * 100}')
 lag_line=$(grep -E '^lag' <<<"$LAG_OUT" || echo "lag: not measured")
@@ -130,6 +139,8 @@ lag_line=$(grep -E '^lag' <<<"$LAG_OUT" || echo "lag: not measured")
     echo "- Preload: $PRELOAD_OUT"
     echo "- Follow-up $lag_line (RSS during the lag run: $RSS_LAG MB)."
     echo "  $(grep -E '^webhooks' <<<"$LAG_OUT")"
+    echo "- Long message: $LONG_OUT."
+    while read -r line; do echo "- $line"; done <<<"$FLOOR_OUT"
     echo
     echo "| target | goal | measured |"
     echo "|---|---|---|"
@@ -137,6 +148,7 @@ lag_line=$(grep -E '^lag' <<<"$LAG_OUT" || echo "lag: not measured")
     echo "| relaxed ingest | >= 0.5x ceiling | $(ratio "${RPS[relaxed]}" "${RPS[ceiling]}")x |"
     echo "| at $PRELOAD messages | <= 20% throughput loss, RSS <= 150 MB | ${loss}%, $RSS_BIG MB |"
     echo "| follow-up lag | p99 <= 50 ms at 1,000/s | $lag_line |"
+    echo "| a new event on a message with 1,000 events | < 2 ms | $(sed -E 's/.*events: (p50 [^,]*, p99 [^;]*);.*/\1/' <<<"$LONG_OUT") |"
     # Hand-written analysis below the marker survives a new run.
     if [ -f bench/results.md ] && grep -q '^<!-- notes -->' bench/results.md; then
         echo

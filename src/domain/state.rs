@@ -311,8 +311,18 @@ impl MessageState {
     /// The state of a stored timeline (distinct events) and summary, or `None` for no events.
     pub fn from_events(
         message_id: MessageId,
+        events: Vec<TimelineEvent>,
+        summary: Option<Summary>,
+    ) -> Option<Self> {
+        Self::from_stored(message_id, events, summary, None)
+    }
+
+    /// [`from_events`](Self::from_events), given the stored E.164 form of the recipient.
+    pub fn from_stored(
+        message_id: MessageId,
         mut events: Vec<TimelineEvent>,
         summary: Option<Summary>,
+        recipient_e164: Option<String>,
     ) -> Option<Self> {
         if events.is_empty() {
             return None;
@@ -320,7 +330,11 @@ impl MessageState {
         if !events.is_sorted_by(|a, b| a.sort_key() <= b.sort_key()) {
             events.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         }
-        Some(Self::from_timeline(message_id, events, summary, None))
+        let known = recipient_e164.and_then(|e164| {
+            let recipient = events.iter().find_map(|e| e.recipient.clone())?;
+            Some((recipient, e164))
+        });
+        Some(Self::from_timeline(message_id, events, summary, known))
     }
 
     /// Whether the timeline already holds `event`: one with its natural key, or one with the

@@ -102,6 +102,7 @@ impl Record {
             events,
             purged: self.purged.clone(),
             summary,
+            recipient_e164: self.state.as_ref().and_then(|s| s.recipient_e164.clone()),
         };
         let mut out = vec![MAGIC, VERSION];
         postcard::to_io(&stored, &mut out).map_err(encoding)?;
@@ -113,7 +114,13 @@ impl Record {
             [MAGIC, VERSION, rest @ ..] => {
                 let stored: StoredV1 = postcard::from_bytes(rest).map_err(encoding)?;
                 let message_id = MessageId::parse(id).map_err(StoreError::Corrupt)?;
-                let callbacks = &stored.callbacks;
+                // Each distinct callback decoded once, then shared by its events.
+                let callbacks: Vec<CallbackData> = stored
+                    .callbacks
+                    .into_iter()
+                    .map(|c| CallbackData::restore(c.raw, c.error))
+                    .collect();
+                let callbacks = &callbacks;
                 let events: Vec<TimelineEvent> = stored
                     .events
                     .into_iter()
@@ -137,7 +144,12 @@ impl Record {
                     }),
                 };
                 Ok(Record {
-                    state: MessageState::from_events(message_id, events, summary),
+                    state: MessageState::from_stored(
+                        message_id,
+                        events,
+                        summary,
+                        stored.recipient_e164,
+                    ),
                     purged: stored.purged,
                 })
             }
@@ -203,6 +215,8 @@ struct StoredV1 {
     events: Vec<StoredEvent>,
     purged: Vec<u64>,
     summary: Option<StoredSummary>,
+    /// The recipient's E.164 form, so that reading a record never normalizes a number again.
+    recipient_e164: Option<String>,
 }
 
 /// A [`Summary`] as stored.
@@ -277,18 +291,12 @@ impl StoredEvent {
         }
     }
 
-    fn into_timeline(self, callbacks: &[StoredCallback]) -> Result<TimelineEvent, StoreError> {
+    fn into_timeline(self, callbacks: &[CallbackData]) -> Result<TimelineEvent, StoreError> {
         let callback = match self.callback {
             None => None,
-            Some(i) => {
-                let stored = callbacks.get(i as usize).ok_or_else(|| {
-                    StoreError::Corrupt("an event names callback data the record lacks".into())
-                })?;
-                Some(CallbackData::restore(
-                    stored.raw.clone(),
-                    stored.error.clone(),
-                ))
-            }
+            Some(i) => Some(callbacks.get(i as usize).cloned().ok_or_else(|| {
+                StoreError::Corrupt("an event names callback data the record lacks".into())
+            })?),
         };
         Ok(TimelineEvent {
             kind: self.kind,
