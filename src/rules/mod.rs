@@ -13,6 +13,8 @@
 //!   (a read message was delivered).
 
 pub mod actions;
+pub mod lifecycle;
+pub mod plan;
 pub mod template;
 
 use std::collections::HashSet;

@@ -1,4 +1,5 @@
-//! Follow-up actions and the durable outbox.
+//! Follow-up actions and the durable outbox: how the store persists what
+//! [`crate::rules::lifecycle`] decides.
 //!
 //! An action is created in the same transaction as the event that triggered it. From then on
 //! every change of state is one transaction over the action, its index entries, its outbox
@@ -10,133 +11,21 @@
 //!   puts back in the outbox (so a call cut off by a crash is made again, with the same
 //!   `Idempotency-Key`).
 
-use std::fmt;
 use std::ops::Bound;
 
-use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
 use super::query::Page;
 use super::record::Record;
 use super::{abort, from_json, json_bytes, key, Store, StoreError, Ticket, TxResult};
-use crate::domain::{rfc3339, MessageState, Status};
+use crate::domain::MessageState;
 use crate::observe;
-use crate::rules::{reached, Outbound, Target};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ActionState {
-    /// Waiting for its first attempt (or, for a timer, its deadline).
-    Pending,
-    /// Failed at least once; waiting for the next attempt.
-    Retrying,
-    Delivered,
-    /// Gave up: a final error, or the retry schedule ran out. Can be retried by hand.
-    Dead,
-    /// Never sent: a field its templates name is missing, or no valid request could be made.
-    Skipped,
-    /// A `missing_status` timer whose awaited status arrived in time.
-    Cancelled,
-}
-
-impl ActionState {
-    pub const ALL: [ActionState; 6] = [
-        Self::Pending,
-        Self::Retrying,
-        Self::Delivered,
-        Self::Dead,
-        Self::Skipped,
-        Self::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Retrying => "retrying",
-            Self::Delivered => "delivered",
-            Self::Dead => "dead",
-            Self::Skipped => "skipped",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-
-    fn waiting(self) -> bool {
-        matches!(self, Self::Pending | Self::Retrying)
-    }
-}
-
-impl fmt::Display for ActionState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One follow-up call and its history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Action {
-    pub id: String,
-    pub message_id: String,
-    pub rule: String,
-    pub action: String,
-    pub state: ActionState,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub last_status: Option<u16>,
-    pub last_response: Option<String>,
-    #[serde(with = "crate::domain::time_format::option")]
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    #[serde(with = "crate::domain::time_format")]
-    pub created_at: DateTime<Utc>,
-    #[serde(with = "crate::domain::time_format::option")]
-    pub completed_at: Option<DateTime<Utc>>,
-    /// The request; `None` for skipped actions.
-    pub request: Option<Outbound>,
-    /// A timer is cancelled when the message reaches any of these.
-    #[serde(default)]
-    pub until: Vec<Status>,
-    /// The indexed callback values the action counts under in the aggregates.
-    #[serde(default)]
-    pub facets: Vec<(String, String)>,
-    /// `attempts` when the retry schedule last started over (a manual retry).
-    #[serde(default)]
-    pub schedule_from: u32,
-    /// The stats' day bucket: the day its message was first seen.
-    #[serde(default)]
-    pub bucket: u32,
-    #[serde(default)]
-    pub in_flight: bool,
-}
+pub use crate::rules::lifecycle::{Action, ActionState, Attempt, RetryPolicy};
+use crate::rules::{reached, Target};
 
 impl Action {
-    /// The action as the API shows it.
-    pub fn view(&self) -> Value {
-        json!({
-            "id": self.id,
-            "message_id": self.message_id,
-            "rule": self.rule,
-            "action": self.action,
-            "state": self.state,
-            "attempts": self.attempts,
-            "last_error": self.last_error,
-            "last_status": self.last_status,
-            "last_response": self.last_response,
-            "next_attempt_at": self.next_attempt_at.map(rfc3339),
-            "created_at": rfc3339(self.created_at),
-            "completed_at": self.completed_at.map(rfc3339),
-        })
-    }
-
-    fn target(&self) -> Target {
-        self.request.as_ref().map_or(Target::Http, |r| r.target)
-    }
-
     /// The outbox key while the action waits for an attempt.
     fn outbox_key(&self) -> Option<Vec<u8>> {
         if !self.state.waiting() || self.in_flight {
@@ -288,33 +177,6 @@ impl ActionTx<'_> {
         }
         super::ingest::add(self.aggregates, overall_key(action.state), delta)
     }
-}
-
-/// How one attempt went, as the dispatcher saw it.
-#[derive(Debug, Clone)]
-pub enum Attempt {
-    Delivered {
-        status: u16,
-    },
-    /// Worth another try; `retry_after` when the answer said when.
-    Retry {
-        error: String,
-        status: Option<u16>,
-        body: Option<String>,
-        retry_after: Option<Duration>,
-    },
-    /// Final.
-    Failed {
-        error: String,
-        status: Option<u16>,
-        body: Option<String>,
-    },
-}
-
-/// When the next attempt of a failed action should be, if any.
-pub trait RetryPolicy {
-    /// `failures` counts the failed attempts since the schedule (re)started, from 1.
-    fn delay(&self, action_id: &str, failures: u32) -> Option<Duration>;
 }
 
 /// A due outbox entry.
@@ -592,12 +454,7 @@ impl Store {
         for id in &ids {
             self.action_tx(|tx, _| {
                 match tx.load(id)? {
-                    Some(old) if old.in_flight => {
-                        let mut new = old.clone();
-                        new.in_flight = false;
-                        new.next_attempt_at = Some(now);
-                        tx.update(&old, &new)?;
-                    }
+                    Some(old) if old.in_flight => tx.update(&old, &old.recovered(now))?,
                     // A mark without an in-flight action is left over; drop it.
                     _ => {
                         if let Some(inflight) = tx.inflight {
@@ -617,10 +474,10 @@ impl Store {
             let Some(old) = tx.load(id)? else {
                 return Ok(RetryOutcome::NotFound);
             };
-            if old.in_flight || !matches!(old.state, ActionState::Dead | ActionState::Retrying) {
+            if !old.retryable() {
                 return Ok(RetryOutcome::NotRetryable(old));
             }
-            let new = requeued(&old);
+            let new = old.requeued(crate::domain::now());
             tx.update(&old, &new)?;
             Ok(RetryOutcome::Requeued(new))
         })?;
@@ -667,7 +524,7 @@ impl Store {
                     if old.in_flight || Some(old.state) != filter.state {
                         continue;
                     }
-                    tx.update(&old, &requeued(&old))?;
+                    tx.update(&old, &old.requeued(crate::domain::now()))?;
                     done.push((old.rule, old.action));
                 }
                 Ok(done)
@@ -727,14 +584,12 @@ fn claim_one(tx: &ActionTx<'_>, messages: &TransactionalTree, entry: &DueEntry) 
             .and_then(|s| old.until.iter().find(|u| reached(s, u).is_some()))
         {
             let reason = format!("cancelled: message reached {status}");
-            let new = cancelled(&old, crate::domain::now(), reason);
+            let new = old.cancelled(crate::domain::now(), reason);
             tx.update(&old, &new)?;
             return Ok(Claim::Cancelled(new));
         }
     }
-    let mut new = old.clone();
-    new.in_flight = true;
-    new.attempts += 1;
+    let new = old.claimed();
     tx.update(&old, &new)?;
     Ok(Claim::Send(new))
 }
@@ -754,55 +609,7 @@ fn record_attempt(
         }
         return Ok(None);
     };
-    let mut new = old.clone();
-    new.in_flight = false;
-    match attempt {
-        Attempt::Delivered { status } => {
-            new.state = ActionState::Delivered;
-            new.last_status = Some(*status);
-            new.last_error = None;
-            new.last_response = None;
-            new.next_attempt_at = None;
-            new.completed_at = Some(now);
-        }
-        Attempt::Retry {
-            error,
-            status,
-            body,
-            retry_after,
-        } => {
-            new.last_error = Some(error.clone());
-            new.last_status = *status;
-            new.last_response = body.clone();
-            let failures = new.attempts.saturating_sub(new.schedule_from);
-            match policy.delay(id, failures) {
-                Some(delay) => {
-                    let delay = retry_after.map_or(delay, |r| r.max(Duration::zero()));
-                    new.state = ActionState::Retrying;
-                    new.next_attempt_at = Some(now + delay);
-                }
-                None => {
-                    new.state = ActionState::Dead;
-                    new.last_error =
-                        Some(format!("gave up after {} attempts: {error}", new.attempts));
-                    new.next_attempt_at = None;
-                    new.completed_at = Some(now);
-                }
-            }
-        }
-        Attempt::Failed {
-            error,
-            status,
-            body,
-        } => {
-            new.state = ActionState::Dead;
-            new.last_error = Some(error.clone());
-            new.last_status = *status;
-            new.last_response = body.clone();
-            new.next_attempt_at = None;
-            new.completed_at = Some(now);
-        }
-    }
+    let new = old.after_attempt(attempt, policy, now);
     tx.update(&old, &new)?;
     Ok(Some(new))
 }
@@ -811,25 +618,6 @@ enum Claim {
     Send(Action),
     Cancelled(Action),
     Gone,
-}
-
-/// A timer that will not fire: its awaited status arrived.
-pub(super) fn cancelled(old: &Action, now: DateTime<Utc>, reason: String) -> Action {
-    let mut new = old.clone();
-    new.state = ActionState::Cancelled;
-    new.next_attempt_at = None;
-    new.completed_at = Some(now);
-    new.last_error = Some(reason);
-    new
-}
-
-fn requeued(old: &Action) -> Action {
-    let mut new = old.clone();
-    new.state = ActionState::Pending;
-    new.schedule_from = old.attempts;
-    new.next_attempt_at = Some(crate::domain::now());
-    new.completed_at = None;
-    new
 }
 
 /// What a single retry request found.

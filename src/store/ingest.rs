@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
-use super::actions::{cancelled, Action, ActionState, ActionTx};
+use super::actions::ActionTx;
 use super::query::RejectedEvent;
 use super::record::{self, Record};
 use super::writer::Context;
@@ -16,7 +16,8 @@ use super::{index_value, json_bytes as json, key, Store, StoreError, TxResult};
 use crate::domain::recipient::lookup_key;
 use crate::domain::{Event, EventKind, MessageId, MessageState, Provider};
 use crate::observe;
-use crate::rules::{action_id, Due, Rules, Step};
+use crate::rules::plan::Planned;
+use crate::rules::Rules;
 
 /// What an adapter made of one element of a webhook body.
 #[derive(Debug)]
@@ -257,8 +258,9 @@ pub(super) struct Report {
     actions: Vec<(String, String, &'static str)>,
 }
 
-/// Queues what the rules ask for a message that just changed: each (message, rule) at most
-/// once, in the same transaction as the events. Each outcome is added to `report`.
+/// Queues what the rules ask for a message that just changed (see [`Rules::plan`]): each
+/// (message, rule) at most once, in the same transaction as the events. Each outcome is added
+/// to `report`.
 fn queue_actions(
     tx: &ActionTx<'_>,
     rules: &Rules,
@@ -267,62 +269,17 @@ fn queue_actions(
     now: DateTime<Utc>,
     report: &mut Vec<(String, String, &'static str)>,
 ) -> TxResult<()> {
-    for due in rules.due(state) {
-        match due {
-            Due::Cancel { rule } => {
-                let id = action_id(state.message_id.as_str(), &rule.name);
-                let Some(old) = tx.load(&id)? else { continue };
-                // Only a timer that has not fired yet; a call already made is not undone.
-                if old.state == ActionState::Pending && old.attempts == 0 && !old.in_flight {
-                    let reason = "cancelled: the awaited status arrived in time";
-                    tx.update(&old, &cancelled(&old, now, reason.into()))?;
-                    report.push((old.rule.clone(), old.action.clone(), "cancelled"));
-                }
-            }
-            Due::Fire { rule, at, trigger } => {
-                let id = action_id(state.message_id.as_str(), &rule.name);
-                if tx.actions.get(id.as_bytes())?.is_some() {
-                    continue;
-                }
-                let (request, skipped) = match rule.step(state, trigger) {
-                    Step::Send(request) => (Some(request), None),
-                    Step::Skip(reason) => (None, Some(reason)),
-                };
-                let due_at = at.map_or(now, |t| {
-                    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
-                });
-                let outcome = if request.is_some() {
-                    "queued"
-                } else {
-                    "skipped"
-                };
-                report.push((rule.name.clone(), rule.action.as_str().to_owned(), outcome));
-                tx.create(&Action {
-                    id,
-                    message_id: state.message_id.as_str().to_owned(),
-                    rule: rule.name.clone(),
-                    action: rule.action.as_str().to_owned(),
-                    state: if request.is_some() {
-                        ActionState::Pending
-                    } else {
-                        ActionState::Skipped
-                    },
-                    attempts: 0,
-                    next_attempt_at: request.is_some().then_some(due_at),
-                    completed_at: skipped.is_some().then_some(now),
-                    last_error: skipped,
-                    last_status: None,
-                    last_response: None,
-                    created_at: now,
-                    request,
-                    until: rule.awaited().to_vec(),
-                    facets: facets.clone(),
-                    schedule_from: 0,
-                    bucket: super::stats::day_of(state.first_seen_at),
-                    in_flight: false,
-                })?;
-            }
+    for planned in rules.plan(state, &facets, now, |id| tx.load(id))? {
+        match &planned {
+            Planned::Create(action) => tx.create(action)?,
+            Planned::Cancel { old, new } => tx.update(old, new)?,
         }
+        let action = planned.action();
+        report.push((
+            action.rule.clone(),
+            action.action.clone(),
+            planned.outcome(),
+        ));
     }
     Ok(())
 }

@@ -1,0 +1,421 @@
+//! The life of a follow-up action, as pure functions: created by a rule (queued or skipped),
+//! claimed for an attempt, then delivered, retried on the schedule, dead, cancelled (a timer
+//! whose awaited status arrived), requeued by hand, or put back after a crash. The store only
+//! persists what these return; every transition is unit-tested here without one.
+
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{Outbound, Target};
+use crate::domain::{rfc3339, Status};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionState {
+    /// Waiting for its first attempt (or, for a timer, its deadline).
+    Pending,
+    /// Failed at least once; waiting for the next attempt.
+    Retrying,
+    Delivered,
+    /// Gave up: a final error, or the retry schedule ran out. Can be retried by hand.
+    Dead,
+    /// Never sent: a field its templates name is missing, or no valid request could be made.
+    Skipped,
+    /// A `missing_status` timer whose awaited status arrived in time.
+    Cancelled,
+}
+
+impl ActionState {
+    pub const ALL: [ActionState; 6] = [
+        Self::Pending,
+        Self::Retrying,
+        Self::Delivered,
+        Self::Dead,
+        Self::Skipped,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Retrying => "retrying",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Waiting for an attempt: pending or retrying.
+    pub fn waiting(self) -> bool {
+        matches!(self, Self::Pending | Self::Retrying)
+    }
+}
+
+impl fmt::Display for ActionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One follow-up call and its history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub id: String,
+    pub message_id: String,
+    pub rule: String,
+    pub action: String,
+    pub state: ActionState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub last_status: Option<u16>,
+    pub last_response: Option<String>,
+    #[serde(with = "crate::domain::time_format::option")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(with = "crate::domain::time_format")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "crate::domain::time_format::option")]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The request; `None` for skipped actions.
+    pub request: Option<Outbound>,
+    /// A timer is cancelled when the message reaches any of these.
+    #[serde(default)]
+    pub until: Vec<Status>,
+    /// The indexed callback values the action counts under in the aggregates.
+    #[serde(default)]
+    pub facets: Vec<(String, String)>,
+    /// `attempts` when the retry schedule last started over (a manual retry).
+    #[serde(default)]
+    pub schedule_from: u32,
+    /// The stats' day bucket: the day its message was first seen.
+    #[serde(default)]
+    pub bucket: u32,
+    #[serde(default)]
+    pub in_flight: bool,
+}
+
+impl Action {
+    /// The action as the API shows it.
+    pub fn view(&self) -> Value {
+        json!({
+            "id": self.id,
+            "message_id": self.message_id,
+            "rule": self.rule,
+            "action": self.action,
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "last_status": self.last_status,
+            "last_response": self.last_response,
+            "next_attempt_at": self.next_attempt_at.map(rfc3339),
+            "created_at": rfc3339(self.created_at),
+            "completed_at": self.completed_at.map(rfc3339),
+        })
+    }
+
+    /// Where its request goes (`http` for one without a request).
+    pub fn target(&self) -> Target {
+        self.request.as_ref().map_or(Target::Http, |r| r.target)
+    }
+}
+
+/// How one attempt went, as the dispatcher saw it.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    Delivered {
+        status: u16,
+    },
+    /// Worth another try; `retry_after` when the answer said when.
+    Retry {
+        error: String,
+        status: Option<u16>,
+        body: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    /// Final.
+    Failed {
+        error: String,
+        status: Option<u16>,
+        body: Option<String>,
+    },
+}
+
+/// When the next attempt of a failed action should be, if any.
+pub trait RetryPolicy {
+    /// `failures` counts the failed attempts since the schedule (re)started, from 1.
+    fn delay(&self, action_id: &str, failures: u32) -> Option<Duration>;
+}
+
+impl Action {
+    /// Taken for an attempt: in flight, one more attempt counted.
+    pub fn claimed(&self) -> Action {
+        let mut new = self.clone();
+        new.in_flight = true;
+        new.attempts += 1;
+        new
+    }
+
+    /// What an attempt made of a claimed action: delivered, retrying when the schedule has a
+    /// next step, or dead.
+    pub fn after_attempt(
+        &self,
+        attempt: &Attempt,
+        policy: &(dyn RetryPolicy + Sync),
+        now: DateTime<Utc>,
+    ) -> Action {
+        let mut new = self.clone();
+        new.in_flight = false;
+        match attempt {
+            Attempt::Delivered { status } => {
+                new.state = ActionState::Delivered;
+                new.last_status = Some(*status);
+                new.last_error = None;
+                new.last_response = None;
+                new.next_attempt_at = None;
+                new.completed_at = Some(now);
+            }
+            Attempt::Retry {
+                error,
+                status,
+                body,
+                retry_after,
+            } => {
+                new.last_error = Some(error.clone());
+                new.last_status = *status;
+                new.last_response = body.clone();
+                let failures = new.attempts.saturating_sub(new.schedule_from);
+                match policy.delay(&self.id, failures) {
+                    Some(delay) => {
+                        let delay = retry_after.map_or(delay, |r| r.max(Duration::zero()));
+                        new.state = ActionState::Retrying;
+                        new.next_attempt_at = Some(now + delay);
+                    }
+                    None => {
+                        new.state = ActionState::Dead;
+                        new.last_error =
+                            Some(format!("gave up after {} attempts: {error}", new.attempts));
+                        new.next_attempt_at = None;
+                        new.completed_at = Some(now);
+                    }
+                }
+            }
+            Attempt::Failed {
+                error,
+                status,
+                body,
+            } => {
+                new.state = ActionState::Dead;
+                new.last_error = Some(error.clone());
+                new.last_status = *status;
+                new.last_response = body.clone();
+                new.next_attempt_at = None;
+                new.completed_at = Some(now);
+            }
+        }
+        new
+    }
+
+    /// A timer that will not fire: its awaited status arrived.
+    pub fn cancelled(&self, now: DateTime<Utc>, reason: String) -> Action {
+        let mut new = self.clone();
+        new.state = ActionState::Cancelled;
+        new.next_attempt_at = None;
+        new.completed_at = Some(now);
+        new.last_error = Some(reason);
+        new
+    }
+
+    /// Whether a timer can still be cancelled: it has not fired and is not firing.
+    pub fn cancellable(&self) -> bool {
+        self.state == ActionState::Pending && self.attempts == 0 && !self.in_flight
+    }
+
+    /// Whether a retry by hand may requeue it: dead or retrying, and not in flight.
+    pub fn retryable(&self) -> bool {
+        !self.in_flight && matches!(self.state, ActionState::Dead | ActionState::Retrying)
+    }
+
+    /// Requeued by hand: due now, with the retry schedule starting over.
+    pub fn requeued(&self, now: DateTime<Utc>) -> Action {
+        let mut new = self.clone();
+        new.state = ActionState::Pending;
+        new.schedule_from = self.attempts;
+        new.next_attempt_at = Some(now);
+        new.completed_at = None;
+        new
+    }
+
+    /// Put back after a crash cut its call off: due now, to be called again with the same
+    /// `Idempotency-Key`.
+    pub fn recovered(&self, now: DateTime<Utc>) -> Action {
+        let mut new = self.clone();
+        new.in_flight = false;
+        new.next_attempt_at = Some(now);
+        new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    struct Steps(Vec<i64>);
+
+    impl RetryPolicy for Steps {
+        fn delay(&self, _: &str, failures: u32) -> Option<Duration> {
+            let step = self.0.get(failures.checked_sub(1)? as usize)?;
+            Some(Duration::seconds(*step))
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.timestamp_opt(1_795_255_200, 0).unwrap()
+    }
+
+    fn pending() -> Action {
+        Action {
+            id: "act_1".into(),
+            message_id: "wamid.A==".into(),
+            rule: "r".into(),
+            action: "http.post".into(),
+            state: ActionState::Pending,
+            attempts: 0,
+            last_error: None,
+            last_status: None,
+            last_response: None,
+            next_attempt_at: Some(now()),
+            created_at: now(),
+            completed_at: None,
+            request: None,
+            until: Vec::new(),
+            facets: Vec::new(),
+            schedule_from: 0,
+            bucket: 0,
+            in_flight: false,
+        }
+    }
+
+    fn retry(retry_after: Option<i64>) -> Attempt {
+        Attempt::Retry {
+            error: "503".into(),
+            status: Some(503),
+            body: Some("busy".into()),
+            retry_after: retry_after.map(Duration::seconds),
+        }
+    }
+
+    #[test]
+    fn a_claim_marks_it_in_flight_and_counts_the_attempt() {
+        let claimed = pending().claimed();
+        assert!(claimed.in_flight);
+        assert_eq!(claimed.attempts, 1);
+        assert_eq!(claimed.state, ActionState::Pending);
+    }
+
+    #[test]
+    fn a_delivery_completes_it_and_clears_the_last_error() {
+        let mut claimed = pending().claimed();
+        claimed.last_error = Some("old".into());
+        let done =
+            claimed.after_attempt(&Attempt::Delivered { status: 202 }, &Steps(vec![5]), now());
+        assert_eq!(done.state, ActionState::Delivered);
+        assert_eq!((done.last_status, done.last_error), (Some(202), None));
+        assert_eq!(done.completed_at, Some(now()));
+        assert!(!done.in_flight && done.next_attempt_at.is_none());
+    }
+
+    #[test]
+    fn a_retryable_failure_follows_the_schedule_then_dies() {
+        let policy = Steps(vec![5, 30]);
+        let first = pending()
+            .claimed()
+            .after_attempt(&retry(None), &policy, now());
+        assert_eq!(first.state, ActionState::Retrying);
+        assert_eq!(first.next_attempt_at, Some(now() + Duration::seconds(5)));
+        assert_eq!(first.last_response.as_deref(), Some("busy"));
+        let second = first.claimed().after_attempt(&retry(None), &policy, now());
+        assert_eq!(second.next_attempt_at, Some(now() + Duration::seconds(30)));
+        let third = second.claimed().after_attempt(&retry(None), &policy, now());
+        assert_eq!(third.state, ActionState::Dead);
+        assert!(third
+            .last_error
+            .unwrap()
+            .starts_with("gave up after 3 attempts"));
+    }
+
+    #[test]
+    fn retry_after_sets_the_next_attempt() {
+        let policy = Steps(vec![5]);
+        let later = pending()
+            .claimed()
+            .after_attempt(&retry(Some(60)), &policy, now());
+        assert_eq!(later.next_attempt_at, Some(now() + Duration::seconds(60)));
+    }
+
+    #[test]
+    fn a_final_failure_makes_it_dead_with_the_answer_kept() {
+        let failed = Attempt::Failed {
+            error: "400".into(),
+            status: Some(400),
+            body: Some("bad".into()),
+        };
+        let dead = pending()
+            .claimed()
+            .after_attempt(&failed, &Steps(vec![5]), now());
+        assert_eq!(dead.state, ActionState::Dead);
+        assert_eq!(
+            (dead.last_status, dead.last_response.as_deref()),
+            (Some(400), Some("bad"))
+        );
+    }
+
+    #[test]
+    fn only_a_timer_that_has_not_fired_can_be_cancelled() {
+        assert!(pending().cancellable());
+        assert!(!pending().claimed().cancellable());
+        let cancelled = pending().cancelled(now(), "read arrived".into());
+        assert_eq!(cancelled.state, ActionState::Cancelled);
+        assert!(cancelled.next_attempt_at.is_none());
+        assert!(!cancelled.cancellable());
+    }
+
+    #[test]
+    fn a_requeue_restarts_the_schedule_and_is_allowed_only_when_dead_or_retrying() {
+        let policy = Steps(vec![5]);
+        let dead = pending()
+            .claimed()
+            .after_attempt(&retry(None), &policy, now())
+            .claimed()
+            .after_attempt(&retry(None), &policy, now());
+        assert!(dead.retryable());
+        assert!(!pending().retryable());
+        assert!(!dead.claimed().retryable(), "not while in flight");
+        let again = dead.requeued(now());
+        assert_eq!(again.state, ActionState::Pending);
+        assert_eq!(again.schedule_from, 2);
+        let retried = again.claimed().after_attempt(&retry(None), &policy, now());
+        assert_eq!(
+            retried.state,
+            ActionState::Retrying,
+            "the schedule starts over"
+        );
+    }
+
+    #[test]
+    fn recovery_after_a_crash_makes_it_due_now_again() {
+        let in_flight = pending().claimed();
+        let back = in_flight.recovered(now() + Duration::seconds(9));
+        assert!(!back.in_flight);
+        assert_eq!(back.attempts, 1, "the cut-off attempt still counts");
+        assert_eq!(back.next_attempt_at, Some(now() + Duration::seconds(9)));
+    }
+}
