@@ -19,7 +19,7 @@ use sled::Transactional;
 
 use super::query::Page;
 use super::record::Record;
-use super::{abort, from_json, json_bytes, key, Store, StoreError, Ticket, TxResult};
+use super::{abort, from_json, json_bytes, key, SledStore, StoreError, Ticket, TxResult};
 use crate::domain::MessageState;
 use crate::observe;
 pub use crate::rules::lifecycle::{Action, ActionState, Attempt, RetryPolicy};
@@ -182,7 +182,8 @@ impl ActionTx<'_> {
 /// A due outbox entry.
 #[derive(Debug, Clone)]
 pub struct DueEntry {
-    pub key: Vec<u8>,
+    /// The outbox entry: a claim token only the store reads.
+    pub(super) key: Vec<u8>,
     pub id: String,
     pub due_ms: u64,
     pub target: Target,
@@ -213,7 +214,7 @@ fn overall_key(state: ActionState) -> Vec<u8> {
     key(&[b"", b"", format!("action:{state}").as_bytes()])
 }
 
-impl Store {
+impl SledStore {
     fn action_tx<R>(
         &self,
         f: impl Fn(&ActionTx<'_>, &TransactionalTree) -> TxResult<R>,

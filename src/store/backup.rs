@@ -10,7 +10,7 @@ use sled::Transactional;
 use super::actions::{Action, ActionTx};
 use super::ingest::{Derived, Filing};
 use super::record::Record;
-use super::{abort, time_key, RejectedEvent, Store, StoreError};
+use super::{abort, time_key, RejectedEvent, SledStore, StoreError};
 use crate::domain::MessageState;
 
 #[derive(Serialize, Deserialize)]
@@ -45,7 +45,7 @@ pub enum BackupError {
     NotEmpty,
 }
 
-impl Store {
+impl SledStore {
     /// Writes every message (state, timeline, actions) and quarantined event as JSON lines.
     pub fn export(&self, out: &mut dyn Write) -> Result<Moved, BackupError> {
         let mut moved = Moved::default();

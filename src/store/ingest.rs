@@ -12,7 +12,7 @@ use super::actions::ActionTx;
 use super::query::RejectedEvent;
 use super::record::{self, Record};
 use super::writer::Context;
-use super::{index_value, json_bytes as json, key, Store, StoreError, TxResult};
+use super::{index_value, json_bytes as json, key, SledStore, StoreError, TxResult};
 use crate::domain::recipient::lookup_key;
 use crate::domain::{Event, EventKind, MessageId, MessageState, Provider};
 use crate::observe;
@@ -41,7 +41,7 @@ pub struct IngestOutcome {
     pub rejected: u32,
 }
 
-impl Store {
+impl SledStore {
     /// Stores every item of one request atomically and returns once it is durable. The
     /// request shares its transaction and flush with whatever else is being written (see
     /// [`super::writer`]), but its outcome is its own.
@@ -503,11 +503,11 @@ mod tests {
         }))
     }
 
-    fn count(store: &Store, campaign: &str, metric: &str) -> i64 {
+    fn count(store: &SledStore, campaign: &str, metric: &str) -> i64 {
         store.stat_total("campaign", campaign, metric)
     }
 
-    async fn ingest(store: &Store, items: Vec<IngestItem>) -> IngestOutcome {
+    async fn ingest(store: &SledStore, items: Vec<IngestItem>) -> IngestOutcome {
         store
             .ingest(Provider::Bik, items, Utc::now())
             .await
@@ -644,7 +644,7 @@ params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
 
     /// Runs `write_batch` on requests as if they had queued up together.
     fn write_together(
-        store: &Store,
+        store: &SledStore,
         requests: Vec<Vec<IngestItem>>,
     ) -> Vec<super::super::writer::Written> {
         let mut answers = Vec::new();

@@ -1,4 +1,6 @@
-//! The embedded sled store. Nothing outside this module knows about sled.
+//! Storage. [`Store`] (in [`api`]) is the interface the rest of flowhook uses; this module's
+//! other files are its embedded sled backend, [`SledStore`]. Nothing outside this module
+//! knows about sled.
 //!
 //! # Key layout
 //!
@@ -26,10 +28,12 @@
 //! | `inflight`      | action id                                   | empty                              |
 //!
 //! A request's writes are atomic: one multi-tree transaction over all of these, so the
-//! timeline, indexes, aggregates and the actions the events triggered never disagree. [`writer`] puts the requests that arrive together into one transaction;
-//! durability comes from [`durability::Flusher`]. See [`actions`] for the outbox's invariants.
+//! timeline, indexes, aggregates and the actions the events triggered never disagree.
+//! [`writer`] puts the requests that arrive together into one transaction; durability comes
+//! from [`durability::Flusher`]. See [`actions`] for the outbox's invariants.
 
 mod actions;
+mod api;
 mod backup;
 mod durability;
 mod ingest;
@@ -46,8 +50,10 @@ use std::time::Duration;
 pub use actions::{
     clock_ms, Action, ActionFilter, ActionState, Attempt, DueEntry, RetryOutcome, RetryPolicy,
 };
+pub use api::Store;
 pub use backup::{BackupError, Moved};
-pub use durability::{FlushFailed, Ticket};
+pub use durability::FlushFailed;
+use durability::Ticket;
 pub use ingest::{IngestItem, IngestOutcome};
 pub use query::{Lookup, Page, RejectedEvent};
 pub use retention::{Janitor, Purged};
@@ -60,8 +66,9 @@ use crate::rules::Rules;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The storage engine failed (an I/O error, a full disk, ...).
     #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("stored data could not be (de)serialized: {0}")]
     Serde(#[from] serde_json::Error),
     #[error(transparent)]
@@ -76,9 +83,9 @@ pub enum StoreError {
     Closed,
 }
 
-/// A cheap handle on the open store.
+/// The sled backend of [`Store`]: a cheap handle on the open store.
 #[derive(Clone)]
-pub struct Store {
+pub struct SledStore {
     inner: Arc<Inner>,
 }
 
@@ -109,7 +116,7 @@ struct Trees {
     inflight: sled::Tree,
 }
 
-impl Store {
+impl SledStore {
     /// Opens (or creates) the store; `rules` decide which actions ingest queues.
     pub fn open(settings: &StoreSettings, rules: Arc<Rules>) -> Result<Self, StoreError> {
         let db = sled::Config::new()
@@ -168,7 +175,7 @@ impl Store {
     }
 
     /// Waits until a commit is durable (at once with `durability = "relaxed"`).
-    pub async fn wait_durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+    async fn wait_durable(&self, ticket: Ticket) -> Result<(), StoreError> {
         Ok(self.inner.flusher.wait(ticket).await?)
     }
 
@@ -233,6 +240,12 @@ impl Fields {
     }
 }
 
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        Self::Backend(Box::new(e))
+    }
+}
+
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn json_bytes<T: serde::Serialize>(value: &T) -> TxResult<Vec<u8>> {
@@ -248,7 +261,7 @@ fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
 fn abort(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
     match e {
         sled::transaction::TransactionError::Abort(e) => e,
-        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
     }
 }
 
@@ -304,18 +317,18 @@ pub fn index_value(value: &serde_json::Value) -> Option<String> {
 }
 
 #[cfg(test)]
-pub(crate) fn temporary(settings: &StoreSettings) -> Store {
+pub(crate) fn temporary(settings: &StoreSettings) -> SledStore {
     temporary_with(settings, Rules::default())
 }
 
 #[cfg(test)]
-pub(crate) fn temporary_with(settings: &StoreSettings, rules: Rules) -> Store {
+pub(crate) fn temporary_with(settings: &StoreSettings, rules: Rules) -> SledStore {
     let db = sled::Config::new()
         .temporary(true)
         .flush_every_ms(None)
         .open()
         .expect("temporary sled");
-    Store::with_db(db, settings, Arc::new(rules)).expect("open temporary store")
+    SledStore::with_db(db, settings, Arc::new(rules)).expect("open temporary store")
 }
 
 #[cfg(test)]
@@ -362,7 +375,7 @@ mod tests {
             let k = key(&[b"n", natural.as_bytes()]);
             dedupe.insert(k, &1_795_255_200u64.to_be_bytes()).unwrap();
         }
-        let store = Store::with_db(db, &settings, Arc::new(Rules::default())).unwrap();
+        let store = SledStore::with_db(db, &settings, Arc::new(Rules::default())).unwrap();
 
         let old = store.message("wamid.OLD==").unwrap().unwrap();
         assert_eq!(old.recipient.as_deref(), Some("16505551234"));

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::record::Record;
-use super::{key, Store, StoreError};
+use super::{key, SledStore, StoreError};
 use crate::domain::recipient::lookup_key;
 use crate::domain::{MessageState, Provider};
 
@@ -43,7 +43,7 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-impl Store {
+impl SledStore {
     pub fn message(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
         let Some(bytes) = self.inner.trees.messages.get(id.as_bytes())? else {
             return Ok(None);

@@ -16,7 +16,7 @@ use sled::Transactional;
 use super::actions::ActionTx;
 use super::ingest::{Derived, Filing};
 use super::record::Record;
-use super::{abort, time_key, Store, StoreError};
+use super::{abort, time_key, SledStore, Store, StoreError};
 use crate::config::StoreSettings;
 
 /// Entries removed per transaction.
@@ -31,7 +31,7 @@ pub struct Purged {
     pub dedupe_keys: u64,
 }
 
-impl Store {
+impl SledStore {
     /// Purges what is older than the cutoffs: messages last updated before `messages_before`
     /// (and quarantined events received before it), dedupe keys first seen before
     /// `dedupe_before`.
@@ -305,14 +305,14 @@ mod tests {
         }))
     }
 
-    async fn ingest(store: &Store, items: Vec<IngestItem>, received: i64) {
+    async fn ingest(store: &SledStore, items: Vec<IngestItem>, received: i64) {
         store
             .ingest(Provider::Generic, items, at(received))
             .await
             .unwrap();
     }
 
-    fn count(store: &Store, metric: &str) -> i64 {
+    fn count(store: &SledStore, metric: &str) -> i64 {
         store.stat_total("campaign", "c", metric)
     }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
-use super::{Store, StoreError};
+use super::{SledStore, StoreError};
 
 /// The day bucket a message (and its actions) is counted under.
 pub fn day_of(at: DateTime<Utc>) -> u32 {
@@ -107,7 +107,7 @@ pub(super) fn failure_metric(state: &crate::domain::MessageState) -> Option<Stri
 /// Failure reasons listed per group.
 const TOP_REASONS: usize = 5;
 
-impl Store {
+impl SledStore {
     /// Counts per value of an indexed callback field, for messages first seen on days
     /// `from..=to` (inclusive; `None` is open). Reads only counters.
     pub fn stats(
@@ -222,7 +222,7 @@ fn top_failure_reasons(m: &BTreeMap<String, i64>) -> Vec<FailureReason> {
 }
 
 #[cfg(test)]
-impl Store {
+impl SledStore {
     /// One metric of one value, summed over every day.
     pub(crate) fn stat_total(&self, field: &str, value: &str, metric: &str) -> i64 {
         let mut prefix = stats_key(field, value, 0, "");
