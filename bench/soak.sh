@@ -36,6 +36,9 @@ growth=$(awk -v s="$start" -v e="$end" 'BEGIN {printf "%.1f", (e - s) * 100 / s}
 errors=$(sed -n 's/.*errors: \([0-9]*\).*/\1/p' <<<"$out")
 echo "RSS after 30 s: $((start / 1024)) MB; at the end: $((end / 1024)) MB ($growth%)"
 echo "RSS every 10 s (KB): $(awk '{print $2}' "$work/rss-series" | xargs)"
+# Growth per message stored between the 30 s mark and the end (RATE a second, one message each).
+stored=$(( RATE * (SECONDS_ - 30) ))
+echo "RSS growth per stored message: $(( (end - start) * 1024 / stored )) bytes ($stored messages stored after the 30 s mark)"
 # Which part of the growth is the data: a fresh process opening the same store, idle.
 kill -TERM $pid; wait $pid 2>/dev/null || true
 ./target/release/flowhook --config "$work/soak.toml" serve 2>>"$work/flowhook.log" &
