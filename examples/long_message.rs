@@ -30,6 +30,7 @@ fn click_at(n: u64, secs: u64) -> IngestItem {
         received_at: flowhook::domain::now(),
         event_id: Some(format!("click-{n}")),
         recipient: Some("+919090909090".into()),
+        recipient_e164: Some("+919090909090".into()),
         recipient_user_id: None,
         participant: None,
         channel: Some("whatsapp".into()),

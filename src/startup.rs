@@ -26,6 +26,7 @@ impl Application {
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
         // Before anything records a metric.
         crate::observe::handle();
+        crate::domain::recipient::warm_up();
         let rules = Arc::new(Rules::compile(&settings).map_err(|problems| {
             anyhow::anyhow!("invalid rules:\n  - {}", problems.join("\n  - "))
         })?);

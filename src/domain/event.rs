@@ -49,6 +49,10 @@ pub struct Event {
     pub event_id: Option<String>,
     /// The recipient as the provider sent it (a phone number, or a group id).
     pub recipient: Option<String>,
+    /// `recipient` in E.164, worked out where the event is parsed (on an HTTP worker, not in
+    /// the store's one writer thread). Not kept in the timeline: the message keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_e164: Option<String>,
     /// A business-scoped user id (Meta's `recipient_user_id`), for users addressed without
     /// a phone number.
     pub recipient_user_id: Option<String>,
@@ -120,6 +124,7 @@ impl Event {
             received_at: Utc.timestamp_opt(1_795_260_000, 0).unwrap(),
             event_id: Some(format!("{id}-{status}")),
             recipient: Some("+91".into()),
+            recipient_e164: None,
             recipient_user_id: None,
             participant: None,
             channel: Some("whatsapp".into()),

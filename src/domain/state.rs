@@ -166,12 +166,15 @@ impl MessageState {
         cap: usize,
     ) -> (MessageState, bool, Option<TimelineEvent>) {
         let message_id = event.message_id.clone();
+        let incoming_e164 = event.recipient.clone().zip(event.recipient_e164.clone());
         let incoming = TimelineEvent::from(event);
         // Normalizing a number is the costliest step of a fold, and most events repeat it.
         // Only a found form is reused: `None` may come from a state stored before the field.
+        let from_event = incoming_e164;
         let known_e164 = state
             .as_ref()
-            .and_then(|s| Some((s.recipient.clone()?, s.recipient_e164.clone()?)));
+            .and_then(|s| Some((s.recipient.clone()?, s.recipient_e164.clone()?)))
+            .or(from_event);
         let (mut events, mut summary) =
             state.map_or_else(Default::default, |s| (s.events, s.summary));
         // Timelines stored before `played` and participants existed were sorted by an older key.
@@ -394,6 +397,7 @@ mod tests {
                 .unwrap(),
             event_id: Some(format!("evt-{at_secs}-{status:?}-{url:?}")),
             recipient: Some("+919090909090".into()),
+            recipient_e164: None,
             recipient_user_id: None,
             participant: None,
             channel: Some("whatsapp".into()),

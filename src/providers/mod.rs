@@ -168,6 +168,10 @@ impl Fields<'_> {
             at,
             received_at: ctx.received_at,
             event_id: self.event_id,
+            recipient_e164: self
+                .recipient
+                .as_deref()
+                .and_then(crate::domain::recipient::e164),
             recipient: self.recipient,
             recipient_user_id: self.recipient_user_id,
             participant: self.participant,

@@ -229,12 +229,7 @@ pub(super) fn commit(
                 for (request, p) in pending.iter().enumerate() {
                     let (outcome, report) = &mut results[request];
                     for event in &p.events {
-                        if batch.apply(
-                            (messages, dedupe),
-                            event.clone(),
-                            request,
-                            context.max_events,
-                        )? {
+                        if batch.apply((messages, dedupe), event.clone(), request, context)? {
                             outcome.accepted += 1;
                             report.events.push((
                                 event.kind,
@@ -246,10 +241,7 @@ pub(super) fn commit(
                     }
                 }
                 for (id, change) in &batch.states {
-                    if change.before == change.after {
-                        continue;
-                    }
-                    let (before, Some(after)) = (&change.before.state, &change.after.state) else {
+                    let (true, Some(after)) = (change.changed, &change.after.state) else {
                         continue;
                     };
                     let record = change
@@ -257,17 +249,17 @@ pub(super) fn commit(
                         .encode()
                         .map_err(ConflictableTransactionError::Abort)?;
                     messages.insert(id.as_str().as_bytes(), record)?;
-                    let old_time = before.as_ref().map(super::time_key);
+                    let old_time = change.before.as_ref().map(|(k, _)| k);
                     let new_time = super::time_key(after);
-                    if old_time.as_ref() != Some(&new_time) {
+                    if old_time != Some(&new_time) {
                         if let Some(k) = old_time {
-                            idx_time.remove(k)?;
+                            idx_time.remove(k.as_slice())?;
                         }
                         idx_time.insert(new_time, &[])?;
                     }
-                    let old = Derived::of(before.as_ref(), fields);
+                    let old = change.before.as_ref().map(|(_, d)| d);
                     let new = Derived::of(Some(after), fields);
-                    filing.refile(id, old.as_ref(), new.as_ref())?;
+                    filing.refile(id, old, new.as_ref())?;
                     let facets = new.map(|d| d.stats).unwrap_or_default();
                     queue_actions(
                         &action_tx,
@@ -341,8 +333,12 @@ struct Batch {
 
 /// One message's change within a batch.
 struct Change {
-    before: Record,
+    /// Where the stored message was filed before the batch: its time-index key and what it
+    /// contributed to indexes and counts (kept instead of a copy of its whole state).
+    before: Option<(Vec<u8>, Derived)>,
     after: Record,
+    /// Whether an event was folded in (or an older timeline re-sorted), so it must be written.
+    changed: bool,
     /// The request that changed it last; its report gets the actions the change triggers.
     request: usize,
 }
@@ -356,7 +352,7 @@ impl Batch {
         trees: (&TransactionalTree, &TransactionalTree),
         event: Event,
         request: usize,
-        cap: usize,
+        context: &Context,
     ) -> TxResult<bool> {
         let (messages, dedupe) = trees;
         let id = event.message_id.clone();
@@ -368,9 +364,13 @@ impl Batch {
                         .map_err(ConflictableTransactionError::Abort)?,
                     None => Record::default(),
                 };
+                let before = stored.state.as_ref().and_then(|s| {
+                    Some((super::time_key(s), Derived::of(Some(s), &context.fields)?))
+                });
                 Change {
-                    before: stored.clone(),
+                    before,
                     after: stored,
+                    changed: false,
                     request,
                 }
             }
@@ -389,13 +389,14 @@ impl Batch {
         if !seen {
             let received = event.received_at.timestamp().max(0).to_be_bytes();
             let (after, _, evicted) =
-                MessageState::apply_bounded(change.after.state.take(), event, cap);
+                MessageState::apply_bounded(change.after.state.take(), event, context.max_events);
             if let Some(e) = evicted {
                 for fp in record::timeline_fingerprints(&id, &e).into_iter().flatten() {
                     dedupe.insert(overflow_key(fp), &received)?;
                 }
             }
             change.after.state = Some(after);
+            change.changed = true;
             change.request = request;
         }
         self.states.insert(id, change);
