@@ -36,13 +36,8 @@ impl CallbackData {
                     error: None,
                 })
             }
-            Value::Array(_) => Some(Self {
-                raw: input.to_string(),
-                value: None,
-                error: Some("callback data is a JSON array, not an object".into()),
-            }),
-            // A number or boolean sent inline is data like any free text.
-            scalar => Some(Self::decode_text(&scalar.to_string(), max_bytes)),
+            // A number, boolean or array sent inline is kept as its JSON text, like a string.
+            other => Some(Self::decode_text(&other.to_string(), max_bytes)),
         }
     }
 
@@ -66,10 +61,8 @@ impl CallbackData {
         } else {
             match serde_json::from_str::<Value>(text) {
                 Ok(Value::Object(map)) => (Some(map), None),
-                Ok(_) => (
-                    None,
-                    Some("callback data is a JSON array, not an object".to_owned()),
-                ),
+                // Valid JSON that is not an object (an array) is data, with nothing to decode.
+                Ok(_) => (None, None),
                 Err(_) => (
                     None,
                     Some("callback data starts like JSON but is not valid JSON".to_owned()),
@@ -145,6 +138,8 @@ mod tests {
             (json!("order=123&campaign=cart"), "order=123&campaign=cart"),
             (json!("true"), "true"),
             (json!(42), "42"),
+            (json!("[1,2]"), "[1,2]"),
+            (json!([1, 2]), "[1,2]"),
         ] {
             let cb = CallbackData::decode(&input, 4096).unwrap();
             assert_eq!(cb.raw, raw);
@@ -158,8 +153,6 @@ mod tests {
         let cases = [
             (json!("{\"order_id\": "), "not valid JSON"),
             (json!("  {nope}"), "not valid JSON"),
-            (json!("[1,2]"), "array, not an object"),
-            (json!([1, 2]), "array, not an object"),
             (json!("x".repeat(5000)), "longer than 4096 bytes"),
             (
                 json!(format!("{{\"a\":\"{}\"}}", "x".repeat(5000))),

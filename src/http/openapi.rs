@@ -151,8 +151,8 @@ pub struct MessageView {
     callback_data: Option<Value>,
     /// The callback data as received.
     callback_data_raw: Option<String>,
-    /// Set when the callback data starts like JSON (`{` or `[`) but is not a valid object, or
-    /// is longer than `store.max_callback_bytes`; null for free text, which is kept raw.
+    /// Set when the callback data starts like JSON (`{` or `[`) but does not parse, or is
+    /// longer than `store.max_callback_bytes`; null for any other text, which is kept raw.
     callback_data_error: Option<String>,
     #[schema(format = DateTime)]
     first_seen_at: String,
