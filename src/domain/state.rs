@@ -85,6 +85,38 @@ pub struct TimelineEvent {
 
 type SortKey<'a> = (DateTime<Utc>, EventKind, u8, &'a str, Option<&'a str>);
 
+/// The timeline's order of an event with these parts (see [`TimelineEvent::sort_key`]).
+fn sort_key<'a>(
+    at: DateTime<Utc>,
+    kind: EventKind,
+    status: Option<&'a Status>,
+    url: Option<&'a str>,
+    participant: Option<&'a str>,
+) -> SortKey<'a> {
+    (
+        at,
+        kind,
+        status.map_or(0, Status::timeline_order),
+        super::event::subject(kind, status, url),
+        participant,
+    )
+}
+
+/// A timeline and the summary's representatives together, in timeline order, each once.
+fn merged<'a>(
+    timeline: &'a [TimelineEvent],
+    summary: Option<&'a Summary>,
+) -> Vec<&'a TimelineEvent> {
+    let mut all: Vec<&TimelineEvent> = timeline.iter().collect();
+    if let Some(summary) = summary {
+        all.extend(&summary.representatives);
+        all.extend(&summary.latest_failure);
+        all.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        all.dedup_by(|a, b| a.sort_key() == b.sort_key());
+    }
+    all
+}
+
 impl TimelineEvent {
     /// The event's natural key (see [`Event::natural_key`]) under its message's id.
     pub fn natural_key(&self, message_id: &MessageId) -> String {
@@ -101,11 +133,11 @@ impl TimelineEvent {
     /// The timeline's order; two events with the same sort key are the same event (the sort
     /// key holds exactly the natural key's parts).
     pub(super) fn sort_key(&self) -> SortKey<'_> {
-        (
+        sort_key(
             self.at,
             self.kind,
-            self.status.as_ref().map_or(0, Status::timeline_order),
-            self.subject(),
+            self.status.as_ref(),
+            self.url.as_deref(),
             self.participant.as_deref(),
         )
     }
@@ -194,14 +226,7 @@ impl MessageState {
     /// Every event the state knows one by one: the timeline and, for a message past its cap,
     /// the summary's representatives, in timeline order. What rules look at.
     pub fn known_events(&self) -> Vec<&TimelineEvent> {
-        let mut all: Vec<&TimelineEvent> = self.events.iter().collect();
-        if let Some(summary) = &self.summary {
-            all.extend(&summary.representatives);
-            all.extend(&summary.latest_failure);
-            all.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-            all.dedup_by(|a, b| a.sort_key() == b.sort_key());
-        }
-        all
+        merged(&self.events, self.summary.as_ref())
     }
 
     /// Distinct events received: listed and summarized.
@@ -230,13 +255,7 @@ impl MessageState {
         summary: Option<&Summary>,
         known_e164: Option<(String, String)>,
     ) -> Self {
-        let mut events: Vec<&TimelineEvent> = timeline.iter().collect();
-        if let Some(summary) = summary {
-            events.extend(&summary.representatives);
-            events.extend(&summary.latest_failure);
-            events.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-            events.dedup_by(|a, b| a.sort_key() == b.sort_key());
-        }
+        let events = merged(timeline, summary);
         let first = events[0];
         let first_with = |pick: fn(&TimelineEvent) -> Option<&String>| {
             events.iter().find_map(|e| pick(e)).cloned()
@@ -343,11 +362,11 @@ impl MessageState {
     /// Whether the timeline already holds `event`: one with its natural key, or one with the
     /// same provider event id.
     pub fn has_seen(&self, event: &Event) -> bool {
-        let wanted = (
+        let wanted = sort_key(
             event.at,
             event.kind,
-            event.status.as_ref().map_or(0, Status::timeline_order),
-            super::event::subject(event.kind, event.status.as_ref(), event.url.as_deref()),
+            event.status.as_ref(),
+            event.url.as_deref(),
             event.participant.as_deref(),
         );
         let by_key = self
@@ -360,15 +379,6 @@ impl MessageState {
                     .iter()
                     .any(|e| e.provider == event.provider && e.event_id.as_ref() == Some(id))
             })
-    }
-
-    /// Fills what a state stored by an older flowhook lacks and can be derived from what it
-    /// has: today only `recipient_e164`. Codes, participants and user ids that were never
-    /// kept stay `None`.
-    pub fn upgrade(&mut self) {
-        if self.recipient_e164.is_none() {
-            self.recipient_e164 = self.recipient.as_deref().and_then(super::recipient::e164);
-        }
     }
 
     /// The value of `callback.<path>` in the decoded callback data.
@@ -560,9 +570,10 @@ mod tests {
         for field in ["recipient_e164", "recipient_user_id", "failure_code"] {
             map.remove(field);
         }
-        let mut old: MessageState = serde_json::from_value(stored).unwrap();
+        let old: MessageState = serde_json::from_value(stored).unwrap();
         assert_eq!(old.recipient_e164, None);
-        old.upgrade();
+        // What reading a format-0 record does (see `store::record`).
+        let old = MessageState::from_events(old.message_id, old.events, None).unwrap();
         assert_eq!(old.recipient_e164.as_deref(), Some("+919090909090"));
     }
 

@@ -108,7 +108,11 @@ impl Rules {
 
     /// Every rule that holds for this state, with what it asks for.
     pub fn due<'a>(&'a self, state: &'a MessageState) -> Vec<Due<'a>> {
-        self.rules.iter().filter_map(|r| r.due(state)).collect()
+        let events = state.known_events();
+        self.rules
+            .iter()
+            .filter_map(|r| r.due(state, &events))
+            .collect()
     }
 }
 
@@ -258,17 +262,18 @@ impl Rule {
         self.signing_key.as_deref()
     }
 
-    fn due<'a>(&'a self, state: &'a MessageState) -> Option<Due<'a>> {
+    /// `events` is `state.known_events()`, worked out once for all rules.
+    fn due<'a>(&'a self, state: &'a MessageState, events: &[&'a TimelineEvent]) -> Option<Due<'a>> {
         let (trigger, at) = match self.on {
             Trigger::Status => (
-                state.known_events().into_iter().find(|e| {
+                events.iter().copied().find(|e| {
                     e.kind == EventKind::Status
                         && e.status.as_ref().is_some_and(|s| self.statuses.contains(s))
                 })?,
                 None,
             ),
             Trigger::Click => (
-                state.known_events().into_iter().find(|e| {
+                events.iter().copied().find(|e| {
                     e.kind == EventKind::Click
                         && e.url.as_deref().is_some_and(|u| {
                             self.url_prefix.as_deref().is_none_or(|p| u.starts_with(p))
@@ -277,10 +282,14 @@ impl Rule {
                 None,
             ),
             Trigger::MissingStatus => {
-                if self.statuses.iter().any(|s| reached(state, s).is_some()) {
+                if self
+                    .statuses
+                    .iter()
+                    .any(|s| first_reaching(events, s).is_some())
+                {
                     return Some(Due::Cancel { rule: self });
                 }
-                let anchor = reached(state, self.since.as_ref()?)?;
+                let anchor = first_reaching(events, self.since.as_ref()?)?;
                 (anchor, Some(anchor.at + self.after))
             }
         };
@@ -330,7 +339,12 @@ impl Rule {
 /// The earliest event by which a message reached `status`: that status itself, or for
 /// `sent`/`delivered`, a later one on the `sent < delivered < read` path.
 pub fn reached<'a>(state: &'a MessageState, status: &Status) -> Option<&'a TimelineEvent> {
-    state.known_events().into_iter().find(|e| match &e.status {
+    first_reaching(&state.known_events(), status)
+}
+
+/// [`reached`] among events already in timeline order.
+fn first_reaching<'a>(events: &[&'a TimelineEvent], status: &Status) -> Option<&'a TimelineEvent> {
+    events.iter().copied().find(|e| match &e.status {
         Some(s) if e.kind == EventKind::Status => {
             s == status || (status.rank() > 0 && s.rank() > status.rank())
         }

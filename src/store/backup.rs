@@ -132,12 +132,7 @@ impl SledStore {
             .transaction(
                 |(messages, idx_callback, idx_recipient, idx_time, aggregates, a, ai, o)| {
                     let id = &message.message_id;
-                    let record = Record {
-                        state: Some(message.clone()),
-                        purged: Vec::new(),
-                    };
-                    let record = record
-                        .encode()
+                    let record = Record::encode_parts(Some(message), &[])
                         .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
                     messages.insert(id.as_str().as_bytes(), record)?;
                     idx_time.insert(time_key(message), &[])?;

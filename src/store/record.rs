@@ -72,16 +72,21 @@ impl Record {
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        Self::encode_parts(self.state.as_ref(), &self.purged)
+    }
+
+    /// The bytes of a record with this state and purged fingerprints, without building one.
+    pub fn encode_parts(
+        state: Option<&MessageState>,
+        purged: &[u64],
+    ) -> Result<Vec<u8>, StoreError> {
         let mut callbacks: Vec<StoredCallback> = Vec::new();
-        let events = self
-            .state
+        let events = state
             .iter()
             .flat_map(|s| &s.events)
             .map(|e| StoredEvent::from_timeline(e, &mut callbacks))
             .collect();
-        let summary = self
-            .state
-            .as_ref()
+        let summary = state
             .and_then(|s| s.summary.as_ref())
             .map(|s| StoredSummary {
                 events: s.events,
@@ -100,9 +105,9 @@ impl Record {
         let stored = StoredV1 {
             callbacks,
             events,
-            purged: self.purged.clone(),
+            purged: purged.to_vec(),
             summary,
-            recipient_e164: self.state.as_ref().and_then(|s| s.recipient_e164.clone()),
+            recipient_e164: state.and_then(|s| s.recipient_e164.clone()),
         };
         let mut out = vec![MAGIC, VERSION];
         postcard::to_io(&stored, &mut out).map_err(encoding)?;

@@ -46,37 +46,22 @@ fn to_records(trees: &Trees) -> Result<(), StoreError> {
          `flowhook import` into an empty store"
     );
     let started = std::time::Instant::now();
-    let (mut converted, mut pending) = (0u64, sled::Batch::default());
-    let mut in_batch = 0;
+    let mut messages = Batches::new(&trees.messages);
     for entry in trees.messages.iter() {
         let (k, v) = entry?;
         if v.first() == Some(&b'{') {
             let id = String::from_utf8_lossy(&k).into_owned();
-            pending.insert(k, Record::decode(&id, &v)?.encode()?);
-            converted += 1;
-            in_batch += 1;
-        }
-        if in_batch == BATCH {
-            trees.messages.apply_batch(std::mem::take(&mut pending))?;
-            in_batch = 0;
+            messages.insert(k, Record::decode(&id, &v)?.encode()?)?;
         }
     }
-    trees.messages.apply_batch(pending)?;
-    let mut removed = 0u64;
+    let converted = messages.finish()?;
+    let mut dedupe = Batches::new(&trees.dedupe);
     for prefix in [&b"n\0"[..], b"i\0"] {
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
         for entry in trees.dedupe.scan_prefix(prefix) {
-            batch.remove(entry?.0);
-            removed += 1;
-            in_batch += 1;
-            if in_batch == BATCH {
-                trees.dedupe.apply_batch(std::mem::take(&mut batch))?;
-                in_batch = 0;
-            }
+            dedupe.remove(entry?.0)?;
         }
-        trees.dedupe.apply_batch(batch)?;
     }
+    let removed = dedupe.finish()?;
     tracing::warn!(
         messages = converted,
         dedupe_keys_removed = removed,
@@ -98,9 +83,7 @@ fn refile_recipients(trees: &Trees) -> Result<(), StoreError> {
     if trees.meta.get(RECIPIENT_INDEX)?.as_deref() == Some(RECIPIENT_INDEX_E164) {
         return Ok(());
     }
-    let mut moved = 0u64;
-    let mut batch = sled::Batch::default();
-    let mut pending = 0;
+    let mut refiled = Batches::new(&trees.idx_recipient);
     for entry in trees.idx_recipient.iter() {
         let (k, _) = entry?;
         let Some(split) = k.iter().rposition(|b| *b == 0) else {
@@ -109,22 +92,75 @@ fn refile_recipients(trees: &Trees) -> Result<(), StoreError> {
         let recipient = String::from_utf8_lossy(&k[..split]);
         let normalized = crate::domain::recipient::lookup_key(&recipient);
         if normalized != recipient {
-            batch.remove(&k);
-            batch.insert(key(&[normalized.as_bytes(), &k[split + 1..]]), &[]);
-            moved += 1;
-            pending += 1;
-        }
-        if pending == 10_000 {
-            trees
-                .idx_recipient
-                .apply_batch(std::mem::take(&mut batch))?;
-            pending = 0;
+            let new = key(&[normalized.as_bytes(), &k[split + 1..]]);
+            refiled.rename(k, new)?;
         }
     }
-    trees.idx_recipient.apply_batch(batch)?;
+    let moved = refiled.finish()?;
     trees.meta.insert(RECIPIENT_INDEX, RECIPIENT_INDEX_E164)?;
     if moved > 0 {
         tracing::info!(moved, "recipient index refiled under E.164 numbers");
     }
     Ok(())
+}
+
+/// Writes to one tree in atomic batches of [`BATCH`] changes, so that an upgrade of a large
+/// store holds a bounded amount in memory; counts the changes.
+struct Batches<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    pending: usize,
+    total: u64,
+}
+
+impl<'a> Batches<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Self {
+            tree,
+            batch: sled::Batch::default(),
+            pending: 0,
+            total: 0,
+        }
+    }
+
+    fn insert(
+        &mut self,
+        k: impl Into<sled::IVec>,
+        v: impl Into<sled::IVec>,
+    ) -> Result<(), StoreError> {
+        self.batch.insert(k, v);
+        self.counted()
+    }
+
+    fn remove(&mut self, k: impl Into<sled::IVec>) -> Result<(), StoreError> {
+        self.batch.remove(k);
+        self.counted()
+    }
+
+    /// Moves an empty-valued entry to a new key, both in the same batch.
+    fn rename(
+        &mut self,
+        old: impl Into<sled::IVec>,
+        new: impl Into<sled::IVec>,
+    ) -> Result<(), StoreError> {
+        self.batch.remove(old);
+        self.batch.insert(new, Vec::new());
+        self.counted()
+    }
+
+    fn counted(&mut self) -> Result<(), StoreError> {
+        self.pending += 1;
+        self.total += 1;
+        if self.pending == BATCH {
+            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+            self.pending = 0;
+        }
+        Ok(())
+    }
+
+    /// Applies what is left; the number of changes made.
+    fn finish(self) -> Result<u64, StoreError> {
+        self.tree.apply_batch(self.batch)?;
+        Ok(self.total)
+    }
 }
