@@ -13,6 +13,9 @@
 
 use std::ops::Bound;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
 use chrono::{DateTime, Utc};
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
@@ -35,23 +38,15 @@ impl Action {
         Some(outbox_key(self.target(), due, &self.id))
     }
 
-    /// Index entries that change with the state.
-    fn state_entries(&self) -> [Vec<u8>; 2] {
+    /// The action's index entries: by state, and by rule and state (listing all actions, or a
+    /// rule's, merges the states; see [`SledStore::actions`]). A message's actions are listed
+    /// in its record.
+    fn index_entries(&self) -> [Vec<u8>; 2] {
         let created = self.created_key();
         let state = self.state.as_str().as_bytes();
         [
             key(&[b"s", state, &created]),
             key(&[b"q", self.rule.as_bytes(), state, &created]),
-        ]
-    }
-
-    /// Index entries fixed for the action's life.
-    fn fixed_entries(&self) -> [Vec<u8>; 3] {
-        let created = self.created_key();
-        [
-            key(&[b"a", &created]),
-            key(&[b"r", self.rule.as_bytes(), &created]),
-            key(&[b"m", self.message_id.as_bytes(), self.id.as_bytes()]),
         ]
     }
 
@@ -100,11 +95,7 @@ impl ActionTx<'_> {
     pub fn create(&self, action: &Action) -> TxResult<()> {
         self.actions
             .insert(action.id.as_bytes(), json_bytes(action)?)?;
-        for k in action
-            .fixed_entries()
-            .into_iter()
-            .chain(action.state_entries())
-        {
+        for k in action.index_entries() {
             self.index.insert(k, &[])?;
         }
         if let Some(k) = action.outbox_key() {
@@ -117,10 +108,10 @@ impl ActionTx<'_> {
     pub fn update(&self, old: &Action, new: &Action) -> TxResult<()> {
         self.actions.insert(new.id.as_bytes(), json_bytes(new)?)?;
         if old.state != new.state {
-            for k in old.state_entries() {
+            for k in old.index_entries() {
                 self.index.remove(k)?;
             }
-            for k in new.state_entries() {
+            for k in new.index_entries() {
                 self.index.insert(k, &[])?;
             }
             self.count(old, -1)?;
@@ -151,11 +142,7 @@ impl ActionTx<'_> {
     /// Removes an action and everything filed for it.
     pub fn delete(&self, action: &Action) -> TxResult<()> {
         self.actions.remove(action.id.as_bytes())?;
-        for k in action
-            .fixed_entries()
-            .into_iter()
-            .chain(action.state_entries())
-        {
+        for k in action.index_entries() {
             self.index.remove(k)?;
         }
         if let Some(k) = action.outbox_key() {
@@ -197,15 +184,24 @@ pub struct ActionFilter {
 }
 
 impl ActionFilter {
-    fn prefix(&self) -> Vec<u8> {
-        let mut prefix = match (&self.state, &self.rule) {
-            (None, None) => key(&[b"a"]),
-            (Some(s), None) => key(&[b"s", s.as_str().as_bytes()]),
-            (None, Some(r)) => key(&[b"r", r.as_bytes()]),
-            (Some(s), Some(r)) => key(&[b"q", r.as_bytes(), s.as_str().as_bytes()]),
+    /// The index prefixes whose entries (`<created><id>` after the prefix) together list the
+    /// matching actions: one for a given state, else one per state.
+    fn prefixes(&self) -> Vec<Vec<u8>> {
+        let states = match self.state {
+            Some(state) => vec![state],
+            None => ActionState::ALL.to_vec(),
         };
-        prefix.push(0);
-        prefix
+        states
+            .into_iter()
+            .map(|state| {
+                let mut prefix = match &self.rule {
+                    None => key(&[b"s", state.as_str().as_bytes()]),
+                    Some(rule) => key(&[b"q", rule.as_bytes(), state.as_str().as_bytes()]),
+                };
+                prefix.push(0);
+                prefix
+            })
+            .collect()
     }
 }
 
@@ -260,26 +256,53 @@ impl SledStore {
             .transpose()
     }
 
-    /// A message's actions, in id order.
+    /// A message's actions, in the order they were queued.
     pub fn message_actions(&self, message_id: &str) -> Result<Vec<Action>, StoreError> {
+        let Some(bytes) = self.inner.trees.messages.get(message_id.as_bytes())? else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
-        for id in self.message_action_ids(message_id)? {
+        for id in Record::decode(message_id, &bytes)?.actions {
             if let Some(action) = self.action(&id)? {
                 out.push(action);
             }
         }
+        // Upgraded stores listed them in id order.
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
     }
 
-    pub(super) fn message_action_ids(&self, message_id: &str) -> Result<Vec<String>, StoreError> {
-        let mut prefix = key(&[b"m", message_id.as_bytes()]);
-        prefix.push(0);
-        self.inner
-            .trees
-            .action_idx
-            .scan_prefix(&prefix)
-            .map(|entry| Ok(index_id(&entry?.0, prefix.len())))
-            .collect()
+    /// Up to `limit` index positions (`<created><id>`) of the actions matching `filter`,
+    /// after `after`, oldest first: the filter's index ranges (one per state when no state is
+    /// given) merged.
+    fn positions(
+        &self,
+        filter: &ActionFilter,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut found = Vec::new();
+        for prefix in filter.prefixes() {
+            let start = match after {
+                Some(after) => Bound::Excluded([prefix.as_slice(), after].concat()),
+                None => Bound::Included(prefix.clone()),
+            };
+            let range = self
+                .inner
+                .trees
+                .action_idx
+                .range::<Vec<u8>, _>((start, Bound::Unbounded));
+            for entry in range.take(limit) {
+                let (k, _) = entry?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                found.push(k[prefix.len()..].to_vec());
+            }
+        }
+        found.sort_unstable();
+        found.truncate(limit);
+        Ok(found)
     }
 
     /// Actions matching the filter, oldest first.
@@ -289,17 +312,26 @@ impl SledStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Page<Action>, StoreError> {
-        let prefix = filter.prefix();
-        let page = super::query::scan(&self.inner.trees.action_idx, &prefix, limit, cursor)?;
-        let mut items = Vec::with_capacity(page.items.len());
-        for (k, _) in &page.items {
-            if let Some(action) = self.action(&index_id(k, prefix.len() + 8))? {
+        let after = cursor
+            .map(|c| URL_SAFE_NO_PAD.decode(c).map_err(|_| StoreError::BadCursor))
+            .transpose()?;
+        if after.as_ref().is_some_and(|a| a.len() < 8) {
+            return Err(StoreError::BadCursor);
+        }
+        let mut positions = self.positions(filter, after.as_deref(), limit.saturating_add(1))?;
+        let more = positions.len() > limit;
+        positions.truncate(limit);
+        let mut items = Vec::with_capacity(positions.len());
+        for position in &positions {
+            if let Some(action) = self.action(&index_id(position, 8))? {
                 items.push(action);
             }
         }
         Ok(Page {
             items,
-            next_cursor: page.next_cursor,
+            next_cursor: more
+                .then(|| positions.last().map(|p| URL_SAFE_NO_PAD.encode(p)))
+                .flatten(),
         })
     }
 
@@ -492,32 +524,15 @@ impl SledStore {
     /// Requeues every action in `state` (and of `rule`, if given), `batch` per transaction, so
     /// that memory stays bounded however many match. Returns how many were requeued.
     pub fn retry_actions(&self, filter: &ActionFilter, batch: usize) -> Result<u64, StoreError> {
-        let prefix = filter.prefix();
         let mut total = 0u64;
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let start = match &after {
-                Some(k) => Bound::Excluded(k.clone()),
-                None => Bound::Included(prefix.clone()),
-            };
-            let mut ids = Vec::with_capacity(batch);
-            for entry in self
-                .inner
-                .trees
-                .action_idx
-                .range::<Vec<u8>, _>((start, Bound::Unbounded))
-                .take(batch)
-            {
-                let (k, _) = entry?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                ids.push(index_id(&k, prefix.len() + 8));
-                after = Some(k.to_vec());
-            }
-            if ids.is_empty() {
+            let positions = self.positions(filter, after.as_deref(), batch)?;
+            let Some(last) = positions.last() else {
                 break;
-            }
+            };
+            after = Some(last.clone());
+            let ids: Vec<String> = positions.iter().map(|p| index_id(p, 8)).collect();
             let done = self.action_tx(|tx, _| {
                 let mut done = Vec::new();
                 for id in &ids {

@@ -132,7 +132,8 @@ impl SledStore {
             .transaction(
                 |(messages, idx_callback, idx_recipient, idx_time, aggregates, a, ai, o)| {
                     let id = &message.message_id;
-                    let record = Record::encode_parts(Some(message), &[])
+                    let ids: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
+                    let record = Record::encode_parts(Some(message), &[], &ids)
                         .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
                     messages.insert(id.as_str().as_bytes(), record)?;
                     idx_time.insert(time_key(message), &[])?;

@@ -240,15 +240,10 @@ pub(super) fn commit(
                         }
                     }
                 }
-                for (id, change) in &batch.states {
+                for (id, change) in &mut batch.states {
                     let (true, Some(after)) = (change.changed, &change.after.state) else {
                         continue;
                     };
-                    let record = change
-                        .after
-                        .encode()
-                        .map_err(ConflictableTransactionError::Abort)?;
-                    messages.insert(id.as_str().as_bytes(), record)?;
                     let old_time = change.before.as_ref().map(|(k, _)| k);
                     let new_time = super::time_key(after);
                     if old_time != Some(&new_time) {
@@ -261,7 +256,7 @@ pub(super) fn commit(
                     let new = Derived::of(Some(after), fields);
                     filing.refile(id, old, new.as_ref())?;
                     let facets = new.map(|d| d.stats).unwrap_or_default();
-                    queue_actions(
+                    let created = queue_actions(
                         &action_tx,
                         rules,
                         after,
@@ -269,6 +264,12 @@ pub(super) fn commit(
                         pending[change.request].received_at,
                         &mut results[change.request].1.actions,
                     )?;
+                    change.after.actions.extend(created);
+                    let record = change
+                        .after
+                        .encode()
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    messages.insert(id.as_str().as_bytes(), record)?;
                 }
                 for p in pending {
                     for r in &p.rejected {
@@ -301,7 +302,7 @@ pub(super) struct Report {
 
 /// Queues what the rules ask for a message that just changed (see [`Rules::plan`]): each
 /// (message, rule) at most once, in the same transaction as the events. Each outcome is added
-/// to `report`.
+/// to `report`; returns the ids of the actions created, for the message's record.
 fn queue_actions(
     tx: &ActionTx<'_>,
     rules: &Rules,
@@ -309,10 +310,14 @@ fn queue_actions(
     facets: Vec<(String, String)>,
     now: DateTime<Utc>,
     report: &mut Vec<(String, String, &'static str)>,
-) -> TxResult<()> {
+) -> TxResult<Vec<String>> {
+    let mut created = Vec::new();
     for planned in rules.plan(state, &facets, now, |id| tx.load(id))? {
         match &planned {
-            Planned::Create(action) => tx.create(action)?,
+            Planned::Create(action) => {
+                tx.create(action)?;
+                created.push(action.id.clone());
+            }
             Planned::Cancel { old, new } => tx.update(old, new)?,
         }
         let action = planned.action();
@@ -322,7 +327,7 @@ fn queue_actions(
             planned.outcome(),
         ));
     }
-    Ok(())
+    Ok(created)
 }
 
 /// The messages a batch touches, before and after.

@@ -10,7 +10,7 @@
 //!
 //! | tree            | key                                         | value                              |
 //! |-----------------|---------------------------------------------|------------------------------------|
-//! | `messages`      | message id                                  | versioned compact record: the timeline, see [`record`] (duplicates are checked against it) |
+//! | `messages`      | message id                                  | versioned compact record: the timeline and the ids of the message's actions, see [`record`] (duplicates are checked against it) |
 //! | `dedupe`        | `r\0<provider>\0<sha256 of raw>` (quarantined) | first seen, unix seconds (u64 BE) |
 //! |                 | `o\0<event fingerprint, u64 BE>` (an event summarized past `max_events_per_message`) | first seen, unix seconds (u64 BE) |
 //! | `idx_callback`  | `<field>\0<value>\0<message id>`            | empty                              |
@@ -22,8 +22,7 @@
 //! |                 | `recipient_index`                           | `e164` once `idx_recipient` uses normalized keys |
 //! |                 | `format`                                    | the store's format, one byte (see [`upgrade`]) |
 //! | `actions`       | action id (`act_<hex>`, from message id and rule) | `Action` JSON                |
-//! | `action_idx`    | `a\0<created><id>`, `r\0<rule>\0<created><id>`, `s\0<state>\0<created><id>`, `q\0<rule>\0<state>\0<created><id>` | empty (`<created>` is unix ms, u64 BE) |
-//! |                 | `m\0<message id>\0<action id>`              | empty                              |
+//! | `action_idx`    | `s\0<state>\0<created><id>`, `q\0<rule>\0<state>\0<created><id>` (listing all actions or a rule's merges the six states) | empty (`<created>` is unix ms, u64 BE) |
 //! | `outbox`        | `<target>\0<due unix ms, u64 BE><action id>` | empty                            |
 //! | `inflight`      | action id                                   | empty                              |
 //!
@@ -430,6 +429,74 @@ mod tests {
                 .unwrap()[0],
             0xF1,
             "the message is a versioned record now"
+        );
+    }
+
+    #[tokio::test]
+    async fn format_1_action_entries_move_into_the_records_and_go() {
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("format", &[1]).unwrap();
+        meta.insert("recipient_index", "e164").unwrap();
+        let record = record::Record::decode("wamid.OLD==", OLD_STATE.as_bytes()).unwrap();
+        let mut v1 = record.encode().unwrap();
+        v1.pop(); // format 1 had no action list
+        v1[1] = 1;
+        db.open_tree("messages")
+            .unwrap()
+            .insert("wamid.OLD==", v1)
+            .unwrap();
+        let index = db.open_tree("action_idx").unwrap();
+        let created = 5u64.to_be_bytes();
+        for id in ["act_b", "act_a"] {
+            for k in [
+                key(&[b"m", b"wamid.OLD==", id.as_bytes()]),
+                [key(&[b"a", b""]), created.to_vec(), id.as_bytes().to_vec()].concat(),
+                [
+                    key(&[b"r", b"rule", b""]),
+                    created.to_vec(),
+                    id.as_bytes().to_vec(),
+                ]
+                .concat(),
+                [
+                    key(&[b"s", b"dead", b""]),
+                    created.to_vec(),
+                    id.as_bytes().to_vec(),
+                ]
+                .concat(),
+            ] {
+                index.insert(k, &[]).unwrap();
+            }
+        }
+        let settings = StoreSettings::default();
+        let store = SledStore::with_db(db, &settings, Arc::new(Rules::default())).unwrap();
+        let bytes = store
+            .inner
+            .trees
+            .messages
+            .get("wamid.OLD==")
+            .unwrap()
+            .unwrap();
+        let upgraded = record::Record::decode("wamid.OLD==", &bytes).unwrap();
+        assert_eq!(bytes[1], record::VERSION);
+        assert_eq!(upgraded.actions, ["act_a", "act_b"]);
+        assert_eq!(upgraded.state, record.state);
+        let left: Vec<u8> = store
+            .inner
+            .trees
+            .action_idx
+            .iter()
+            .map(|e| e.unwrap().0[0])
+            .collect();
+        assert_eq!(left, b"ss", "only the state entries stay");
+        // Opening again changes nothing.
+        assert_eq!(
+            store.inner.trees.meta.get("format").unwrap().as_deref(),
+            Some(&[record::VERSION][..])
         );
     }
 }

@@ -12,6 +12,10 @@
 //! A record may also hold `purged`: 8-byte fingerprints of events whose message retention
 //! purged while they were still inside `store.dedupe_days` (a tombstone when there is no
 //! timeline), so that a provider retrying one of them is still told it is a duplicate.
+//!
+//! Format 2 adds `actions`: the ids of the follow-ups the message's events queued, so that a
+//! message's actions are found through its record instead of an index entry each. A format 1
+//! record reads as one without actions (the upgrade at open moves them in).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -26,7 +30,7 @@ use crate::domain::{
 /// First byte of every versioned record (no JSON text starts with it).
 const MAGIC: u8 = 0xF1;
 /// The format this build writes.
-pub(super) const VERSION: u8 = 1;
+pub(super) const VERSION: u8 = 2;
 
 /// What one key of `messages` holds.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -34,6 +38,8 @@ pub(super) struct Record {
     /// `None` for a tombstone.
     pub state: Option<MessageState>,
     pub purged: Vec<u64>,
+    /// Ids of the actions queued for this message, in the order they were queued.
+    pub actions: Vec<String>,
 }
 
 impl Record {
@@ -65,20 +71,23 @@ impl Record {
         }
         purged.sort_unstable();
         purged.dedup();
+        // Its actions are purged with it.
         Record {
             state: None,
             purged,
+            actions: Vec::new(),
         }
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        Self::encode_parts(self.state.as_ref(), &self.purged)
+        Self::encode_parts(self.state.as_ref(), &self.purged, &self.actions)
     }
 
-    /// The bytes of a record with this state and purged fingerprints, without building one.
+    /// The bytes of a record with these parts, without building one.
     pub fn encode_parts(
         state: Option<&MessageState>,
         purged: &[u64],
+        actions: &[String],
     ) -> Result<Vec<u8>, StoreError> {
         let mut callbacks: Vec<StoredCallback> = Vec::new();
         let events = state
@@ -102,12 +111,13 @@ impl Record {
                     .as_ref()
                     .map(|e| StoredEvent::from_timeline(e, &mut callbacks)),
             });
-        let stored = StoredV1 {
+        let stored = Stored {
             callbacks,
             events,
             purged: purged.to_vec(),
             summary,
             recipient_e164: state.and_then(|s| s.recipient_e164.clone()),
+            actions: actions.to_vec(),
         };
         let mut out = vec![MAGIC, VERSION];
         postcard::to_io(&stored, &mut out).map_err(encoding)?;
@@ -116,8 +126,12 @@ impl Record {
 
     pub fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
         match bytes {
-            [MAGIC, VERSION, rest @ ..] => {
-                let stored: StoredV1 = postcard::from_bytes(rest).map_err(encoding)?;
+            [MAGIC, version @ (1 | VERSION), rest @ ..] => {
+                let stored = if *version == 1 {
+                    Stored::from(postcard::from_bytes::<StoredV1>(rest).map_err(encoding)?)
+                } else {
+                    postcard::from_bytes::<Stored>(rest).map_err(encoding)?
+                };
                 let message_id = MessageId::parse(id).map_err(StoreError::Corrupt)?;
                 // Each distinct callback decoded once, then shared by its events.
                 let callbacks: Vec<CallbackData> = stored
@@ -156,6 +170,7 @@ impl Record {
                         stored.recipient_e164,
                     ),
                     purged: stored.purged,
+                    actions: stored.actions,
                 })
             }
             [MAGIC, version, ..] => Err(StoreError::Corrupt(format!(
@@ -167,7 +182,7 @@ impl Record {
                 let old: MessageState = serde_json::from_slice(json)?;
                 Ok(Record {
                     state: MessageState::from_events(old.message_id, old.events, None),
-                    purged: Vec::new(),
+                    ..Record::default()
                 })
             }
         }
@@ -214,14 +229,39 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("8 of 32 bytes"))
 }
 
+/// A record as this build writes it (format 2).
 #[derive(Serialize, Deserialize)]
-struct StoredV1 {
+struct Stored {
     callbacks: Vec<StoredCallback>,
     events: Vec<StoredEvent>,
     purged: Vec<u64>,
     summary: Option<StoredSummary>,
     /// The recipient's E.164 form, so that reading a record never normalizes a number again.
     recipient_e164: Option<String>,
+    actions: Vec<String>,
+}
+
+/// Format 1: format 2 without `actions` (postcard's fields are positional).
+#[derive(Deserialize)]
+struct StoredV1 {
+    callbacks: Vec<StoredCallback>,
+    events: Vec<StoredEvent>,
+    purged: Vec<u64>,
+    summary: Option<StoredSummary>,
+    recipient_e164: Option<String>,
+}
+
+impl From<StoredV1> for Stored {
+    fn from(v1: StoredV1) -> Self {
+        Stored {
+            callbacks: v1.callbacks,
+            events: v1.events,
+            purged: v1.purged,
+            summary: v1.summary,
+            recipient_e164: v1.recipient_e164,
+            actions: Vec::new(),
+        }
+    }
 }
 
 /// A [`Summary`] as stored.
@@ -353,6 +393,7 @@ mod tests {
         let record = Record {
             state: Some(s),
             purged: vec![7],
+            actions: vec!["act_1".into()],
         };
         let bytes = record.encode().unwrap();
         assert_eq!(Record::decode("wamid.REC==", &bytes).unwrap(), record);
@@ -362,13 +403,28 @@ mod tests {
     fn callback_data_is_stored_once_per_distinct_value() {
         let three = Record {
             state: Some(state(&[("sent", 1), ("delivered", 2), ("read", 3)])),
-            purged: vec![],
+            ..Record::default()
         };
         let bytes = three.encode().unwrap();
         let raw = br#"{"campaign":"c"}"#;
         let copies = bytes.windows(raw.len()).filter(|w| w == raw).count();
         assert_eq!(copies, 1);
         assert!(bytes.len() < 300, "{} bytes for three events", bytes.len());
+    }
+
+    #[test]
+    fn a_format_1_record_reads_as_one_without_actions() {
+        let s = state(&[("sent", 1), ("read", 2)]);
+        let v2 = Record {
+            state: Some(s),
+            purged: vec![3],
+            actions: vec![],
+        };
+        let mut bytes = v2.encode().unwrap();
+        // Format 1 is format 2 without the trailing (here empty) action list.
+        assert_eq!(bytes.pop(), Some(0));
+        bytes[1] = 1;
+        assert_eq!(Record::decode("wamid.REC==", &bytes).unwrap(), v2);
     }
 
     #[test]
@@ -390,9 +446,14 @@ mod tests {
         let record = Record {
             state: Some(state(&[("sent", 1), ("read", 2)])),
             purged: vec![],
+            actions: vec!["act_1".into()],
         };
         let tomb = record.tombstone();
         assert!(tomb.state.is_none());
+        assert!(
+            tomb.actions.is_empty(),
+            "actions are purged with the message"
+        );
         let mut again = Event::test_status("wamid.REC==", "read", 2);
         again.at += chrono::Duration::nanoseconds(123_456_789);
         assert!(tomb.has_seen(&again));

@@ -73,8 +73,7 @@ impl SledStore {
             {
                 let (k, _) = entry?;
                 let id = String::from_utf8_lossy(k.get(8..).unwrap_or_default()).into_owned();
-                let actions = self.message_action_ids(&id)?;
-                batch.push((k.to_vec(), id, actions));
+                batch.push((k.to_vec(), id));
             }
             let Some(last) = batch.last() else {
                 return Ok(());
@@ -117,7 +116,7 @@ impl SledStore {
                             inflight: Some(inflight),
                         };
                         let (mut n_messages, mut n_actions, mut n_tombstones) = (0, 0, 0);
-                        for (k, id, action_ids) in &batch {
+                        for (k, id) in &batch {
                             let Some(bytes) = messages.get(id.as_bytes())? else {
                                 idx_time.remove(k.as_slice())?;
                                 continue;
@@ -150,7 +149,7 @@ impl SledStore {
                             let old = Derived::of(Some(state), fields);
                             filing.refile(&state.message_id, old.as_ref(), None)?;
                             n_messages += 1;
-                            for action_id in action_ids {
+                            for action_id in &record.actions {
                                 if let Some(action) = action_tx.load(action_id)? {
                                     action_tx.delete(&action)?;
                                     n_actions += 1;

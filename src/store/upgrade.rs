@@ -30,6 +30,9 @@ pub(super) fn run(trees: &Trees) -> Result<(), StoreError> {
     if format < 1 {
         to_records(trees)?;
     }
+    if format < 2 {
+        actions_into_records(trees)?;
+    }
     trees.meta.insert(FORMAT, &[VERSION])?;
     Ok(())
 }
@@ -69,6 +72,76 @@ fn to_records(trees: &Trees) -> Result<(), StoreError> {
         "store upgraded to format {VERSION}"
     );
     Ok(())
+}
+
+/// Format 1 to 2: a message's actions, listed under `m\0<message>\0<action>` in
+/// `action_idx`, move into its record, and the `a` (all actions) and `r` (by rule) entries go:
+/// listings merge the per-state entries instead. Three fewer keys per action.
+fn actions_into_records(trees: &Trees) -> Result<(), StoreError> {
+    if trees.action_idx.first()?.is_none() {
+        return Ok(());
+    }
+    tracing::warn!(
+        "upgrading the store to format {VERSION} (a message's actions listed in its record); \
+         this runs once. A copy taken before with the previous release's `flowhook export` can \
+         be restored with `flowhook import` into an empty store"
+    );
+    let started = std::time::Instant::now();
+    let mut records = Batches::new(&trees.messages);
+    let mut current: Option<(Vec<u8>, Vec<String>)> = None;
+    for entry in trees.action_idx.scan_prefix(b"m\0") {
+        let (k, _) = entry?;
+        let Some(split) = k.iter().rposition(|b| *b == 0).filter(|at| *at > 2) else {
+            continue;
+        };
+        let (message, action) = (&k[2..split], &k[split + 1..]);
+        let action = String::from_utf8_lossy(action).into_owned();
+        match &mut current {
+            Some((m, ids)) if m.as_slice() == message => ids.push(action),
+            _ => {
+                if let Some((m, ids)) = current.replace((message.to_vec(), vec![action])) {
+                    list_actions(trees, &mut records, m, ids)?;
+                }
+            }
+        }
+    }
+    if let Some((m, ids)) = current {
+        list_actions(trees, &mut records, m, ids)?;
+    }
+    let records = records.finish()?;
+    let mut index = Batches::new(&trees.action_idx);
+    for prefix in [&b"m\0"[..], b"a\0", b"r\0"] {
+        for entry in trees.action_idx.scan_prefix(prefix) {
+            index.remove(entry?.0)?;
+        }
+    }
+    let removed = index.finish()?;
+    tracing::warn!(
+        records,
+        index_keys_removed = removed,
+        seconds = started.elapsed().as_secs_f64(),
+        "store upgraded to format {VERSION}"
+    );
+    Ok(())
+}
+
+/// Adds action ids to a message's record (each once, so that repeating it changes nothing).
+fn list_actions(
+    trees: &Trees,
+    records: &mut Batches<'_>,
+    message: Vec<u8>,
+    ids: Vec<String>,
+) -> Result<(), StoreError> {
+    let Some(bytes) = trees.messages.get(&message)? else {
+        return Ok(());
+    };
+    let mut record = Record::decode(&String::from_utf8_lossy(&message), &bytes)?;
+    for id in ids {
+        if !record.actions.contains(&id) {
+            record.actions.push(id);
+        }
+    }
+    records.insert(message, record.encode()?)
 }
 
 /// The `meta` key that says `idx_recipient` files recipients under
