@@ -11,12 +11,12 @@ use flowhook::config::{BikSettings, Durability, StoreSettings};
 use flowhook::domain::Provider;
 use flowhook::providers::{bik, ParseContext};
 use flowhook::rules::Target;
-use flowhook::store::{clock_ms, Attempt, RetryPolicy, Store};
+use flowhook::store::{clock_ms, Attempt, ClaimToken, RetryPolicy, Store};
 
 struct NoRetry;
 
 impl RetryPolicy for NoRetry {
-    fn delay(&self, _: &str, _: u32) -> Option<chrono::Duration> {
+    fn delay(&self, _: &str, _: u32, _: Option<chrono::Duration>) -> Option<chrono::Duration> {
         None
     }
 }
@@ -32,11 +32,11 @@ async fn deliver_all(store: &Store) -> anyhow::Result<usize> {
         if due.is_empty() {
             return Ok(delivered);
         }
-        let done: Vec<(String, Attempt)> = store
+        let done: Vec<(ClaimToken, Attempt)> = store
             .claim_many(&due)?
             .into_iter()
             .flatten()
-            .map(|a| (a.id, Attempt::Delivered { status: 200 }))
+            .map(|a| (a.claim_token(), Attempt::Delivered { status: 200 }))
             .collect();
         delivered += done.len();
         store.complete_many(&done, &NoRetry).await?;

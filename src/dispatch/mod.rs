@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::config::{DispatchSettings, Limits, Settings};
 use crate::rules::{Rules, Target};
 use crate::store::{
-    clock_ms, Action, ActionState, Attempt, DueEntry, RetryPolicy, Store, StoreError,
+    clock_ms, Action, ActionState, Attempt, ClaimToken, DueEntry, RetryPolicy, Store, StoreError,
 };
 pub use send::Sender;
 
@@ -145,19 +145,33 @@ impl From<&DispatchSettings> for Schedule {
 }
 
 impl RetryPolicy for Schedule {
-    fn delay(&self, action_id: &str, failures: u32) -> Option<chrono::Duration> {
-        let base = *self.seconds.get(failures.checked_sub(1)? as usize)?;
-        // Spread retries of actions that failed together, the same way every time for one
-        // action and attempt (so a test can predict the bounds).
+    /// The schedule's step for this failure, scaled by a factor in `[1 - jitter, 1 + jitter]`.
+    /// A longer `Retry-After` replaces it, spread the same width but only upwards (scaled by
+    /// `[1, 1 + 2 * jitter]`), so a target that asked for a pause never hears from flowhook
+    /// early, and the actions it turned away together do not come back in lockstep.
+    fn delay(
+        &self,
+        action_id: &str,
+        failures: u32,
+        at_least: Option<chrono::Duration>,
+    ) -> Option<chrono::Duration> {
+        let step = *self.seconds.get(failures.checked_sub(1)? as usize)?;
+        // The same spread every time for one action and attempt (so a test can predict it).
         let digest = Sha256::new()
             .chain_update(action_id.as_bytes())
             .chain_update(failures.to_be_bytes())
             .finalize();
         let unit =
             u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
-        let factor = 1.0 + self.jitter * (unit * 2.0 - 1.0);
+        let scheduled = step * (1.0 + self.jitter * (unit * 2.0 - 1.0));
+        let asked = at_least.map_or(0.0, |d| d.num_milliseconds().max(0) as f64 / 1000.0);
+        let seconds = if asked > scheduled {
+            asked * (1.0 + 2.0 * self.jitter * unit)
+        } else {
+            scheduled
+        };
         Some(chrono::Duration::milliseconds(
-            (base * factor * 1000.0).round() as i64,
+            (seconds * 1000.0).round() as i64
         ))
     }
 }
@@ -223,7 +237,7 @@ struct Calls {
 
 /// A finished call's outcome, on its way to the store, and where to answer once it is there.
 type Record = (
-    String,
+    ClaimToken,
     Attempt,
     oneshot::Sender<Result<Option<Action>, StoreError>>,
 );
@@ -234,19 +248,20 @@ const RECORD_BATCH: usize = 256;
 /// Hands an outcome to [`record_outcomes`] and waits until it is on disk.
 async fn record(
     records: &mpsc::UnboundedSender<Record>,
-    id: String,
+    claim: ClaimToken,
     attempt: Attempt,
 ) -> Result<Option<Action>, StoreError> {
     let (reply, answer) = oneshot::channel();
     records
-        .send((id, attempt, reply))
+        .send((claim, attempt, reply))
         .map_err(|_| StoreError::Closed)?;
     answer.await.unwrap_or(Err(StoreError::Closed))
 }
 
 /// Records finished calls' outcomes: what has queued up goes in one transaction and one
 /// flush, instead of one each. If that fails, each is tried alone, so one bad action cannot
-/// hold the others back.
+/// hold the others back; an outcome the failed try did record is not recorded twice (it
+/// applies once per claim), only made durable.
 async fn record_outcomes(
     store: Store,
     policy: Arc<Schedule>,
@@ -256,7 +271,7 @@ async fn record_outcomes(
     while records.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let (done, replies): (Vec<_>, Vec<_>) = batch
             .drain(..)
-            .map(|(id, attempt, reply)| ((id, attempt), reply))
+            .map(|(claim, attempt, reply)| ((claim, attempt), reply))
             .unzip();
         match store.complete_many(&done, &*policy).await {
             Ok(recorded) => {
@@ -265,8 +280,8 @@ async fn record_outcomes(
                 }
             }
             Err(_) => {
-                for ((id, attempt), reply) in done.iter().zip(replies) {
-                    let _ = reply.send(store.complete(id, attempt, &*policy).await);
+                for ((claim, attempt), reply) in done.iter().zip(replies) {
+                    let _ = reply.send(store.complete(claim, attempt, &*policy).await);
                 }
             }
         }
@@ -412,7 +427,7 @@ impl Calls {
                 .record(elapsed);
             // The slot stays taken until the outcome is on disk: at most `max_in_flight`
             // calls per target can be repeated after a crash.
-            let recorded = record(&records, action.id.clone(), attempt.clone()).await;
+            let recorded = record(&records, action.claim_token(), attempt.clone()).await;
             drop(permit);
             match recorded {
                 Ok(Some(done)) => log_outcome(&done, &attempt, elapsed_ms, late_ms),
@@ -450,5 +465,62 @@ fn log_outcome(action: &Action, attempt: &Attempt, elapsed_ms: u64, late_ms: u64
             error = action.last_error.as_deref().unwrap_or(""),
             "follow-up is dead"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration as Span;
+
+    fn schedule(jitter: f64) -> Schedule {
+        Schedule {
+            seconds: vec![5.0, 30.0],
+            jitter,
+        }
+    }
+
+    fn ms(d: Option<Span>) -> i64 {
+        d.expect("a next attempt").num_milliseconds()
+    }
+
+    #[test]
+    fn the_schedule_spreads_each_step_both_ways() {
+        let s = schedule(0.2);
+        let delays: Vec<i64> = (0..500)
+            .map(|i| ms(s.delay(&format!("act_{i}"), 1, None)))
+            .collect();
+        assert!(delays.iter().all(|d| (4_000..=6_000).contains(d)));
+        assert!(delays.iter().any(|d| *d < 4_500) && delays.iter().any(|d| *d > 5_500));
+        assert_eq!(s.delay("act_1", 3, None), None, "the schedule ran out");
+    }
+
+    #[test]
+    fn retry_after_never_shortens_the_schedule() {
+        let s = schedule(0.2);
+        for i in 0..200 {
+            let id = format!("act_{i}");
+            let plain = s.delay(&id, 2, None);
+            assert_eq!(s.delay(&id, 2, Some(Span::zero())), plain);
+            assert_eq!(s.delay(&id, 2, Some(Span::seconds(10))), plain);
+        }
+    }
+
+    #[test]
+    fn a_longer_retry_after_is_kept_and_spread_upwards() {
+        let s = schedule(0.2);
+        let delays: Vec<i64> = (0..2_000)
+            .map(|i| ms(s.delay(&format!("act_{i}"), 1, Some(Span::seconds(15)))))
+            .collect();
+        assert!(delays.iter().all(|d| (15_000..=21_000).contains(d)));
+        let distinct: std::collections::HashSet<_> = delays.iter().map(|d| d / 100).collect();
+        assert!(
+            distinct.len() > 40,
+            "not in lockstep: {} slots",
+            distinct.len()
+        );
+        // Without jitter, exactly what was asked.
+        let exact = schedule(0.0).delay("act_1", 1, Some(Span::seconds(15)));
+        assert_eq!(ms(exact), 15_000);
     }
 }

@@ -150,7 +150,25 @@ pub enum Attempt {
 /// When the next attempt of a failed action should be, if any.
 pub trait RetryPolicy {
     /// `failures` counts the failed attempts since the schedule (re)started, from 1.
-    fn delay(&self, action_id: &str, failures: u32) -> Option<Duration>;
+    /// `at_least` is what the target asked for (`Retry-After`): it can lengthen the delay,
+    /// never shorten it.
+    fn delay(&self, action_id: &str, failures: u32, at_least: Option<Duration>)
+        -> Option<Duration>;
+}
+
+/// Which claim an outcome belongs to: the action and the attempt it was claimed for. An
+/// outcome is recorded once per claim, so recording it again (after a flush failed and the
+/// first write may or may not have stayed) changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToken {
+    id: String,
+    attempt: u32,
+}
+
+impl ClaimToken {
+    pub fn action_id(&self) -> &str {
+        &self.id
+    }
 }
 
 impl Action {
@@ -160,6 +178,20 @@ impl Action {
         new.in_flight = true;
         new.attempts += 1;
         new
+    }
+
+    /// The token of this claim (of an action as [`Action::claimed`] returned it).
+    pub fn claim_token(&self) -> ClaimToken {
+        ClaimToken {
+            id: self.id.clone(),
+            attempt: self.attempts,
+        }
+    }
+
+    /// Whether an outcome of `claim` is still to be recorded: the action is in flight for
+    /// that very attempt.
+    pub fn awaits(&self, claim: &ClaimToken) -> bool {
+        self.in_flight && self.id == claim.id && self.attempts == claim.attempt
     }
 
     /// What an attempt made of a claimed action: delivered, retrying when the schedule has a
@@ -191,9 +223,8 @@ impl Action {
                 new.last_status = *status;
                 new.last_response = body.clone();
                 let failures = new.attempts.saturating_sub(new.schedule_from);
-                match policy.delay(&self.id, failures) {
+                match policy.delay(&self.id, failures, *retry_after) {
                     Some(delay) => {
-                        let delay = retry_after.map_or(delay, |r| r.max(Duration::zero()));
                         new.state = ActionState::Retrying;
                         new.next_attempt_at = Some(now + delay);
                     }
@@ -271,9 +302,9 @@ mod tests {
     struct Steps(Vec<i64>);
 
     impl RetryPolicy for Steps {
-        fn delay(&self, _: &str, failures: u32) -> Option<Duration> {
-            let step = self.0.get(failures.checked_sub(1)? as usize)?;
-            Some(Duration::seconds(*step))
+        fn delay(&self, _: &str, failures: u32, at_least: Option<Duration>) -> Option<Duration> {
+            let step = Duration::seconds(*self.0.get(failures.checked_sub(1)? as usize)?);
+            Some(at_least.map_or(step, |a| a.max(step)))
         }
     }
 
@@ -353,12 +384,31 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_sets_the_next_attempt() {
+    fn retry_after_can_only_lengthen_the_next_attempt() {
         let policy = Steps(vec![5]);
         let later = pending()
             .claimed()
             .after_attempt(&retry(Some(60)), &policy, now());
         assert_eq!(later.next_attempt_at, Some(now() + Duration::seconds(60)));
+        let now_please = pending()
+            .claimed()
+            .after_attempt(&retry(Some(0)), &policy, now());
+        assert_eq!(
+            now_please.next_attempt_at,
+            Some(now() + Duration::seconds(5))
+        );
+    }
+
+    #[test]
+    fn an_outcome_belongs_to_one_claim() {
+        let claimed = pending().claimed();
+        let claim = claimed.claim_token();
+        assert!(claimed.awaits(&claim));
+        let after = claimed.after_attempt(&retry(None), &Steps(vec![5]), now());
+        assert!(!after.awaits(&claim), "recorded: not in flight any more");
+        let again = after.claimed();
+        assert!(!again.awaits(&claim), "a later claim is another attempt");
+        assert!(again.awaits(&again.claim_token()));
     }
 
     #[test]

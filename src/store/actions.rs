@@ -25,7 +25,7 @@ use super::record::Record;
 use super::{abort, from_json, json_bytes, key, SledStore, StoreError, Ticket, TxResult};
 use crate::domain::MessageState;
 use crate::observe;
-pub use crate::rules::lifecycle::{Action, ActionState, Attempt, RetryPolicy};
+pub use crate::rules::lifecycle::{Action, ActionState, Attempt, ClaimToken, RetryPolicy};
 use crate::rules::{reached, Target};
 
 impl Action {
@@ -437,11 +437,11 @@ impl SledStore {
     /// crash can repeat only calls still in flight).
     pub async fn complete(
         &self,
-        id: &str,
+        claim: &ClaimToken,
         attempt: &Attempt,
         policy: &(dyn RetryPolicy + Sync),
     ) -> Result<Option<Action>, StoreError> {
-        let done = [(id.to_owned(), attempt.clone())];
+        let done = [(claim.clone(), attempt.clone())];
         Ok(self.complete_many(&done, policy).await?.pop().flatten())
     }
 
@@ -449,7 +449,7 @@ impl SledStore {
     /// order.
     pub async fn complete_many(
         &self,
-        done: &[(String, Attempt)],
+        done: &[(ClaimToken, Attempt)],
         policy: &(dyn RetryPolicy + Sync),
     ) -> Result<Vec<Option<Action>>, StoreError> {
         if done.is_empty() {
@@ -458,11 +458,15 @@ impl SledStore {
         let (recorded, ticket) = self.action_tx_ticket(|tx, _| {
             let now = crate::domain::now();
             done.iter()
-                .map(|(id, attempt)| record_attempt(tx, id, attempt, policy, now))
+                .map(|(claim, attempt)| record_attempt(tx, claim, attempt, policy, now))
                 .collect::<TxResult<Vec<_>>>()
         })?;
         self.wait_durable(ticket).await?;
-        for action in recorded.iter().flatten() {
+        // Counted once: an outcome recorded before (a second try after a failed flush) is not.
+        for action in recorded
+            .iter()
+            .filter_map(|(action, new)| action.as_ref().filter(|_| *new))
+        {
             let outcome = match action.state {
                 ActionState::Delivered => "delivered",
                 ActionState::Retrying => "retried",
@@ -470,7 +474,7 @@ impl SledStore {
             };
             observe::action(&action.rule, &action.action, outcome);
         }
-        Ok(recorded)
+        Ok(recorded.into_iter().map(|(action, _)| action).collect())
     }
 
     /// Puts every action a crash left in flight back in the outbox, due now.
@@ -610,24 +614,29 @@ fn claim_one(tx: &ActionTx<'_>, messages: &TransactionalTree, entry: &DueEntry) 
     Ok(Claim::Send(new))
 }
 
-/// Records one attempt inside a transaction (see [`Store::complete`]).
+/// Records one attempt inside a transaction (see [`Store::complete`]): the action after it,
+/// and whether this call recorded it (false when the claim's outcome already was).
 fn record_attempt(
     tx: &ActionTx<'_>,
-    id: &str,
+    claim: &ClaimToken,
     attempt: &Attempt,
     policy: &(dyn RetryPolicy + Sync),
     now: DateTime<Utc>,
-) -> TxResult<Option<Action>> {
+) -> TxResult<(Option<Action>, bool)> {
+    let id = claim.action_id();
     let Some(old) = tx.load(id)? else {
         // Purged while in flight: only its mark is left.
         if let Some(inflight) = tx.inflight {
             inflight.remove(id.as_bytes())?;
         }
-        return Ok(None);
+        return Ok((None, false));
     };
+    if !old.awaits(claim) {
+        return Ok((Some(old), false));
+    }
     let new = old.after_attempt(attempt, policy, now);
     tx.update(&old, &new)?;
-    Ok(Some(new))
+    Ok((Some(new), true))
 }
 
 enum Claim {
@@ -647,4 +656,92 @@ pub enum RetryOutcome {
 /// `now` in unix ms, the outbox's clock.
 pub fn clock_ms() -> u64 {
     Utc::now().timestamp_millis().max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreSettings;
+    use crate::domain::Event;
+    use crate::store::IngestItem;
+
+    struct Steps;
+
+    impl RetryPolicy for Steps {
+        fn delay(
+            &self,
+            _: &str,
+            failures: u32,
+            _: Option<chrono::Duration>,
+        ) -> Option<chrono::Duration> {
+            (failures < 3).then(|| chrono::Duration::seconds(60 * i64::from(failures)))
+        }
+    }
+
+    async fn store_with_one_due_action() -> SledStore {
+        let rules = crate::rules::tests::rules_for(
+            r#"
+[[rules]]
+name = "on-read"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
+"#,
+        );
+        let store = crate::store::temporary_with(&StoreSettings::default(), rules);
+        let read = Event::test_status("wamid.ONCE==", "read", 1);
+        store
+            .ingest(
+                crate::domain::Provider::Bik,
+                vec![IngestItem::Event(Box::new(read))],
+                crate::domain::now(),
+            )
+            .await
+            .unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn an_outcome_is_recorded_once_per_claim() {
+        let store = store_with_one_due_action().await;
+        let due = store.due_actions(Target::Http, clock_ms(), 10).unwrap();
+        let claimed = store.claim_many(&due).unwrap().pop().flatten().unwrap();
+        let claim = claimed.claim_token();
+        let busy = Attempt::Retry {
+            error: "busy".into(),
+            status: Some(503),
+            body: None,
+            retry_after: None,
+        };
+        let first = store
+            .complete(&claim, &busy, &Steps)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.state, ActionState::Retrying);
+        // The same outcome again (as after a flush that failed although the write stayed):
+        // nothing moves, not the schedule, not the counts.
+        let again = store
+            .complete(&claim, &busy, &Steps)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again, first);
+        let delivered = Attempt::Delivered { status: 200 };
+        let late = store
+            .complete(&claim, &delivered, &Steps)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            late.state,
+            ActionState::Retrying,
+            "an old claim's outcome is stale"
+        );
+        let counts: std::collections::HashMap<_, _> =
+            store.action_counts().unwrap().into_iter().collect();
+        assert_eq!(counts.get(&ActionState::Retrying), Some(&1));
+        assert_eq!(counts.get(&ActionState::Delivered).copied().unwrap_or(0), 0);
+    }
 }

@@ -16,9 +16,9 @@ use std::io::{BufRead, Write};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Action, ActionFilter, ActionState, Attempt, BackupError, DueEntry, Group, IngestItem,
-    IngestOutcome, Lookup, Moved, Page, Purged, RejectedEvent, RetryOutcome, RetryPolicy,
-    SledStore, StoreError,
+    Action, ActionFilter, ActionState, Attempt, BackupError, ClaimToken, DueEntry, Group,
+    IngestItem, IngestOutcome, Lookup, Moved, Page, Purged, RejectedEvent, RetryOutcome,
+    RetryPolicy, SledStore, StoreError,
 };
 use crate::config::StoreSettings;
 use crate::domain::{MessageState, Provider};
@@ -170,20 +170,22 @@ impl Store {
         on_backend!(self, b => b.claim_many(entries))
     }
 
-    /// Records how a claimed action's attempt went; returns once that is durable.
+    /// Records how a claimed action's attempt went, once per claim (recording the same claim
+    /// again changes nothing and returns the action as it is); returns once that is durable.
+    /// `None` when the action is gone (purged while in flight).
     pub async fn complete(
         &self,
-        id: &str,
+        claim: &ClaimToken,
         attempt: &Attempt,
         policy: &(dyn RetryPolicy + Sync),
     ) -> Result<Option<Action>, StoreError> {
-        on_backend!(self, b => b.complete(id, attempt, policy).await)
+        on_backend!(self, b => b.complete(claim, attempt, policy).await)
     }
 
     /// [`Store::complete`] for several attempts at once.
     pub async fn complete_many(
         &self,
-        done: &[(String, Attempt)],
+        done: &[(ClaimToken, Attempt)],
         policy: &(dyn RetryPolicy + Sync),
     ) -> Result<Vec<Option<Action>>, StoreError> {
         on_backend!(self, b => b.complete_many(done, policy).await)

@@ -47,7 +47,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use actions::{
-    clock_ms, Action, ActionFilter, ActionState, Attempt, DueEntry, RetryOutcome, RetryPolicy,
+    clock_ms, Action, ActionFilter, ActionState, Attempt, ClaimToken, DueEntry, RetryOutcome,
+    RetryPolicy,
 };
 pub use api::Store;
 pub use backup::{BackupError, Moved};

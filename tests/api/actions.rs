@@ -364,6 +364,31 @@ async fn retry_after_is_honoured() {
 }
 
 #[tokio::test]
+async fn retry_after_zero_does_not_shorten_the_schedule() {
+    let mock = MockServer::start().await;
+    let script = Script::new(
+        vec![
+            ResponseTemplate::new(429).insert_header("Retry-After", "0"),
+            ResponseTemplate::new(503).insert_header("Retry-After", "0"),
+        ],
+        ResponseTemplate::new(200),
+    );
+    script.mount(&mock).await;
+    let rules = hook_rule(&mock.uri(), r#"["read"]"#, "").replace("[0.05, 0.05]", "[0.4, 0.4]");
+    let app = spawn_app_with_rules(&rules).await;
+    let id = "wamid.NOWPLEASE==";
+    post_read(&app, id).await;
+    app.wait_for_actions(id, all_in("delivered", 1)).await;
+    let seen = script.requests();
+    assert_eq!(seen.len(), 3);
+    for pair in seen.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        // "Retry-After: 0" is not a reason to retry sooner than the schedule's 400 ms.
+        assert!(gap >= Duration::from_millis(390), "retried after {gap:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_client_error_is_final_and_keeps_the_answer_until_retried_by_hand() {
     let mock = MockServer::start().await;
     let script = Script::new(
