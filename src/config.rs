@@ -353,7 +353,7 @@ pub enum Trigger {
     MissingStatus,
 }
 
-/// One `[[rules]]` entry as written; see CONTRACT section 4.
+/// One `[[rules]]` entry as written (README, "Rules and follow-ups").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSettings {

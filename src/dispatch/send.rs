@@ -1,5 +1,6 @@
 //! One attempt: build the request from a stored action and today's `[targets.*]`, send it,
-//! and classify the answer (CONTRACT section 4).
+//! and classify the answer: 2xx is delivered unless its JSON body says otherwise; 408, 429,
+//! 5xx and network errors are retried; anything else is final.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -19,7 +19,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     info(
         title = "flowhook",
         description = "Verified webhooks in, durable message state, follow-ups out. \
-                       See CONTRACT.md for the semantics."
+                       Providers post status updates and link clicks to /webhooks/{provider}; \
+                       a 200 means the events are on disk. The /v1 API (bearer token) answers \
+                       what happened to a message, an order or a recipient, lists the \
+                       follow-up actions that rules queued, and requeues dead ones."
     ),
     paths(
         super::webhooks::bik_webhook,

@@ -1,5 +1,5 @@
 //! The six follow-up actions: which params each takes, and the exact request each makes
-//! (CONTRACT section 4). Credentials are not part of a request as stored: the dispatcher adds
+//! (BIK's, Engati's and Botika's public API references). Credentials are not part of a request as stored: the dispatcher adds
 //! them from `[targets.*]` when it sends, so rotating a key needs no rewrite of the outbox.
 
 use std::fmt;

@@ -125,7 +125,7 @@ fn check_config_accepts_the_shipped_file() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
 
-/// The rules of CONTRACT section 4, with their targets configured.
+/// The three example rules the shipped `config.toml` documents, with their targets configured.
 const CONTRACT_RULES: &str = r#"
 [targets.bik]
 auth_token = "k"

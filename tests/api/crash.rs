@@ -312,3 +312,57 @@ async fn sigterm_lets_the_call_in_flight_finish_and_exits_0() {
         "not sent again after the restart"
     );
 }
+
+/// What SIGKILL leaves of acknowledged webhooks: all of them with `sync`; with `relaxed` and a
+/// flush interval longer than the test, the ones not flushed yet are gone. That the second
+/// loses some is what shows this kind of test can tell a `sync` that waits for the disk from
+/// one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_keeps_what_sync_acknowledged_and_drops_what_relaxed_had_not_flushed() {
+    const N: usize = 20;
+    let mut kept = Vec::new();
+    for durability in ["sync", "relaxed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, address) = write_config(dir.path(), "http://127.0.0.1:9", "");
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "durability = \"sync\"",
+            &format!("durability = \"{durability}\"\nrelaxed_flush_ms = 600000"),
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = dir.path().join("flowhook.log");
+        let mut process = start(&config, &address, &log).await;
+        let client = reqwest::Client::new();
+        let now = Utc::now();
+        let ids: Vec<String> = (0..N).map(|i| format!("wamid.KILL{i:03}==")).collect();
+        for id in &ids {
+            let resp = client
+                .post(format!("{address}/webhooks/bik"))
+                .header("Authorization", format!("Basic {BIK_KEY}"))
+                .header("Content-Type", "application/json")
+                .body(bik_status(id, "delivered", now, &json!({})))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+        }
+        process.0.kill().unwrap(); // SIGKILL: no flush on the way out
+        process.0.wait().unwrap();
+        let _process = start(&config, &address, &log).await;
+        let mut found = 0;
+        for id in &ids {
+            let resp = client
+                .get(format!("{address}/v1/messages/{id}"))
+                .bearer_auth(API_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            found += usize::from(resp.status().as_u16() == 200);
+        }
+        kept.push(found);
+    }
+    assert_eq!(kept[0], N, "sync lost acknowledged webhooks: {kept:?}");
+    assert!(
+        kept[1] < N,
+        "relaxed without a flush kept everything, so SIGKILL did not test durability: {kept:?}"
+    );
+}
