@@ -28,7 +28,8 @@ impl RetryPolicy for NoRetry {
 async fn deliver_all(store: &Store) -> anyhow::Result<usize> {
     let mut delivered = 0;
     loop {
-        let due = store.due_actions(Target::Http, clock_ms(), 1000)?;
+        let due =
+            store.due_actions(Target::parse("http").expect("registered"), clock_ms(), 1000)?;
         if due.is_empty() {
             return Ok(delivered);
         }

@@ -3,14 +3,17 @@
 //! Every struct denies unknown keys, so a typo fails at startup with the key's name; semantic
 //! checks that serde cannot express live in [`Settings::validate`].
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer};
+
+pub use crate::secret::{decode_whsec, Secret};
+use crate::targets::params::is_http_url;
+use crate::targets::{ActionKind, Target};
+pub use crate::targets::{Limits, TargetSettings};
 
 /// The config file used when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
@@ -195,129 +198,6 @@ impl Default for LogSettings {
     }
 }
 
-/// Where follow-up calls go, and how hard flowhook may push each destination.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TargetSettings {
-    pub bik: BikTarget,
-    pub engati: EngatiTarget,
-    pub botika: BotikaTarget,
-    /// Limits for `http.post` actions (their URL comes from each rule).
-    pub http: Limits,
-}
-
-/// Per-destination limits; every target section takes these keys too.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// The whole request, connect to last byte of the answer.
-    pub timeout_ms: u64,
-    /// Calls open at once.
-    pub max_in_flight: usize,
-    /// Calls started per second; 0 means no limit.
-    pub rate_per_second: f64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            timeout_ms: 10_000,
-            max_in_flight: 8,
-            rate_per_second: 20.0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BikTarget {
-    pub base_url: String,
-    /// Sent as `Authorization: Basic <auth_token>`.
-    pub auth_token: Secret,
-    pub timeout_ms: u64,
-    pub max_in_flight: usize,
-    pub rate_per_second: f64,
-}
-
-impl Default for BikTarget {
-    fn default() -> Self {
-        Self {
-            base_url: "https://bikapi.bikayi.app".into(),
-            auth_token: Secret::default(),
-            timeout_ms: Limits::default().timeout_ms,
-            max_in_flight: Limits::default().max_in_flight,
-            rate_per_second: Limits::default().rate_per_second,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngatiTarget {
-    pub base_url: String,
-    pub customer_id: String,
-    pub bot_key: String,
-    /// Sent as `Authorization: Basic <api_key>`.
-    pub api_key: Secret,
-    pub timeout_ms: u64,
-    pub max_in_flight: usize,
-    pub rate_per_second: f64,
-}
-
-impl Default for EngatiTarget {
-    fn default() -> Self {
-        Self {
-            base_url: "https://api.engati.ai".into(),
-            customer_id: String::new(),
-            bot_key: String::new(),
-            api_key: Secret::default(),
-            timeout_ms: Limits::default().timeout_ms,
-            max_in_flight: Limits::default().max_in_flight,
-            rate_per_second: Limits::default().rate_per_second,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BotikaTarget {
-    /// Each Botika tenant has its own host, e.g. `https://waofficial.botika.online`.
-    pub base_url: String,
-    /// Sent as `Authorization: Bearer <api_token>`.
-    pub api_token: Secret,
-    pub timeout_ms: u64,
-    pub max_in_flight: usize,
-    pub rate_per_second: f64,
-}
-
-impl Default for BotikaTarget {
-    fn default() -> Self {
-        Self {
-            base_url: String::new(),
-            api_token: Secret::default(),
-            timeout_ms: Limits::default().timeout_ms,
-            max_in_flight: Limits::default().max_in_flight,
-            rate_per_second: Limits::default().rate_per_second,
-        }
-    }
-}
-
-/// The limits written on each target section (serde cannot flatten and deny unknown keys).
-macro_rules! limits_of {
-    ($($target:ty),*) => {$(
-        impl $target {
-            pub fn limits(&self) -> Limits {
-                Limits {
-                    timeout_ms: self.timeout_ms,
-                    max_in_flight: self.max_in_flight,
-                    rate_per_second: self.rate_per_second,
-                }
-            }
-        }
-    )*};
-}
-limits_of!(BikTarget, EngatiTarget, BotikaTarget);
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatchSettings {
@@ -371,57 +251,6 @@ pub struct RuleSettings {
     pub params: serde_json::Map<String, serde_json::Value>,
 }
 
-/// A credential. Its `Debug` never shows it. An all-digit value set through the environment
-/// arrives as a number and is taken as its text.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(from = "SecretText")]
-pub struct Secret(String);
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SecretText {
-    Text(String),
-    Number(u64),
-}
-
-impl From<SecretText> for Secret {
-    fn from(value: SecretText) -> Self {
-        match value {
-            SecretText::Text(s) => Self(s),
-            SecretText::Number(n) => Self(n.to_string()),
-        }
-    }
-}
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Empty, or one of the values shipped in `config.toml` (they all say "change-me").
-    pub fn is_placeholder(&self) -> bool {
-        let value = self.0.trim();
-        value.is_empty() || value.contains("change-me") || SHIPPED_PLACEHOLDERS.contains(&value)
-    }
-}
-
-/// Placeholders in the shipped `config.toml` that cannot say "change-me" in plain text.
-const SHIPPED_PLACEHOLDERS: &[&str] = &["whsec_Y2hhbmdlLW1lLWdlbmVyaWMtc2VjcmV0"];
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "Secret(<empty>)"
-        } else {
-            "Secret(<redacted>)"
-        })
-    }
-}
-
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -436,7 +265,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error>
     };
     Ok(list
         .into_iter()
-        .filter(|s| !s.0.trim().is_empty())
+        .filter(|s| !s.expose().trim().is_empty())
         .collect())
 }
 
@@ -556,32 +385,27 @@ impl Settings {
 
     fn validate_dispatch(&self, problems: &mut Vec<String>) {
         let t = &self.targets;
-        let limits = [
-            ("targets.bik", t.bik.limits()),
-            ("targets.engati", t.engati.limits()),
-            ("targets.botika", t.botika.limits()),
-            ("targets.http", t.http),
-        ];
-        for (section, l) in limits {
+        for target in Target::all() {
+            let l = t.limits(target);
             if l.timeout_ms == 0 {
-                problems.push(format!("{section}.timeout_ms: must be positive"));
+                problems.push(format!("targets.{target}.timeout_ms: must be positive"));
             }
             if l.max_in_flight == 0 {
-                problems.push(format!("{section}.max_in_flight: must be at least 1"));
+                problems.push(format!(
+                    "targets.{target}.max_in_flight: must be at least 1"
+                ));
             }
             if !(l.rate_per_second >= 0.0 && l.rate_per_second.is_finite()) {
                 problems.push(format!(
-                    "{section}.rate_per_second: must be 0 (no limit) or positive"
+                    "targets.{target}.rate_per_second: must be 0 (no limit) or positive"
                 ));
             }
-        }
-        for (section, url) in [
-            ("targets.bik", &t.bik.base_url),
-            ("targets.engati", &t.engati.base_url),
-            ("targets.botika", &t.botika.base_url),
-        ] {
-            if !(url.is_empty() || is_http_url(url)) {
-                problems.push(format!("{section}.base_url: {url:?} is not an http(s) URL"));
+            if let Some(url) = t.base_url(target) {
+                if !(url.is_empty() || is_http_url(url)) {
+                    problems.push(format!(
+                        "targets.{target}.base_url: {url:?} is not an http(s) URL"
+                    ));
+                }
             }
         }
         let d = &self.dispatch;
@@ -597,7 +421,7 @@ impl Settings {
     }
 
     /// The names of secrets that are empty or still a shipped placeholder.
-    pub fn placeholder_secrets(&self) -> Vec<&'static str> {
+    pub fn placeholder_secrets(&self) -> Vec<String> {
         let p = &self.providers;
         let checks: [(&'static str, bool); 5] = [
             ("api.token", self.api.token.is_placeholder()),
@@ -620,30 +444,22 @@ impl Settings {
                     || p.generic.secrets.iter().any(Secret::is_placeholder),
             ),
         ];
-        let mut weak: Vec<&'static str> = checks
+        let mut weak: Vec<String> = checks
             .into_iter()
             .filter(|(_, bad)| *bad)
-            .map(|(name, _)| name)
+            .map(|(name, _)| name.to_owned())
             .collect();
         // Target credentials matter only when a rule sends there.
-        use crate::rules::{ActionKind, Target};
-        let used: std::collections::HashSet<Target> = self
+        let used: std::collections::BTreeSet<&'static str> = self
             .rules
             .iter()
-            .filter_map(|r| ActionKind::parse(&r.action).map(ActionKind::target))
+            .filter_map(|r| ActionKind::parse(&r.action).map(|a| a.target().as_str()))
             .collect();
-        let t = &self.targets;
-        for (target, name, secret) in [
-            (Target::Bik, "targets.bik.auth_token", &t.bik.auth_token),
-            (Target::Engati, "targets.engati.api_key", &t.engati.api_key),
-            (
-                Target::Botika,
-                "targets.botika.api_token",
-                &t.botika.api_token,
-            ),
-        ] {
-            if used.contains(&target) && secret.is_placeholder() {
-                weak.push(name);
+        for target in Target::all().filter(|t| used.contains(t.as_str())) {
+            for (key, secret) in self.targets.secrets(target) {
+                if secret.is_placeholder() {
+                    weak.push(format!("targets.{target}.{key}"));
+                }
             }
         }
         weak
@@ -667,29 +483,6 @@ impl Settings {
             weak.join(", ")
         )]))
     }
-}
-
-/// An absolute `http://` or `https://` URL (as far as flowhook checks).
-pub fn is_http_url(url: &str) -> bool {
-    url.starts_with("http://") || url.starts_with("https://")
-}
-
-/// The HMAC key of a Standard Webhooks secret: the base64 text after `whsec_`.
-/// The key of a Standard Webhooks secret: `whsec_` then base64, with or without its `=`
-/// padding (the reference libraries accept both).
-pub fn decode_whsec(secret: &Secret) -> Result<Vec<u8>, String> {
-    use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurpose};
-    const PADDED_OR_NOT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        general_purpose::PAD.with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    let encoded = secret
-        .expose()
-        .strip_prefix("whsec_")
-        .ok_or_else(|| "must start with whsec_".to_owned())?;
-    PADDED_OR_NOT
-        .decode(encoded)
-        .map_err(|_| "the text after whsec_ must be base64".to_owned())
 }
 
 fn describe_figment_error(error: figment::Error, figment: &Figment) -> String {

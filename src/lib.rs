@@ -10,6 +10,8 @@ pub mod http;
 pub mod observe;
 pub mod providers;
 pub mod rules;
+pub mod secret;
 pub mod startup;
 pub mod store;
+pub mod targets;
 pub mod telemetry;

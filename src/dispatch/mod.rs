@@ -345,7 +345,7 @@ impl Worker {
     ) -> Result<Option<Instant>, crate::store::StoreError> {
         let mut wake: Option<Instant> = None;
         let mut sooner = |at: Instant| wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
-        for target in Target::ALL {
+        for target in Target::all() {
             let calls = &self.calls;
             let gate = self
                 .gates

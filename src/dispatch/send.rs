@@ -8,10 +8,9 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 
-use crate::config::{Limits, TargetSettings};
-use crate::rules::actions::path_segment;
-use crate::rules::{Rules, Target};
+use crate::rules::Rules;
 use crate::store::{Action, Attempt};
+use crate::targets::{ActionKind, Limits, Target, TargetSettings};
 
 /// The most of an answer's body flowhook reads (to look for `status`/`success`).
 const READ_LIMIT: usize = 64 * 1024;
@@ -48,12 +47,7 @@ impl Sender {
     }
 
     pub fn limits(&self, target: Target) -> Limits {
-        match target {
-            Target::Bik => self.targets.bik.limits(),
-            Target::Engati => self.targets.engati.limits(),
-            Target::Botika => self.targets.botika.limits(),
-            Target::Http => self.targets.http,
-        }
+        self.targets.limits(target)
     }
 
     pub async fn send(&self, action: &Action) -> Attempt {
@@ -95,29 +89,7 @@ impl Sender {
             .request
             .as_ref()
             .ok_or_else(|| "the action has no request".to_owned())?;
-        let t = &self.targets;
-        let base = |url: &str| url.trim_end_matches('/').to_owned();
-        let (url, auth) = match out.target {
-            Target::Bik => (
-                format!("{}{}", base(&t.bik.base_url), out.path),
-                Some(format!("Basic {}", t.bik.auth_token.expose())),
-            ),
-            Target::Engati => (
-                format!(
-                    "{}/bot-api/v2.0/customer/{}/bot/{}/flow/{}",
-                    base(&t.engati.base_url),
-                    path_segment(&t.engati.customer_id),
-                    path_segment(&t.engati.bot_key),
-                    out.path
-                ),
-                Some(format!("Basic {}", t.engati.api_key.expose())),
-            ),
-            Target::Botika => (
-                format!("{}{}", base(&t.botika.base_url), out.path),
-                Some(format!("Bearer {}", t.botika.api_token.expose())),
-            ),
-            Target::Http => (out.path.clone(), None),
-        };
+        let endpoint = self.targets.endpoint(out);
         let body = serde_json::to_vec(&out.body).map_err(|e| e.to_string())?;
         let mut headers = HeaderMap::new();
         for (name, value) in &out.headers {
@@ -132,7 +104,7 @@ impl Sender {
             "idempotency-key",
             HeaderValue::try_from(action.id.as_str()).map_err(|e| e.to_string())?,
         );
-        if let Some(auth) = auth {
+        if let Some(auth) = endpoint.authorization {
             let mut value = HeaderValue::try_from(auth).map_err(|_| {
                 format!(
                     "the {} credential is not a valid header",
@@ -142,7 +114,7 @@ impl Sender {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        if out.target == Target::Http {
+        if ActionKind::parse(&action.action).is_some_and(ActionKind::signed) {
             if let Some(key) = self.signing_key(action)? {
                 let timestamp = chrono::Utc::now().timestamp();
                 let signature = crate::providers::generic::sign(&key, &action.id, timestamp, &body);
@@ -156,12 +128,12 @@ impl Sender {
         }
         let timeout = Duration::from_millis(self.limits(out.target).timeout_ms);
         self.client
-            .post(&url)
+            .post(&endpoint.url)
             .headers(headers)
             .body(body)
             .timeout(timeout)
             .build()
-            .map_err(|e| format!("could not build the request to {url:?}: {e}"))
+            .map_err(|e| format!("could not build the request to {:?}: {e}", endpoint.url))
     }
 
     /// The key an `http.post` action is signed with; its rule must still be configured.

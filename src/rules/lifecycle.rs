@@ -120,9 +120,9 @@ impl Action {
         })
     }
 
-    /// Where its request goes (`http` for one without a request).
-    pub fn target(&self) -> Target {
-        self.request.as_ref().map_or(Target::Http, |r| r.target)
+    /// Where its request goes; `None` for one without a request (skipped, never sent).
+    pub fn target(&self) -> Option<Target> {
+        self.request.as_ref().map(|r| r.target)
     }
 }
 

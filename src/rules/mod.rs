@@ -12,7 +12,6 @@
 //!   reached. A status counts as reached by a later one on the `sent < delivered < read` path
 //!   (a read message was delivered).
 
-pub mod actions;
 pub mod lifecycle;
 pub mod plan;
 pub mod template;
@@ -23,7 +22,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-pub use actions::{ActionKind, Origin, Outbound, Target};
+pub use crate::targets::{ActionKind, Origin, Outbound, Target};
 use template::{text_of, Context, Missing, Template, Var};
 
 use crate::config::{decode_whsec, Secret, Settings, Trigger};
@@ -207,14 +206,22 @@ impl Rule {
             None => problems.push(format!(
                 "action: unknown action {:?} (known: {})",
                 raw.action,
-                ActionKind::ALL.map(|a| a.as_str()).join(", ")
+                ActionKind::all()
+                    .map(ActionKind::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
             Some(kind) => {
                 problems.extend(check_params(kind, &params));
-                if let Some(e) = check_target(kind.target(), settings) {
-                    problems.push(format!("action: {kind} {e}"));
+                let missing = settings.targets.missing(kind.target());
+                if !missing.is_empty() {
+                    problems.push(format!(
+                        "action: {kind} needs [targets.{}] with {} set",
+                        kind.target(),
+                        missing.join(", ")
+                    ));
                 }
-                if kind == ActionKind::HttpPost {
+                if kind.signed() {
                     match params.remove("secret") {
                         Some(Value::String(s)) => match decode_whsec(&Secret::new(s)) {
                             Ok(key) => signing_key = Some(key),
@@ -413,44 +420,6 @@ fn check_params(kind: ActionKind, params: &Map<String, Value>) -> Vec<String> {
         }
     }
     problems
-}
-
-/// `None` when the target is configured; else what is missing.
-fn check_target(target: Target, settings: &Settings) -> Option<String> {
-    let t = &settings.targets;
-    let missing: Vec<&str> = match target {
-        Target::Bik => [
-            ("base_url", t.bik.base_url.is_empty()),
-            ("auth_token", t.bik.auth_token.expose().is_empty()),
-        ]
-        .into_iter()
-        .filter_map(|(k, bad)| bad.then_some(k))
-        .collect(),
-        Target::Engati => [
-            ("base_url", t.engati.base_url.is_empty()),
-            ("customer_id", t.engati.customer_id.is_empty()),
-            ("bot_key", t.engati.bot_key.is_empty()),
-            ("api_key", t.engati.api_key.expose().is_empty()),
-        ]
-        .into_iter()
-        .filter_map(|(k, bad)| bad.then_some(k))
-        .collect(),
-        Target::Botika => [
-            ("base_url", t.botika.base_url.is_empty()),
-            ("api_token", t.botika.api_token.expose().is_empty()),
-        ]
-        .into_iter()
-        .filter_map(|(k, bad)| bad.then_some(k))
-        .collect(),
-        Target::Http => Vec::new(),
-    };
-    (!missing.is_empty()).then(|| {
-        format!(
-            "needs [targets.{}] with {} set",
-            target.as_str(),
-            missing.join(", ")
-        )
-    })
 }
 
 #[cfg(test)]

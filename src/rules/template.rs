@@ -194,13 +194,7 @@ impl Template {
     }
 }
 
-/// A value as text: strings as they are, anything else as JSON.
-pub fn text_of(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
+pub use crate::targets::params::text_of;
 
 #[cfg(test)]
 mod tests {

@@ -35,7 +35,7 @@ impl Action {
             return None;
         }
         let due = self.next_attempt_at?.timestamp_millis().max(0) as u64;
-        Some(outbox_key(self.target(), due, &self.id))
+        Some(outbox_key(self.target()?, due, &self.id))
     }
 
     /// The action's index entries: by state, and by rule and state (listing all actions, or a
@@ -398,7 +398,7 @@ impl SledStore {
     pub fn oldest_due_ms(&self) -> Result<u64, StoreError> {
         let now = clock_ms();
         let mut oldest = 0;
-        for target in Target::ALL {
+        for target in Target::all() {
             if let Some(due) = self.next_due_ms(target)? {
                 oldest = oldest.max(now.saturating_sub(due));
             }
@@ -705,7 +705,9 @@ params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
     #[tokio::test]
     async fn an_outcome_is_recorded_once_per_claim() {
         let store = store_with_one_due_action().await;
-        let due = store.due_actions(Target::Http, clock_ms(), 10).unwrap();
+        let due = store
+            .due_actions(Target::parse("http").unwrap(), clock_ms(), 10)
+            .unwrap();
         let claimed = store.claim_many(&due).unwrap().pop().flatten().unwrap();
         let claim = claimed.claim_token();
         let busy = Attempt::Retry {

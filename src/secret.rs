@@ -1,0 +1,76 @@
+//! Credentials: a value whose `Debug` never shows it, and the key of a Standard Webhooks
+//! `whsec_` secret.
+
+use std::fmt;
+
+use base64::Engine;
+use serde::Deserialize;
+
+/// A credential. Its `Debug` never shows it. An all-digit value set through the environment
+/// arrives as a number and is taken as its text.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "SecretText")]
+pub struct Secret(String);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretText {
+    Text(String),
+    Number(u64),
+}
+
+impl From<SecretText> for Secret {
+    fn from(value: SecretText) -> Self {
+        match value {
+            SecretText::Text(s) => Self(s),
+            SecretText::Number(n) => Self(n.to_string()),
+        }
+    }
+}
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Empty, or one of the values shipped in `config.toml` (they all say "change-me").
+    pub fn is_placeholder(&self) -> bool {
+        let value = self.0.trim();
+        value.is_empty() || value.contains("change-me") || SHIPPED_PLACEHOLDERS.contains(&value)
+    }
+}
+
+/// Placeholders in the shipped `config.toml` that cannot say "change-me" in plain text.
+const SHIPPED_PLACEHOLDERS: &[&str] = &["whsec_Y2hhbmdlLW1lLWdlbmVyaWMtc2VjcmV0"];
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(<empty>)"
+        } else {
+            "Secret(<redacted>)"
+        })
+    }
+}
+
+/// The HMAC key of a Standard Webhooks secret: the base64 text after `whsec_`.
+/// The key of a Standard Webhooks secret: `whsec_` then base64, with or without its `=`
+/// padding (the reference libraries accept both).
+pub fn decode_whsec(secret: &Secret) -> Result<Vec<u8>, String> {
+    use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurpose};
+    const PADDED_OR_NOT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        general_purpose::PAD.with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let encoded = secret
+        .expose()
+        .strip_prefix("whsec_")
+        .ok_or_else(|| "must start with whsec_".to_owned())?;
+    PADDED_OR_NOT
+        .decode(encoded)
+        .map_err(|_| "the text after whsec_ must be base64".to_owned())
+}

@@ -1,0 +1,414 @@
+//! Where follow-up calls go. Each target is one file: its `[targets.<name>]` settings, the
+//! actions it offers with their params and the request each makes, where a request goes and
+//! with which credential, and which of its settings are secrets. [`register!`] at the bottom
+//! of this file lists them; adding a target is a new file and one line there (README,
+//! "Extending").
+//!
+//! Credentials are not part of a request as stored: the dispatcher adds them from the
+//! target's settings when it sends, so rotating a key needs no rewrite of the outbox.
+
+pub mod params;
+
+mod bik;
+mod botika;
+mod engati;
+mod http;
+
+use std::fmt;
+
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::secret::Secret;
+
+/// What a target file provides.
+pub trait Destination {
+    /// The section, `[targets.<NAME>]`, and the first part of its action names.
+    const NAME: &'static str;
+    /// The section's own keys (the limits are added to every section).
+    type Settings: DeserializeOwned + Default + Clone + fmt::Debug + Send + Sync;
+    /// The actions it offers.
+    const ACTIONS: &'static [ActionDef];
+    /// Settings a rule sending here needs: `(key, whether it is set)`.
+    fn required(settings: &Self::Settings) -> Vec<(&'static str, bool)>;
+    /// Its credentials, by key: a shipped placeholder blocks a public bind once a rule uses it.
+    fn secrets(settings: &Self::Settings) -> Vec<(&'static str, &Secret)>;
+    /// Its `base_url`, if it has one (checked to be an http(s) URL when set).
+    fn base_url(settings: &Self::Settings) -> Option<&str>;
+    /// Where a request goes and its `Authorization` header.
+    fn endpoint(settings: &Self::Settings, request: &Outbound) -> Endpoint;
+}
+
+/// One action: its name (`<target>.<verb>`), its params, and how its request is made.
+pub struct ActionDef {
+    pub name: &'static str,
+    pub spec: Spec,
+    /// Turns rendered params into the request. `Err` says why no valid request can be made
+    /// (the action is then recorded as skipped with that reason).
+    pub build: fn(Map<String, Value>, &Origin) -> Result<Request, String>,
+    /// Whether a rule may give it a `secret` param (a `whsec_` key the call is signed with).
+    pub signed: bool,
+}
+
+/// Which params an action takes.
+pub struct Spec {
+    pub required: &'static [&'static str],
+    pub optional: &'static [&'static str],
+    /// At least one of these must be set.
+    pub one_of: &'static [&'static str],
+    /// Params that must be tables (TOML) / objects.
+    pub tables: &'static [&'static str],
+}
+
+/// What caused an action: the message and the rule.
+pub struct Origin {
+    pub message_id: String,
+    pub rule: String,
+}
+
+/// A request as an action's builder makes it.
+pub struct Request {
+    /// Appended to the target's base URL (the target's [`Destination::endpoint`] decides).
+    pub path: String,
+    pub body: Value,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn new(path: impl Into<String>, body: Value) -> Self {
+        Self {
+            path: path.into(),
+            body,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A request as the outbox keeps it, without credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outbound {
+    pub target: Target,
+    /// Appended to the target's base URL; for Engati, the flow key; for `http.post`, the URL.
+    pub path: String,
+    pub body: Value,
+    /// Extra headers (`http.post` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+/// Where one call goes.
+pub struct Endpoint {
+    pub url: String,
+    /// The `Authorization` header, if the target takes one.
+    pub authorization: Option<String>,
+}
+
+/// Per-destination limits; every `[targets.*]` section takes these keys.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The whole request, connect to last byte of the answer.
+    pub timeout_ms: u64,
+    /// Calls open at once.
+    pub max_in_flight: usize,
+    /// Calls started per second; 0 means no limit.
+    pub rate_per_second: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 10_000,
+            max_in_flight: 8,
+            rate_per_second: 20.0,
+        }
+    }
+}
+
+const LIMIT_KEYS: [&str; 3] = ["timeout_ms", "max_in_flight", "rate_per_second"];
+
+/// One `[targets.<name>]` section: the target's settings and the limits.
+#[derive(Debug, Clone, Default)]
+pub struct Section<S> {
+    pub settings: S,
+    pub limits: Limits,
+}
+
+impl<'de, S: DeserializeOwned> Deserialize<'de> for Section<S> {
+    /// Splits the limit keys from the target's own (serde cannot flatten into a struct that
+    /// refuses unknown keys), so that each part still refuses keys it does not know.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut own: Map<String, Value> = Map::deserialize(d)?;
+        let limits: Map<String, Value> = LIMIT_KEYS
+            .iter()
+            .filter_map(|k| own.remove(*k).map(|v| ((*k).to_owned(), v)))
+            .collect();
+        let limits = serde_json::from_value(Value::Object(limits)).map_err(D::Error::custom)?;
+        let settings = serde_json::from_value(Value::Object(own)).map_err(D::Error::custom)?;
+        Ok(Self { settings, limits })
+    }
+}
+
+/// A target, by its place in [`register!`]'s list.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target(u8);
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        NAMES[self.0 as usize]
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        NAMES.iter().position(|n| *n == text).map(|i| Self(i as u8))
+    }
+
+    /// Every registered target.
+    pub fn all() -> impl Iterator<Item = Target> {
+        (0..NAMES.len()).map(|i| Self(i as u8))
+    }
+
+    /// The actions it offers.
+    pub fn actions(self) -> &'static [ActionDef] {
+        ACTIONS[self.0 as usize]
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Self::parse(&name).ok_or_else(|| {
+            D::Error::custom(format!(
+                "unknown target {name:?} (known: {})",
+                NAMES.join(", ")
+            ))
+        })
+    }
+}
+
+/// An action a rule can ask for: `bik.initiate_flow`, `http.post`, ...
+#[derive(Clone, Copy)]
+pub struct ActionKind {
+    target: Target,
+    def: &'static ActionDef,
+}
+
+impl ActionKind {
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::all().find(|a| a.as_str() == name)
+    }
+
+    /// Every action of every target.
+    pub fn all() -> impl Iterator<Item = ActionKind> {
+        Target::all().flat_map(|target| {
+            target
+                .actions()
+                .iter()
+                .map(move |def| ActionKind { target, def })
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.def.name
+    }
+
+    pub fn target(self) -> Target {
+        self.target
+    }
+
+    pub fn spec(self) -> &'static Spec {
+        &self.def.spec
+    }
+
+    /// Whether its rules may sign it with a `secret` param.
+    pub fn signed(self) -> bool {
+        self.def.signed
+    }
+
+    /// The request for rendered params (see [`ActionDef::build`]).
+    pub fn build(self, params: Map<String, Value>, origin: &Origin) -> Result<Outbound, String> {
+        let request = (self.def.build)(params, origin)?;
+        Ok(Outbound {
+            target: self.target,
+            path: request.path,
+            body: request.body,
+            headers: request.headers,
+        })
+    }
+}
+
+impl PartialEq for ActionKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ActionKind {}
+
+impl fmt::Debug for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ActionKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ActionKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Self::parse(&name).ok_or_else(|| D::Error::custom(format!("unknown action {name:?}")))
+    }
+}
+
+/// Lists the targets: each line is `<section name>: <its type in its file>`. Generates
+/// [`TargetSettings`] (one field per section) and the lookups that go from a [`Target`] to
+/// its file.
+macro_rules! register {
+    ($($name:ident: $target:ty),* $(,)?) => {
+        const NAMES: &[&str] = &[$(<$target as Destination>::NAME),*];
+        const ACTIONS: &[&[ActionDef]] = &[$(<$target as Destination>::ACTIONS),*];
+
+        /// Every `[targets.*]` section.
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct TargetSettings {
+            $(pub $name: Section<<$target as Destination>::Settings>,)*
+        }
+
+        impl TargetSettings {
+            pub fn limits(&self, target: Target) -> Limits {
+                let mut i = 0;
+                $(
+                    if target.0 == i {
+                        return self.$name.limits;
+                    }
+                    i += 1;
+                )*
+                unreachable!("target {i} is registered")
+            }
+
+            /// What a rule sending to `target` still needs set: its unset required keys.
+            pub fn missing(&self, target: Target) -> Vec<&'static str> {
+                let mut i = 0;
+                $(
+                    if target.0 == i {
+                        return <$target as Destination>::required(&self.$name.settings)
+                            .into_iter()
+                            .filter_map(|(key, set)| (!set).then_some(key))
+                            .collect();
+                    }
+                    i += 1;
+                )*
+                unreachable!("target {i} is registered")
+            }
+
+            /// The target's credentials, by key.
+            pub fn secrets(&self, target: Target) -> Vec<(&'static str, &Secret)> {
+                let mut i = 0;
+                $(
+                    if target.0 == i {
+                        return <$target as Destination>::secrets(&self.$name.settings);
+                    }
+                    i += 1;
+                )*
+                unreachable!("target {i} is registered")
+            }
+
+            pub fn base_url(&self, target: Target) -> Option<&str> {
+                let mut i = 0;
+                $(
+                    if target.0 == i {
+                        return <$target as Destination>::base_url(&self.$name.settings);
+                    }
+                    i += 1;
+                )*
+                unreachable!("target {i} is registered")
+            }
+
+            pub fn endpoint(&self, request: &Outbound) -> Endpoint {
+                let mut i = 0;
+                $(
+                    if request.target.0 == i {
+                        return <$target as Destination>::endpoint(&self.$name.settings, request);
+                    }
+                    i += 1;
+                )*
+                unreachable!("target {i} is registered")
+            }
+        }
+    };
+}
+
+register! {
+    bik: bik::Bik,
+    engati: engati::Engati,
+    botika: botika::Botika,
+    http: http::Http,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_section_splits_its_limits_from_its_own_keys_and_refuses_unknown_ones() {
+        let section: Section<<bik::Bik as Destination>::Settings> = serde_json::from_value(
+            serde_json::json!({"base_url": "https://b.example", "timeout_ms": 500}),
+        )
+        .unwrap();
+        assert_eq!(section.settings.base_url, "https://b.example");
+        assert_eq!(section.limits.timeout_ms, 500);
+        assert_eq!(
+            section.limits.max_in_flight,
+            Limits::default().max_in_flight
+        );
+        let error = serde_json::from_value::<Section<<bik::Bik as Destination>::Settings>>(
+            serde_json::json!({"base_ur": "x"}),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("base_ur"), "{error}");
+    }
+
+    #[test]
+    fn every_action_is_named_after_its_target_and_found_by_name() {
+        for kind in ActionKind::all() {
+            assert!(
+                kind.as_str()
+                    .starts_with(&format!("{}.", kind.target().as_str())),
+                "{kind}"
+            );
+            assert_eq!(ActionKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ActionKind::all().count(), 6);
+        assert_eq!(Target::parse("engati").unwrap().as_str(), "engati");
+    }
+}
