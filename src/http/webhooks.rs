@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use actix_web::http::header::{HeaderName, AUTHORIZATION};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::errors::ApiError;
@@ -11,28 +10,38 @@ use super::openapi::ErrorBody;
 use super::{body, guarded, AppState};
 use crate::domain::Provider;
 use crate::observe;
-use crate::providers::{bik, generic, meta, ParseContext, Refusal};
+use crate::providers::{meta, Bik, Generic, Meta, ParseContext, Refusal, Source};
 use crate::store::{IngestItem, IngestOutcome};
 
+/// One line per provider: its route, served by [`webhook`].
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        guarded("/webhooks/bik")
-            .route(web::post().to(|req, payload, state| {
-                counted(Provider::Bik, bik_webhook(req, payload, state))
-            })),
-    )
-    .service(
-        guarded("/webhooks/meta")
-            .route(web::get().to(meta_handshake))
-            .route(web::post().to(|req, payload, state| {
-                counted(Provider::Meta, meta_webhook(req, payload, state))
-            })),
-    )
-    .service(
-        guarded("/webhooks/generic").route(web::post().to(|req, payload, state| {
-            counted(Provider::Generic, generic_webhook(req, payload, state))
-        })),
-    );
+    cfg.service(guarded("/webhooks/bik").route(web::post().to(bik_webhook)))
+        .service(
+            guarded("/webhooks/meta")
+                .route(web::get().to(meta_handshake))
+                .route(web::post().to(meta_webhook)),
+        )
+        .service(guarded("/webhooks/generic").route(web::post().to(generic_webhook)));
+}
+
+/// Every provider's webhook: its header checks, the body (bounded), verification over the
+/// exact bytes, parsing, one durable commit, the answer. Refusals are counted and logged.
+pub(super) async fn webhook<S: Source>(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    counted(S::PROVIDER, async {
+        let settings = S::settings(&state.settings.providers);
+        let refused = |r| refused(S::PROVIDER, r);
+        S::check_headers(settings, req.headers()).map_err(refused)?;
+        let body = body::read(&req, payload, state.settings.server.max_body_bytes).await?;
+        let ctx = state.parse_context();
+        S::verify(settings, req.headers(), &body, ctx.received_at).map_err(refused)?;
+        let items = S::parse(settings, req.headers(), &body, ctx)?;
+        store(&state, S::PROVIDER, items, ctx).await
+    })
+    .await
 }
 
 /// What every webhook route answers, for the OpenAPI document.
@@ -90,18 +99,7 @@ pub(super) async fn bik_webhook(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let settings = &state.settings.providers.bik;
-    bik::verify(header_bytes(&req, &AUTHORIZATION), settings)
-        .map_err(|r| refused(Provider::Bik, r))?;
-    let body = body::read(&req, payload, state.settings.server.max_body_bytes).await?;
-    let ctx = state.parse_context();
-    store(
-        &state,
-        Provider::Bik,
-        bik::parse(&body, settings, ctx)?,
-        ctx,
-    )
-    .await
+    webhook::<Bik>(req, payload, state).await
 }
 
 /// Meta's subscription handshake: echoes `hub.challenge`.
@@ -157,12 +155,7 @@ pub(super) async fn meta_webhook(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body::read(&req, payload, state.settings.server.max_body_bytes).await?;
-    let signature = header_bytes(&req, &HeaderName::from_static("x-hub-signature-256"));
-    meta::verify(signature, &body, &state.settings.providers.meta)
-        .map_err(|r| refused(Provider::Meta, r))?;
-    let ctx = state.parse_context();
-    store(&state, Provider::Meta, meta::parse(&body, ctx)?, ctx).await
+    webhook::<Meta>(req, payload, state).await
 }
 
 /// Any other provider or relay, signed with Standard Webhooks: one event or an array.
@@ -183,31 +176,7 @@ pub(super) async fn generic_webhook(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body::read(&req, payload, state.settings.server.max_body_bytes).await?;
-    let text = |name: &'static str| {
-        header_bytes(&req, &HeaderName::from_static(name)).and_then(|v| std::str::from_utf8(v).ok())
-    };
-    let headers = generic::SignatureHeaders {
-        id: text("webhook-id"),
-        timestamp: text("webhook-timestamp"),
-        signature: text("webhook-signature"),
-    };
-    let ctx = state.parse_context();
-    generic::verify(
-        headers,
-        &body,
-        ctx.received_at.timestamp(),
-        &state.settings.providers.generic,
-    )
-    .map_err(|r| refused(Provider::Generic, r))?;
-    let webhook_id = headers.id.unwrap_or_default();
-    store(
-        &state,
-        Provider::Generic,
-        generic::parse(&body, webhook_id, ctx)?,
-        ctx,
-    )
-    .await
+    webhook::<Generic>(req, payload, state).await
 }
 
 async fn store(
@@ -238,10 +207,6 @@ async fn store(
         "webhook stored"
     );
     Ok(HttpResponse::Ok().json(outcome))
-}
-
-fn header_bytes<'a>(req: &'a HttpRequest, name: &HeaderName) -> Option<&'a [u8]> {
-    req.headers().get(name).map(|v| v.as_bytes())
 }
 
 /// Logs a refused webhook (never its headers or body) and turns it into its error answer.

@@ -1,17 +1,48 @@
 //! BIK webhooks: HTTP Basic auth with the key set in BIK's developer portal; a JSON array of
 //! `{eventName, eventInfo, id, ...}` (a single object is accepted too).
 
+use actix_web::http::header::HeaderMap;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{
-    constant_time_eq, elements, error_words, first_present, parse_json, rejected, text, Fields,
-    ParseContext, Refusal,
+    constant_time_eq, elements, error_words, first_present, header, parse_json, rejected, text,
+    Fields, ParseContext, Refusal, Source,
 };
-use crate::config::BikSettings;
+use crate::config::{BikSettings, ProviderSettings};
 use crate::domain::{failure_text, EventKind, Provider};
 use crate::store::IngestItem;
 
 const STATUS_EVENT: &str = "message-status-update";
+
+pub struct Bik;
+
+impl Source for Bik {
+    const PROVIDER: Provider = Provider::Bik;
+    type Settings = BikSettings;
+
+    fn settings(all: &ProviderSettings) -> &BikSettings {
+        &all.bik
+    }
+
+    /// BIK's credential is a header, so it is checked before the body is read.
+    fn check_headers(settings: &BikSettings, headers: &HeaderMap) -> Result<(), Refusal> {
+        verify(header(headers, "authorization"), settings)
+    }
+
+    fn verify(_: &BikSettings, _: &HeaderMap, _: &[u8], _: DateTime<Utc>) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    fn parse(
+        settings: &BikSettings,
+        _: &HeaderMap,
+        body: &[u8],
+        ctx: ParseContext,
+    ) -> Result<Vec<IngestItem>, Refusal> {
+        parse(body, settings, ctx)
+    }
+}
 
 /// Compares the whole `Authorization` header with `Basic <key>` for each configured key.
 pub fn verify(authorization: Option<&[u8]>, settings: &BikSettings) -> Result<(), Refusal> {

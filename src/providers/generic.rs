@@ -2,16 +2,53 @@
 //! `webhook-signature: v1,<base64 HMAC-SHA256(id.timestamp.body)>`) and flowhook's own event
 //! shape, one event or an array of them.
 
+use actix_web::http::header::HeaderMap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{elements, parse_json, rejected, text, Fields, ParseContext, Refusal};
-use crate::config::{decode_whsec, GenericSettings};
+use super::{elements, header, parse_json, rejected, text, Fields, ParseContext, Refusal, Source};
+use crate::config::{decode_whsec, GenericSettings, ProviderSettings};
 use crate::domain::{EventKind, Provider};
 use crate::store::IngestItem;
+
+pub struct Generic;
+
+impl Source for Generic {
+    const PROVIDER: Provider = Provider::Generic;
+    type Settings = GenericSettings;
+
+    fn settings(all: &ProviderSettings) -> &GenericSettings {
+        &all.generic
+    }
+
+    fn verify(
+        settings: &GenericSettings,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
+        verify(
+            SignatureHeaders::of(headers),
+            body,
+            now.timestamp(),
+            settings,
+        )
+    }
+
+    fn parse(
+        _: &GenericSettings,
+        headers: &HeaderMap,
+        body: &[u8],
+        ctx: ParseContext,
+    ) -> Result<Vec<IngestItem>, Refusal> {
+        let id = SignatureHeaders::of(headers).id.unwrap_or_default();
+        parse(body, id, ctx)
+    }
+}
 
 /// The three Standard Webhooks headers, as received.
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,6 +56,17 @@ pub struct SignatureHeaders<'a> {
     pub id: Option<&'a str>,
     pub timestamp: Option<&'a str>,
     pub signature: Option<&'a str>,
+}
+
+impl<'a> SignatureHeaders<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let text = |name| header(headers, name).and_then(|v| std::str::from_utf8(v).ok());
+        Self {
+            id: text("webhook-id"),
+            timestamp: text("webhook-timestamp"),
+            signature: text("webhook-signature"),
+        }
+    }
 }
 
 /// Verifies the signature against each secret and the timestamp against the tolerance window.

@@ -1,16 +1,48 @@
 //! WhatsApp Cloud API webhooks: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(body, app secret)>`
 //! over the raw bytes; `entry[].changes[].value.statuses[]` are events, `messages[]` are ignored.
 
+use actix_web::http::header::HeaderMap;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
 use super::{
-    constant_time_eq, error_words, parse_json, rejected, text, Fields, ParseContext, Refusal,
+    constant_time_eq, error_words, header, parse_json, rejected, text, Fields, ParseContext,
+    Refusal, Source,
 };
-use crate::config::MetaSettings;
+use crate::config::{MetaSettings, ProviderSettings};
 use crate::domain::{EventKind, Provider};
 use crate::store::IngestItem;
+
+pub struct Meta;
+
+impl Source for Meta {
+    const PROVIDER: Provider = Provider::Meta;
+    type Settings = MetaSettings;
+
+    fn settings(all: &ProviderSettings) -> &MetaSettings {
+        &all.meta
+    }
+
+    fn verify(
+        settings: &MetaSettings,
+        headers: &HeaderMap,
+        body: &[u8],
+        _: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
+        verify(header(headers, "x-hub-signature-256"), body, settings)
+    }
+
+    fn parse(
+        _: &MetaSettings,
+        _: &HeaderMap,
+        body: &[u8],
+        ctx: ParseContext,
+    ) -> Result<Vec<IngestItem>, Refusal> {
+        parse(body, ctx)
+    }
+}
 
 /// The subscription handshake: the challenge to echo, or `None` to answer `403`.
 pub fn handshake<'a>(

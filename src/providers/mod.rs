@@ -1,16 +1,56 @@
-//! Edge adapters: each provider file verifies a request over its raw bytes and turns the body
-//! into [`IngestItem`]s. Adding a provider is adding one file here and one route.
+//! Edge adapters: each provider file implements [`Source`]: it verifies a request over its raw
+//! bytes and turns the body into [`IngestItem`]s. One handler (`http::webhooks`) serves them
+//! all; adding a provider is a file here, its settings and its route (README, "Extending").
 
 pub mod bik;
 pub mod generic;
 pub mod meta;
 
+use actix_web::http::header::HeaderMap;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
+use crate::config::ProviderSettings;
 use crate::domain::{failure_text, CallbackData, Event, EventKind, MessageId, Provider, Status};
 use crate::store::IngestItem;
+
+pub use bik::Bik;
+pub use generic::Generic;
+pub use meta::Meta;
+
+/// What a provider file provides: how its webhooks are verified and read.
+pub trait Source {
+    /// Its name in the route (`/webhooks/<name>`), the metrics and the stored events.
+    const PROVIDER: Provider;
+    /// Its `[providers.<name>]` section.
+    type Settings: Send + Sync;
+    fn settings(all: &ProviderSettings) -> &Self::Settings;
+    /// What the headers alone can refuse, before the body is read, so that a sender without
+    /// credentials cannot make flowhook read a large body. Nothing by default.
+    fn check_headers(_settings: &Self::Settings, _headers: &HeaderMap) -> Result<(), Refusal> {
+        Ok(())
+    }
+    /// Verifies the request over the exact bytes of its body (`now` for timestamp windows).
+    fn verify(
+        settings: &Self::Settings,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal>;
+    /// The events of a verified body.
+    fn parse(
+        settings: &Self::Settings,
+        headers: &HeaderMap,
+        body: &[u8],
+        ctx: ParseContext,
+    ) -> Result<Vec<IngestItem>, Refusal>;
+}
+
+/// A header's bytes, if present.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get(name).map(|v| v.as_bytes())
+}
 
 /// Why a request was refused before anything was stored.
 #[derive(Debug, thiserror::Error)]
