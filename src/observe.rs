@@ -95,7 +95,7 @@ fn describe() {
 }
 
 /// Counts an action outcome.
-pub fn action(rule: &str, action: &str, outcome: &'static str) {
-    metrics::counter!(ACTIONS, "rule" => rule.to_owned(), "action" => action.to_owned(), "outcome" => outcome)
+pub fn action(rule: &str, action: &str, outcome: crate::rules::lifecycle::ActionOutcome) {
+    metrics::counter!(ACTIONS, "rule" => rule.to_owned(), "action" => action.to_owned(), "outcome" => outcome.as_str())
         .increment(1);
 }

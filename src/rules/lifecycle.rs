@@ -126,6 +126,42 @@ impl Action {
     }
 }
 
+/// What happened to an action, as the metrics (`flowhook_actions_total{outcome}`) and logs
+/// count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionOutcome {
+    Queued,
+    Skipped,
+    Cancelled,
+    Delivered,
+    Retried,
+    Dead,
+    Requeued,
+}
+
+impl ActionOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+            Self::Delivered => "delivered",
+            Self::Retried => "retried",
+            Self::Dead => "dead",
+            Self::Requeued => "requeued",
+        }
+    }
+
+    /// The outcome of a recorded attempt, by the state it left the action in.
+    pub fn of_attempt(state: ActionState) -> Self {
+        match state {
+            ActionState::Delivered => Self::Delivered,
+            ActionState::Retrying => Self::Retried,
+            _ => Self::Dead,
+        }
+    }
+}
+
 /// How one attempt went, as the dispatcher saw it.
 #[derive(Debug, Clone)]
 pub enum Attempt {

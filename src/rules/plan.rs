@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::lifecycle::{Action, ActionState};
+use super::lifecycle::{Action, ActionOutcome, ActionState};
 use super::{action_id, Due, Rules, Step};
 use crate::domain::MessageState;
 
@@ -19,12 +19,12 @@ pub enum Planned {
 }
 
 impl Planned {
-    /// The word the metrics and logs use for it: `queued`, `skipped` or `cancelled`.
-    pub fn outcome(&self) -> &'static str {
+    /// Queued, skipped or cancelled.
+    pub fn outcome(&self) -> ActionOutcome {
         match self {
-            Self::Create(a) if a.state == ActionState::Pending => "queued",
-            Self::Create(_) => "skipped",
-            Self::Cancel { .. } => "cancelled",
+            Self::Create(a) if a.state == ActionState::Pending => ActionOutcome::Queued,
+            Self::Create(_) => ActionOutcome::Skipped,
+            Self::Cancel { .. } => ActionOutcome::Cancelled,
         }
     }
 
@@ -174,7 +174,7 @@ params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
         assert_eq!(planned.len(), 1);
         let timer = planned[0].action();
         assert_eq!(
-            (timer.rule.as_str(), planned[0].outcome()),
+            (timer.rule.as_str(), planned[0].outcome().as_str()),
             ("unread", "queued")
         );
         let delivered_at = state(&[("delivered", 1)]).delivered_at.unwrap();
@@ -195,7 +195,7 @@ params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
         let planned = plan(&rules, &read, &existing);
         let outcomes: Vec<(&str, &str)> = planned
             .iter()
-            .map(|p| (p.action().rule.as_str(), p.outcome()))
+            .map(|p| (p.action().rule.as_str(), p.outcome().as_str()))
             .collect();
         assert_eq!(
             outcomes,

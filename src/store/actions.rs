@@ -25,7 +25,9 @@ use super::record::Record;
 use super::{abort, from_json, json_bytes, key, SledStore, StoreError, Ticket, TxResult};
 use crate::domain::MessageState;
 use crate::observe;
-pub use crate::rules::lifecycle::{Action, ActionState, Attempt, ClaimToken, RetryPolicy};
+pub use crate::rules::lifecycle::{
+    Action, ActionOutcome, ActionState, Attempt, ClaimToken, RetryPolicy,
+};
 use crate::rules::{reached, Target};
 
 impl Action {
@@ -425,7 +427,7 @@ impl SledStore {
             .map(|claim| match claim {
                 Claim::Send(action) => Some(action),
                 Claim::Cancelled(action) => {
-                    observe::action(&action.rule, &action.action, "cancelled");
+                    observe::action(&action.rule, &action.action, ActionOutcome::Cancelled);
                     None
                 }
                 Claim::Gone => None,
@@ -467,11 +469,7 @@ impl SledStore {
             .iter()
             .filter_map(|(action, new)| action.as_ref().filter(|_| *new))
         {
-            let outcome = match action.state {
-                ActionState::Delivered => "delivered",
-                ActionState::Retrying => "retried",
-                _ => "dead",
-            };
+            let outcome = ActionOutcome::of_attempt(action.state);
             observe::action(&action.rule, &action.action, outcome);
         }
         Ok(recorded.into_iter().map(|(action, _)| action).collect())
@@ -519,7 +517,7 @@ impl SledStore {
             Ok(RetryOutcome::Requeued(new))
         })?;
         if let RetryOutcome::Requeued(action) = &outcome {
-            observe::action(&action.rule, &action.action, "requeued");
+            observe::action(&action.rule, &action.action, ActionOutcome::Requeued);
             self.notify_outbox();
         }
         Ok(outcome)
@@ -550,7 +548,7 @@ impl SledStore {
                 Ok(done)
             })?;
             for (rule, action) in &done {
-                observe::action(rule, action, "requeued");
+                observe::action(rule, action, ActionOutcome::Requeued);
             }
             total += done.len() as u64;
             self.notify_outbox();

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
-use super::actions::ActionTx;
+use super::actions::{ActionOutcome, ActionTx};
 use super::query::RejectedEvent;
 use super::record::{self, Record};
 use super::writer::Context;
@@ -89,9 +89,9 @@ impl SledStore {
                     .increment(1);
             }
             for (rule, action, outcome) in &report.actions {
-                observe::action(rule, action, outcome);
+                observe::action(rule, action, *outcome);
             }
-            queued |= report.actions.iter().any(|a| a.2 == "queued");
+            queued |= report.actions.iter().any(|a| a.2 == ActionOutcome::Queued);
         }
         if queued {
             self.notify_outbox();
@@ -297,7 +297,7 @@ pub(super) struct Report {
     /// Accepted events: kind and status.
     events: Vec<(EventKind, String)>,
     /// Actions queued, skipped or cancelled: rule, action, outcome.
-    actions: Vec<(String, String, &'static str)>,
+    actions: Vec<(String, String, ActionOutcome)>,
 }
 
 /// Queues what the rules ask for a message that just changed (see [`Rules::plan`]): each
@@ -309,7 +309,7 @@ fn queue_actions(
     state: &MessageState,
     facets: Vec<(String, String)>,
     now: DateTime<Utc>,
-    report: &mut Vec<(String, String, &'static str)>,
+    report: &mut Vec<(String, String, ActionOutcome)>,
 ) -> TxResult<Vec<String>> {
     let mut created = Vec::new();
     for planned in rules.plan(state, &facets, now, |id| tx.load(id))? {

@@ -81,6 +81,9 @@ pub enum StoreError {
     Incompatible(String),
     #[error("the store is closed")]
     Closed,
+    /// A bug: writing a batch panicked (logged); its requests are refused, the data is fine.
+    #[error("writing this request failed unexpectedly")]
+    WriterPanicked,
 }
 
 /// The sled backend of [`Store`]: a cheap handle on the open store.

@@ -144,10 +144,25 @@ fn guarded(
     context: &Context,
     pending: &[Pending],
 ) -> Result<Vec<(super::IngestOutcome, Report)>, StoreError> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| commit(context, pending))).unwrap_or_else(|_| {
+    unpanicked(|| commit(context, pending))
+}
+
+/// `write()`'s answer, or [`StoreError::WriterPanicked`] if it panicked (logged).
+fn unpanicked<T>(write: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(AssertUnwindSafe(write)).unwrap_or_else(|_| {
         tracing::error!("writing a batch of webhooks panicked; its requests were refused");
-        Err(StoreError::Corrupt(
-            "writing this request failed unexpectedly".into(),
-        ))
+        Err(StoreError::WriterPanicked)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_writing_is_its_own_error() {
+        let answer: Result<(), _> = unpanicked(|| panic!("a bug"));
+        assert!(matches!(answer, Err(StoreError::WriterPanicked)));
+        assert_eq!(unpanicked(|| Ok(7)).unwrap(), 7);
+    }
 }
