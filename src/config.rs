@@ -35,7 +35,7 @@ pub struct Settings {
     pub targets: TargetSettings,
     #[serde(default)]
     pub dispatch: DispatchSettings,
-    /// Follow-up rules, checked and compiled by [`crate::rules::Rules::compile`].
+    /// Follow-up rules as written; `startup::check` compiles them (the one place that does).
     #[serde(default)]
     pub rules: Vec<RuleSettings>,
 }
@@ -373,9 +373,6 @@ impl Settings {
             problems.push(format!("log.level: {e}"));
         }
         self.validate_dispatch(&mut problems);
-        if let Err(errors) = crate::rules::Rules::compile(self) {
-            problems.extend(errors);
-        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -167,6 +167,10 @@ fn backup(settings: &Settings, direction: Direction) -> ExitCode {
 }
 
 fn check_config(settings: &Settings) -> ExitCode {
+    if let Err(e) = flowhook::startup::check(settings) {
+        eprintln!("flowhook: {e}");
+        return ExitCode::from(2);
+    }
     if let Err(e) = settings.check_safe_to_expose() {
         eprintln!("flowhook: {e}");
         return ExitCode::from(2);
@@ -192,9 +196,16 @@ fn serve(settings: Settings) -> ExitCode {
         tracing::error!("{e}");
         return ExitCode::from(2);
     }
+    let rules = match flowhook::startup::check(&settings) {
+        Ok(rules) => rules,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     let bind = settings.server.bind.clone();
     let result = actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(settings)?;
+        let app = Application::start(settings, rules)?;
         tracing::info!(%bind, port = app.port(), "flowhook listening");
         app.run_until_stopped().await?;
         anyhow::Ok(())

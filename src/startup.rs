@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::dispatch::Dispatcher;
 use crate::http::{self, AppState};
 use crate::rules::Rules;
@@ -20,16 +20,28 @@ pub struct Application {
     janitor: Janitor,
 }
 
+/// What a configuration must pass besides its per-key checks (done when it is loaded): its
+/// rules, compiled here and nowhere else. `serve` (through [`Application::build`]) and
+/// `check-config` both call it; each error names the rule and the key.
+pub fn check(settings: &Settings) -> Result<Arc<Rules>, ConfigError> {
+    Rules::compile(settings)
+        .map(Arc::new)
+        .map_err(|errors| ConfigError::Invalid(errors.iter().map(|e| e.to_string()).collect()))
+}
+
 impl Application {
-    /// Opens the store, starts the dispatcher and binds `server.bind` (port 0 picks a free
-    /// port, as tests do).
+    /// [`check`]s the settings, then [`Application::start`]s.
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        let rules = check(&settings)?;
+        Self::start(settings, rules)
+    }
+
+    /// Opens the store, starts the dispatcher and binds `server.bind` (port 0 picks a free
+    /// port, as tests do), with rules [`check`] compiled.
+    pub fn start(settings: Settings, rules: Arc<Rules>) -> anyhow::Result<Self> {
         // Before anything records a metric.
         crate::observe::handle();
         crate::domain::recipient::warm_up();
-        let rules = Arc::new(Rules::compile(&settings).map_err(|problems| {
-            anyhow::anyhow!("invalid rules:\n  - {}", problems.join("\n  - "))
-        })?);
         let store = Store::open(&settings.store, Arc::clone(&rules))?;
         let listener = TcpListener::bind(&settings.server.bind)?;
         let port = listener.local_addr()?.port();

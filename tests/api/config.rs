@@ -174,6 +174,7 @@ attributes = { order_id = "{{callback.order_id}}" }
 fn the_contract_rules_are_valid() {
     let settings = Settings::from_toml_str(CONTRACT_RULES).expect("contract rules load");
     assert_eq!(settings.rules.len(), 3);
+    flowhook::startup::check(&settings).expect("contract rules compile");
 }
 
 #[test]
@@ -225,7 +226,10 @@ fn rule_mistakes_name_the_rule_and_the_key() {
         ),
     ];
     for (toml, expected) in cases {
-        let error = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        let error = match Settings::from_toml_str(&toml) {
+            Err(e) => e.to_string(),
+            Ok(settings) => flowhook::startup::check(&settings).unwrap_err().to_string(),
+        };
         assert!(
             error.contains(expected),
             "expected {expected:?} in:\n{error}"
