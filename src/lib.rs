@@ -3,6 +3,7 @@
 //! The module list is the data flow: `http` receives, `providers` verify and parse into
 //! `domain` events, `store` commits them atomically and durably, and answers queries.
 
+pub mod background;
 pub mod config;
 pub mod dispatch;
 pub mod domain;

@@ -15,14 +15,14 @@ mod send;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::background::{Background, CancellationToken};
 use crate::config::{DispatchSettings, Limits, Settings};
 use crate::rules::{Rules, Target};
 use crate::store::{
@@ -36,10 +36,11 @@ const SCAN: usize = 256;
 const IDLE: Duration = Duration::from_secs(1);
 
 /// A running dispatcher. [`Dispatcher::stop`] stops it gracefully; dropping it stops the
-/// loop without waiting.
+/// loop without waiting for calls in flight (they are resent on the next start).
 pub struct Dispatcher {
-    stop: watch::Sender<bool>,
-    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    worker: Background,
+    /// Cancelled to skip the grace period for calls in flight.
+    abort: CancellationToken,
     health: Health,
 }
 
@@ -82,13 +83,15 @@ impl Dispatcher {
         )?);
         let policy = Arc::new(Schedule::from(d));
         let grace = Duration::from_secs(d.shutdown_grace_seconds);
-        let (stop, stop_rx) = watch::channel(false);
+        let abort = CancellationToken::new();
+        let aborted = abort.clone();
         let health = Health::default();
         health.beat();
         let loop_health = health.clone();
-        let thread = std::thread::Builder::new()
-            .name("flowhook-dispatch".into())
-            .spawn(move || {
+        let worker = Background::spawn(
+            "flowhook-dispatch",
+            || {},
+            move |stop| {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -106,12 +109,13 @@ impl Dispatcher {
                     gates: HashMap::new(),
                     health: loop_health.clone(),
                 };
-                runtime.block_on(worker.run(stop_rx, grace));
+                runtime.block_on(worker.run(stop, aborted, grace));
                 loop_health.stopped.store(true, Ordering::Relaxed);
-            })?;
+            },
+        )?;
         Ok(Self {
-            stop,
-            thread: std::sync::Mutex::new(Some(thread)),
+            worker,
+            abort,
             health,
         })
     }
@@ -122,10 +126,13 @@ impl Dispatcher {
 
     /// Stops claiming, waits (bounded) for calls in flight, and joins the thread.
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
-        if let Some(thread) = self.thread.lock().expect("dispatcher lock").take() {
-            let _ = thread.join();
-        }
+        self.worker.stop();
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.abort.cancel();
     }
 }
 
@@ -289,7 +296,7 @@ async fn record_outcomes(
 }
 
 impl Worker {
-    async fn run(mut self, mut stop: watch::Receiver<bool>, grace: Duration) {
+    async fn run(mut self, stop: CancellationToken, abort: CancellationToken, grace: Duration) {
         if let Some(outcomes) = self.outcomes.take() {
             let (store, policy) = (self.calls.store.clone(), Arc::clone(&self.calls.policy));
             tokio::spawn(record_outcomes(store, policy, outcomes));
@@ -300,7 +307,7 @@ impl Worker {
             Err(error) => tracing::error!(%error, "could not recover actions left in flight"),
         }
         let mut tasks = JoinSet::new();
-        while !*stop.borrow() {
+        while !stop.is_cancelled() {
             self.health.beat();
             while tasks.try_join_next().is_some() {}
             let wake = match self.pass(&mut tasks) {
@@ -315,17 +322,19 @@ impl Worker {
                 _ = self.calls.store.outbox_changed() => {}
                 _ = self.calls.finished.notified() => {}
                 _ = tokio::time::sleep_until(wake) => {}
-                // A dropped `Dispatcher` stops the loop too.
-                changed = stop.changed() => if changed.is_err() { break },
+                _ = stop.cancelled() => break,
             }
         }
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, "waiting for calls in flight");
-            let drained =
-                tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-                    .await;
-            if drained.is_err() {
+            let drained = tokio::select! {
+                drained = tokio::time::timeout(grace, async {
+                    while tasks.join_next().await.is_some() {}
+                }) => drained.is_ok(),
+                _ = abort.cancelled() => false,
+            };
+            if !drained {
                 tracing::warn!(
                     left = tasks.len(),
                     "calls still in flight at the end of the grace period; they are resent on the next start"

@@ -6,13 +6,13 @@
 //! until a flush that started after its ticket has finished. Every flush makes all earlier
 //! tickets durable at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::background::{Background, CancellationToken};
 use crate::config::Durability;
 use crate::observe;
 
@@ -36,14 +36,20 @@ struct Shared {
     committed: AtomicU64,
     pending: Mutex<bool>,
     wake: Condvar,
-    stop: AtomicBool,
     progress: watch::Sender<Progress>,
+}
+
+impl Shared {
+    fn request_flush(&self) {
+        *self.pending.lock().expect("flusher lock") = true;
+        self.wake.notify_one();
+    }
 }
 
 pub struct Flusher {
     shared: Arc<Shared>,
     mode: Durability,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    worker: Background,
 }
 
 impl Flusher {
@@ -52,18 +58,19 @@ impl Flusher {
             committed: AtomicU64::new(0),
             pending: Mutex::new(false),
             wake: Condvar::new(),
-            stop: AtomicBool::new(false),
             progress: watch::channel(Progress::default()).0,
         });
-        let worker = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("flowhook-flusher".into())
-            .spawn(move || run(&worker, &db, mode, relaxed_interval))
-            .expect("spawn the flusher thread");
+        let (woken, flushing) = (Arc::clone(&shared), Arc::clone(&shared));
+        let worker = Background::spawn(
+            "flowhook-flusher",
+            move || woken.request_flush(),
+            move |token| run(&flushing, &db, mode, relaxed_interval, &token),
+        )
+        .expect("spawn the flusher thread");
         Self {
             shared,
             mode,
-            thread: Mutex::new(Some(thread)),
+            worker,
         }
     }
 
@@ -71,8 +78,7 @@ impl Flusher {
     pub fn committed(&self) -> Ticket {
         let ticket = self.shared.committed.fetch_add(1, Ordering::AcqRel) + 1;
         if self.mode == Durability::Sync {
-            *self.shared.pending.lock().expect("flusher lock") = true;
-            self.shared.wake.notify_one();
+            self.shared.request_flush();
         }
         Ticket(ticket)
     }
@@ -100,24 +106,19 @@ impl Flusher {
         p.failed_upto <= p.flushed
     }
 
-    /// Flushes what is left and stops the thread.
+    /// Flushes what is left and stops the thread (dropping the flusher does too).
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::Release);
-        *self.shared.pending.lock().expect("flusher lock") = true;
-        self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.lock().expect("flusher lock").take() {
-            let _ = thread.join();
-        }
+        self.worker.stop();
     }
 }
 
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn run(shared: &Shared, db: &sled::Db, mode: Durability, relaxed_interval: Duration) {
+fn run(
+    shared: &Shared,
+    db: &sled::Db,
+    mode: Durability,
+    relaxed_interval: Duration,
+    token: &CancellationToken,
+) {
     loop {
         {
             let mut pending = shared.pending.lock().expect("flusher lock");
@@ -141,7 +142,7 @@ fn run(shared: &Shared, db: &sled::Db, mode: Durability, relaxed_interval: Durat
         }
         let target = shared.committed.load(Ordering::Acquire);
         let already = shared.progress.borrow().flushed;
-        if target > already || shared.stop.load(Ordering::Acquire) {
+        if target > already || token.is_cancelled() {
             let started = std::time::Instant::now();
             match db.flush() {
                 Ok(_) => {
@@ -160,7 +161,7 @@ fn run(shared: &Shared, db: &sled::Db, mode: Durability, relaxed_interval: Durat
                 }
             }
         }
-        if shared.stop.load(Ordering::Acquire) {
+        if token.is_cancelled() {
             return;
         }
     }

@@ -211,6 +211,8 @@ impl SledStore {
 
     /// Flushes everything and stops the flusher; later writes are no longer durable.
     pub fn close(&self) {
+        // What is queued is written, then flushed.
+        self.inner.writer.stop();
         self.inner.flusher.stop();
         if let Err(error) = self.inner.db.flush() {
             tracing::error!(%error, "final flush failed");

@@ -2,12 +2,8 @@
 //! `store.retention_days`, quarantined events as old, and quarantine fingerprints and
 //! tombstones older than `store.dedupe_days` are purged in the background, in bounded batches.
 
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Mutex;
-use std::thread::JoinHandle;
-use std::time::Duration;
-
 use std::ops::Bound;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sled::transaction::ConflictableTransactionError::Abort;
@@ -17,6 +13,7 @@ use super::actions::ActionTx;
 use super::ingest::{Derived, Filing};
 use super::record::Record;
 use super::{abort, time_key, SledStore, Store, StoreError};
+use crate::background::{self, Background};
 use crate::config::StoreSettings;
 
 /// Entries removed per transaction.
@@ -225,8 +222,7 @@ impl SledStore {
 /// The background purge: a thread that runs [`Store::purge`] every
 /// `store.purge_interval_seconds`.
 pub struct Janitor {
-    stop: Mutex<Option<mpsc::Sender<()>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    worker: Background,
 }
 
 impl Janitor {
@@ -234,48 +230,42 @@ impl Janitor {
         let interval = Duration::from_secs_f64(settings.purge_interval_seconds);
         let retention = days(settings.retention_days);
         let dedupe = days(f64::from(settings.dedupe_days));
-        let (stop, stopped) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("flowhook-purge".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(interval) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                let now = Utc::now();
-                match store.purge(now - retention, now - dedupe) {
-                    Ok(purged) if purged != Purged::default() => {
-                        for (kind, n) in [
-                            ("messages", purged.messages),
-                            ("actions", purged.actions),
-                            ("rejected", purged.rejected),
-                            ("dedupe_keys", purged.dedupe_keys),
-                        ] {
-                            metrics::counter!(crate::observe::PURGED, "kind" => kind).increment(n);
+        let worker = Background::spawn(
+            "flowhook-purge",
+            || {},
+            move |token| {
+                while !background::sleep(&token, interval) {
+                    let now = Utc::now();
+                    match store.purge(now - retention, now - dedupe) {
+                        Ok(purged) if purged != Purged::default() => {
+                            for (kind, n) in [
+                                ("messages", purged.messages),
+                                ("actions", purged.actions),
+                                ("rejected", purged.rejected),
+                                ("dedupe_keys", purged.dedupe_keys),
+                            ] {
+                                metrics::counter!(crate::observe::PURGED, "kind" => kind)
+                                    .increment(n);
+                            }
+                            tracing::info!(
+                                messages = purged.messages,
+                                actions = purged.actions,
+                                rejected = purged.rejected,
+                                dedupe_keys = purged.dedupe_keys,
+                                "purged expired data"
+                            );
                         }
-                        tracing::info!(
-                            messages = purged.messages,
-                            actions = purged.actions,
-                            rejected = purged.rejected,
-                            dedupe_keys = purged.dedupe_keys,
-                            "purged expired data"
-                        );
+                        Ok(_) => {}
+                        Err(error) => tracing::error!(%error, "purge failed; will try again"),
                     }
-                    Ok(_) => {}
-                    Err(error) => tracing::error!(%error, "purge failed; will try again"),
                 }
-            })?;
-        Ok(Self {
-            stop: Mutex::new(Some(stop)),
-            thread: Mutex::new(Some(thread)),
-        })
+            },
+        )?;
+        Ok(Self { worker })
     }
 
     pub fn stop(&self) {
-        drop(self.stop.lock().expect("janitor lock").take());
-        if let Some(thread) = self.thread.lock().expect("janitor lock").take() {
-            let _ = thread.join();
-        }
+        self.worker.stop();
     }
 }
 

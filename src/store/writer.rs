@@ -16,14 +16,14 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
 use super::durability::Flusher;
 use super::ingest::{commit, Pending, Report};
 use super::{StoreError, Ticket, Trees};
+use crate::background::Background;
 use crate::observe;
 use crate::rules::Rules;
 
@@ -40,6 +40,12 @@ pub(super) struct Job {
     pub reply: oneshot::Sender<Written>,
 }
 
+/// What the writer's queue carries: requests, then a stop once it is to finish.
+enum Message {
+    Job(Job),
+    Stop,
+}
+
 /// What the writer thread needs; handles only, so the thread never keeps the store alive.
 pub(super) struct Context {
     pub trees: Trees,
@@ -50,65 +56,80 @@ pub(super) struct Context {
     pub max_events: usize,
 }
 
+/// The writer thread and its queue. Stopping it (or dropping it) lets it write what is
+/// queued, then joins it, so the store's files are released when the last handle goes.
 pub(super) struct Writer {
-    /// `None` only while dropping.
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    jobs: Mutex<mpsc::Sender<Message>>,
+    worker: Background,
 }
 
 impl Writer {
     pub fn start(context: Context) -> Self {
         let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("flowhook-writer".into())
-            .spawn(move || run(&context, &rx))
-            .expect("spawn the writer thread");
+        let stop = Mutex::new(tx.clone());
+        let worker = Background::spawn(
+            "flowhook-writer",
+            move || {
+                let _ = stop.lock().expect("writer lock").send(Message::Stop);
+            },
+            move |_| run(&context, &rx),
+        )
+        .expect("spawn the writer thread");
         Self {
-            jobs: Some(tx),
-            thread: Some(thread),
+            jobs: Mutex::new(tx),
+            worker,
         }
     }
 
     /// Queues one request and waits until it is committed (not yet flushed).
     pub async fn write(&self, pending: Pending) -> Written {
         let (reply, answer) = oneshot::channel();
-        let sent = self
-            .jobs
-            .as_ref()
-            .is_some_and(|jobs| jobs.send(Job { pending, reply }).is_ok());
-        if !sent {
+        let job = Message::Job(Job { pending, reply });
+        if self.jobs.lock().expect("writer lock").send(job).is_err() {
             return Err(StoreError::Closed);
         }
         answer.await.unwrap_or(Err(StoreError::Closed))
     }
-}
 
-impl Drop for Writer {
-    /// Lets the thread finish what is queued, then joins it, so the store's files are
-    /// released when the last handle goes.
-    fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub fn stop(&self) {
+        self.worker.stop();
     }
 }
 
-fn run(context: &Context, jobs: &mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
+/// Writes batches until told to stop; what was queued before the stop is written first.
+fn run(context: &Context, queue: &mpsc::Receiver<Message>) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = queue.recv() else { return };
+        let Message::Job(first) = first else {
+            stopping = true;
+            continue;
+        };
         let mut items = first.pending.len();
         let mut batch = vec![first];
         while items < MAX_BATCH_ITEMS {
-            match jobs.try_recv() {
-                Ok(job) => {
+            match queue.try_recv() {
+                Ok(Message::Job(job)) => {
                     items += job.pending.len();
                     batch.push(job);
                 }
+                Ok(Message::Stop) => stopping = true,
                 Err(_) => break,
             }
         }
         metrics::histogram!(observe::WRITE_BATCH).record(batch.len() as f64);
         write_batch(context, batch);
+    }
+    // Requests that raced the stop are written too.
+    let late: Vec<Job> = queue
+        .try_iter()
+        .filter_map(|m| match m {
+            Message::Job(job) => Some(job),
+            Message::Stop => None,
+        })
+        .collect();
+    if !late.is_empty() {
+        write_batch(context, late);
     }
 }
 
