@@ -268,7 +268,227 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+    use wiremock::matchers::{body_json, header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
     use super::*;
+    use crate::secret::Secret;
+    use crate::store::ActionState;
+    use crate::targets::{ActionKind, Origin};
+
+    /// Every target pointed at the mock, with its credential; calls time out after 300 ms.
+    fn targets(mock: &str) -> TargetSettings {
+        let mut t = TargetSettings::default();
+        t.bik.settings.base_url = mock.into();
+        t.bik.settings.auth_token = Secret::new("bik-key");
+        t.engati.settings.base_url = mock.into();
+        t.engati.settings.customer_id = "c1".into();
+        t.engati.settings.bot_key = "b1".into();
+        t.engati.settings.api_key = Secret::new("engati-key");
+        t.botika.settings.base_url = mock.into();
+        t.botika.settings.api_token = Secret::new("botika-token");
+        for limits in [
+            &mut t.bik.limits,
+            &mut t.engati.limits,
+            &mut t.botika.limits,
+            &mut t.http.limits,
+        ] {
+            limits.timeout_ms = 300;
+        }
+        t
+    }
+
+    fn sender(mock: &str) -> Sender {
+        let rules = crate::rules::tests::rules_for(
+            r#"
+[[rules]]
+name = "r1"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+params = { url = "http://127.0.0.1:9/x", body = {} }
+"#,
+        );
+        Sender::new(
+            targets(mock),
+            Arc::new(rules),
+            64,
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    }
+
+    fn action(kind: &str, params: Value) -> Action {
+        let request = ActionKind::parse(kind)
+            .unwrap()
+            .build(
+                params.as_object().unwrap().clone(),
+                &Origin {
+                    message_id: "wamid.S==".into(),
+                    rule: "r1".into(),
+                },
+            )
+            .unwrap();
+        Action {
+            id: "act_0123456789abcdef01234567".into(),
+            message_id: "wamid.S==".into(),
+            rule: "r1".into(),
+            action: kind.into(),
+            state: ActionState::Pending,
+            attempts: 1,
+            last_error: None,
+            last_status: None,
+            last_response: None,
+            next_attempt_at: None,
+            created_at: chrono::Utc::now(),
+            completed_at: None,
+            request: Some(request),
+            until: Vec::new(),
+            facets: Vec::new(),
+            schedule_from: 0,
+            bucket: 0,
+            in_flight: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_target_sends_its_request_to_its_endpoint_with_its_credential() {
+        let mock = MockServer::start().await;
+        let uri = mock.uri();
+        let cases = [
+            (
+                action(
+                    "bik.send_event",
+                    json!({"event_name": "e", "event_properties": {"a": 1}, "email": "x@y.z"}),
+                ),
+                "/integrations/bikPlatformFunctions-events/sendEvent",
+                Some("Basic bik-key"),
+                json!({"event": {"eventName": "e", "eventProperties": {"a": 1}, "email": "x@y.z"}}),
+            ),
+            (
+                action(
+                    "engati.trigger_flow",
+                    json!({"flow_key": "f1", "channel": "whatsapp", "phone_no": "+91"}),
+                ),
+                "/bot-api/v2.0/customer/c1/bot/b1/flow/f1",
+                Some("Basic engati-key"),
+                json!({"user.channel": "whatsapp", "user.phone_no": "+91"}),
+            ),
+            (
+                action(
+                    "botika.send_flow",
+                    json!({"to": "+91", "flow": {"id": "f"}}),
+                ),
+                "/api/whatsapp/v1/messages",
+                Some("Bearer botika-token"),
+                json!({"to": "+91", "type": "flow", "flow": {"id": "f"}}),
+            ),
+            (
+                action(
+                    "http.post",
+                    json!({"url": format!("{uri}/hook"), "body": {"m": "wamid.S=="},
+                        "headers": {"x-tenant": "t1"}}),
+                ),
+                "/hook",
+                None,
+                json!({"m": "wamid.S=="}),
+            ),
+        ];
+        let sender = sender(&uri);
+        for (action, at, authorization, body) in cases {
+            mock.reset().await;
+            let mut expected = Mock::given(method("POST"))
+                .and(path(at))
+                .and(header("content-type", "application/json"))
+                .and(header("idempotency-key", action.id.as_str()))
+                .and(body_json(&body));
+            if let Some(auth) = authorization {
+                expected = expected.and(header("authorization", auth));
+            }
+            expected
+                .respond_with(ResponseTemplate::new(200))
+                .expect(1)
+                .mount(&mock)
+                .await;
+            let attempt = sender.send(&action).await;
+            assert!(
+                matches!(attempt, Attempt::Delivered { status: 200 }),
+                "{}: {attempt:?}",
+                action.action
+            );
+            let seen = mock.received_requests().await.unwrap();
+            if authorization.is_none() {
+                assert!(seen[0].headers.get("authorization").is_none());
+                assert_eq!(seen[0].headers.get("x-tenant").unwrap(), "t1");
+            }
+            mock.verify().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_are_classified_as_delivered_retried_or_final() {
+        let mock = MockServer::start().await;
+        let sender = sender(&mock.uri());
+        let bik = action(
+            "bik.send_event",
+            json!({"event_name": "e", "event_properties": {}, "email": "x@y.z"}),
+        );
+        let answer = |template: ResponseTemplate| {
+            let mock = &mock;
+            async move {
+                mock.reset().await;
+                Mock::given(method("POST"))
+                    .respond_with(template)
+                    .mount(mock)
+                    .await;
+            }
+        };
+
+        answer(ResponseTemplate::new(200).set_body_json(json!({"status": 400, "message": "bad"})))
+            .await;
+        match sender.send(&bik).await {
+            Attempt::Failed { error, status, .. } => {
+                assert_eq!(status, Some(200));
+                assert!(error.contains("body says it failed: status 400"), "{error}");
+            }
+            other => panic!("a 2xx whose body says 400 is final: {other:?}"),
+        }
+
+        answer(ResponseTemplate::new(200).set_body_json(json!({"status": 503}))).await;
+        let attempt = sender.send(&bik).await;
+        assert!(
+            matches!(&attempt, Attempt::Retry { error, .. } if error.contains("status 503")),
+            "a 2xx whose body says 503 is retried: {attempt:?}"
+        );
+
+        answer(ResponseTemplate::new(429).insert_header("Retry-After", "7")).await;
+        match sender.send(&bik).await {
+            Attempt::Retry {
+                status: Some(429),
+                retry_after,
+                ..
+            } => assert_eq!(retry_after, Some(chrono::Duration::seconds(7))),
+            other => panic!("429 is retried after what it says: {other:?}"),
+        }
+
+        answer(ResponseTemplate::new(422).set_body_string("no such flow")).await;
+        match sender.send(&bik).await {
+            Attempt::Failed { status, body, .. } => {
+                assert_eq!((status, body.as_deref()), (Some(422), Some("no such flow")))
+            }
+            other => panic!("422 is final: {other:?}"),
+        }
+
+        answer(ResponseTemplate::new(200).set_delay(Duration::from_secs(2))).await;
+        match sender.send(&bik).await {
+            Attempt::Retry { error, status, .. } => {
+                assert!(error.contains("timed out after 300 ms"), "{error}");
+                assert_eq!(status, None);
+            }
+            other => panic!("a timeout is retried: {other:?}"),
+        }
+    }
 
     #[test]
     fn bodies_that_report_failure_are_failures() {
