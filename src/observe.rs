@@ -95,7 +95,11 @@ fn describe() {
 }
 
 /// Counts an action outcome.
-pub fn action(rule: &str, action: &str, outcome: crate::rules::lifecycle::ActionOutcome) {
-    metrics::counter!(ACTIONS, "rule" => rule.to_owned(), "action" => action.to_owned(), "outcome" => outcome.as_str())
+pub fn action(
+    rule: &str,
+    action: crate::targets::ActionKind,
+    outcome: crate::rules::lifecycle::ActionOutcome,
+) {
+    metrics::counter!(ACTIONS, "rule" => rule.to_owned(), "action" => action.as_str(), "outcome" => outcome.as_str())
         .increment(1);
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::rules::Rules;
 use crate::store::{Action, Attempt};
-use crate::targets::{ActionKind, Limits, Target, TargetSettings};
+use crate::targets::{Limits, Target, TargetSettings};
 
 /// The most of an answer's body flowhook reads (to look for `status`/`success`).
 const READ_LIMIT: usize = 64 * 1024;
@@ -114,7 +114,7 @@ impl Sender {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        if ActionKind::parse(&action.action).is_some_and(ActionKind::signed) {
+        if action.action.signed() {
             if let Some(key) = self.signing_key(action)? {
                 let timestamp = chrono::Utc::now().timestamp();
                 let signature = crate::providers::generic::sign(&key, &action.id, timestamp, &body);
@@ -334,7 +334,7 @@ params = { url = "http://127.0.0.1:9/x", body = {} }
             id: "act_0123456789abcdef01234567".into(),
             message_id: "wamid.S==".into(),
             rule: "r1".into(),
-            action: kind.into(),
+            action: ActionKind::parse(kind).unwrap(),
             state: ActionState::Pending,
             attempts: 1,
             last_error: None,

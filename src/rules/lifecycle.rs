@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{Outbound, Target};
+use super::{ActionKind, Outbound, Target};
 use crate::domain::{rfc3339, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -71,7 +71,8 @@ pub struct Action {
     pub id: String,
     pub message_id: String,
     pub rule: String,
-    pub action: String,
+    /// What it does (`bik.initiate_flow`, `http.post`, ...); stored by name.
+    pub action: ActionKind,
     pub state: ActionState,
     pub attempts: u32,
     pub last_error: Option<String>,
@@ -353,7 +354,7 @@ mod tests {
             id: "act_1".into(),
             message_id: "wamid.A==".into(),
             rule: "r".into(),
-            action: "http.post".into(),
+            action: ActionKind::parse("http.post").unwrap(),
             state: ActionState::Pending,
             attempts: 0,
             last_error: None,

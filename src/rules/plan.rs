@@ -77,7 +77,7 @@ impl Rules {
                         id,
                         message_id: state.message_id.as_str().to_owned(),
                         rule: rule.name.clone(),
-                        action: rule.action.as_str().to_owned(),
+                        action: rule.action,
                         state: if request.is_some() {
                             ActionState::Pending
                         } else {

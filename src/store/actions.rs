@@ -427,7 +427,7 @@ impl SledStore {
             .map(|claim| match claim {
                 Claim::Send(action) => Some(action),
                 Claim::Cancelled(action) => {
-                    observe::action(&action.rule, &action.action, ActionOutcome::Cancelled);
+                    observe::action(&action.rule, action.action, ActionOutcome::Cancelled);
                     None
                 }
                 Claim::Gone => None,
@@ -470,7 +470,7 @@ impl SledStore {
             .filter_map(|(action, new)| action.as_ref().filter(|_| *new))
         {
             let outcome = ActionOutcome::of_attempt(action.state);
-            observe::action(&action.rule, &action.action, outcome);
+            observe::action(&action.rule, action.action, outcome);
         }
         Ok(recorded.into_iter().map(|(action, _)| action).collect())
     }
@@ -517,7 +517,7 @@ impl SledStore {
             Ok(RetryOutcome::Requeued(new))
         })?;
         if let RetryOutcome::Requeued(action) = &outcome {
-            observe::action(&action.rule, &action.action, ActionOutcome::Requeued);
+            observe::action(&action.rule, action.action, ActionOutcome::Requeued);
             self.notify_outbox();
         }
         Ok(outcome)
@@ -548,7 +548,7 @@ impl SledStore {
                 Ok(done)
             })?;
             for (rule, action) in &done {
-                observe::action(rule, action, ActionOutcome::Requeued);
+                observe::action(rule, *action, ActionOutcome::Requeued);
             }
             total += done.len() as u64;
             self.notify_outbox();

@@ -18,6 +18,7 @@ use crate::domain::{Event, EventKind, MessageId, MessageState, Provider};
 use crate::observe;
 use crate::rules::plan::Planned;
 use crate::rules::Rules;
+use crate::targets::ActionKind;
 
 /// What an adapter made of one element of a webhook body.
 #[derive(Debug)]
@@ -89,7 +90,7 @@ impl SledStore {
                     .increment(1);
             }
             for (rule, action, outcome) in &report.actions {
-                observe::action(rule, action, *outcome);
+                observe::action(rule, *action, *outcome);
             }
             queued |= report.actions.iter().any(|a| a.2 == ActionOutcome::Queued);
         }
@@ -297,7 +298,7 @@ pub(super) struct Report {
     /// Accepted events: kind and status.
     events: Vec<(EventKind, String)>,
     /// Actions queued, skipped or cancelled: rule, action, outcome.
-    actions: Vec<(String, String, ActionOutcome)>,
+    actions: Vec<(String, ActionKind, ActionOutcome)>,
 }
 
 /// Queues what the rules ask for a message that just changed (see [`Rules::plan`]): each
@@ -309,7 +310,7 @@ fn queue_actions(
     state: &MessageState,
     facets: Vec<(String, String)>,
     now: DateTime<Utc>,
-    report: &mut Vec<(String, String, ActionOutcome)>,
+    report: &mut Vec<(String, ActionKind, ActionOutcome)>,
 ) -> TxResult<Vec<String>> {
     let mut created = Vec::new();
     for planned in rules.plan(state, &facets, now, |id| tx.load(id))? {
@@ -321,11 +322,7 @@ fn queue_actions(
             Planned::Cancel { old, new } => tx.update(old, new)?,
         }
         let action = planned.action();
-        report.push((
-            action.rule.clone(),
-            action.action.clone(),
-            planned.outcome(),
-        ));
+        report.push((action.rule.clone(), action.action, planned.outcome()));
     }
     Ok(created)
 }
