@@ -14,7 +14,7 @@ mod summary;
 pub use callback::{lookup_path, CallbackData};
 pub use event::{failure_text, Event, EventKind, Provider};
 pub use message_id::MessageId;
-pub use state::{MessageState, TimelineEvent};
+pub use state::{Click, MessageState, TimelineEvent};
 pub use status::Status;
 pub use summary::Summary;
 

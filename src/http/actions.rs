@@ -4,15 +4,90 @@ use std::collections::HashMap;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::ApiCaller;
-use super::errors::ApiError;
+use super::errors::{ApiError, ErrorBody};
 use super::messages::{reject_unknown, Paging};
-use super::openapi::{ActionPage, ActionView, ErrorBody, Requeued, RetryAll as RetryAllDoc};
 use super::{body, guarded, AppState};
-use crate::store::{ActionFilter, ActionState, RetryOutcome};
+use crate::domain::time_format;
+use crate::store::{Action, ActionFilter, ActionState, RetryOutcome};
+use crate::targets::ActionKind;
+
+/// A follow-up call queued by a rule.
+#[derive(Serialize, ToSchema)]
+pub struct ActionView {
+    #[schema(example = "act_3da38bdeca64101e42459d74")]
+    id: String,
+    message_id: String,
+    rule: String,
+    #[schema(value_type = String, example = "bik.initiate_flow")]
+    action: ActionKind,
+    /// `pending`, `retrying`, `delivered`, `dead`, `skipped` or `cancelled`.
+    #[schema(value_type = String)]
+    state: ActionState,
+    attempts: u32,
+    last_error: Option<String>,
+    last_status: Option<u16>,
+    /// The start of the last failed answer's body.
+    last_response: Option<String>,
+    #[serde(with = "time_format::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(with = "time_format")]
+    #[schema(value_type = String, format = DateTime)]
+    created_at: DateTime<Utc>,
+    #[serde(with = "time_format::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    completed_at: Option<DateTime<Utc>>,
+}
+
+impl From<&Action> for ActionView {
+    fn from(a: &Action) -> Self {
+        Self {
+            id: a.id.clone(),
+            message_id: a.message_id.clone(),
+            rule: a.rule.clone(),
+            action: a.action,
+            state: a.state,
+            attempts: a.attempts,
+            last_error: a.last_error.clone(),
+            last_status: a.last_status,
+            last_response: a.last_response.clone(),
+            next_attempt_at: a.next_attempt_at,
+            created_at: a.created_at,
+            completed_at: a.completed_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActionPage {
+    actions: Vec<ActionView>,
+    next_cursor: Option<String>,
+}
+
+/// Which actions to requeue.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryAll {
+    /// `dead` (default) or `retrying`.
+    #[serde(default = "dead")]
+    #[schema(default = "dead")]
+    state: String,
+    rule: Option<String>,
+}
+
+fn dead() -> String {
+    "dead".into()
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Requeued {
+    requeued: u64,
+}
 
 /// Actions requeued per transaction by the bulk retry.
 const RETRY_BATCH: usize = 500;
@@ -65,8 +140,10 @@ pub(super) async fn list_actions(
     let page = state
         .store
         .actions(&filter, paging.limit, paging.cursor.as_deref())?;
-    let actions: Vec<Value> = page.items.iter().map(|a| a.view()).collect();
-    Ok(HttpResponse::Ok().json(json!({ "actions": actions, "next_cursor": page.next_cursor })))
+    Ok(HttpResponse::Ok().json(ActionPage {
+        actions: page.items.iter().map(ActionView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Requeues one dead (or retrying) action now, with a fresh retry schedule.
@@ -89,7 +166,7 @@ pub(super) async fn retry_one(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     match state.store.retry_action(&id)? {
-        RetryOutcome::Requeued(action) => Ok(HttpResponse::Ok().json(action.view())),
+        RetryOutcome::Requeued(action) => Ok(HttpResponse::Ok().json(ActionView::from(&action))),
         RetryOutcome::NotFound => Err(ApiError::not_found(format!("no action with id {id:?}"))),
         RetryOutcome::NotRetryable(action) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -107,24 +184,12 @@ pub(super) async fn retry_one(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetryAll {
-    #[serde(default = "dead")]
-    state: String,
-    rule: Option<String>,
-}
-
-fn dead() -> String {
-    "dead".into()
-}
-
 /// Requeues every matching action, in bounded batches.
 #[utoipa::path(
     post,
     path = "/v1/actions/retry",
     tag = "actions",
-    request_body(content = RetryAllDoc, content_type = "application/json"),
+    request_body(content = RetryAll, content_type = "application/json"),
     security(("api_token" = [])),
     responses((status = 200, body = Requeued), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
 )]
@@ -157,5 +222,5 @@ pub(super) async fn retry_all(
     let requeued = web::block(move || store.retry_actions(&filter, RETRY_BATCH))
         .await
         .map_err(|e| ApiError::internal(&e))??;
-    Ok(HttpResponse::Ok().json(json!({ "requeued": requeued })))
+    Ok(HttpResponse::Ok().json(Requeued { requeued }))
 }

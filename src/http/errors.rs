@@ -2,7 +2,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::providers::Refusal;
 use crate::store::StoreError;
@@ -44,16 +45,30 @@ impl ApiError {
     }
 }
 
+/// Every error: `{"status": 400, "errors": [{"message": "..."}]}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    status: u16,
+    errors: Vec<ErrorMessage>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorMessage {
+    message: String,
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.status
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({
-            "status": self.status.as_u16(),
-            "errors": [{ "message": self.message }],
-        }))
+        HttpResponse::build(self.status).json(ErrorBody {
+            status: self.status.as_u16(),
+            errors: vec![ErrorMessage {
+                message: self.message.clone(),
+            }],
+        })
     }
 }
 

@@ -1,9 +1,9 @@
 //! Liveness and readiness, for load balancers and orchestrators; no token needed.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::openapi::{Health, Readiness};
 use super::{guarded, AppState};
 use crate::observe;
 
@@ -13,10 +13,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(guarded("/metrics").route(web::get().to(metrics)));
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not ready`.
+    status: &'static str,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 pub(super) async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 /// Ready to take traffic: store writable and flushing, free disk above the floor,
@@ -33,11 +48,16 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .readiness()
         .and_then(|()| state.dispatcher.check())
     {
-        Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready" })),
+        Ok(()) => HttpResponse::Ok().json(Readiness {
+            status: "ready",
+            reason: None,
+        }),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");
-            HttpResponse::ServiceUnavailable()
-                .json(json!({ "status": "not ready", "reason": reason }))
+            HttpResponse::ServiceUnavailable().json(Readiness {
+                status: "not ready",
+                reason: Some(reason),
+            })
         }
     }
 }

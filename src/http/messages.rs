@@ -3,15 +3,125 @@
 use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
 use percent_encoding::percent_decode_str;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
+use super::actions::ActionView;
 use super::auth::ApiCaller;
-use super::errors::ApiError;
-use super::openapi::{ErrorBody, MessagePage, MessageView, RejectedPage};
+use super::errors::{ApiError, ErrorBody};
 use super::{guarded, AppState};
-use crate::domain::{MessageState, TimelineEvent};
-use crate::store::{Action, Lookup};
+use crate::domain::{time_format, Click, EventKind, MessageState, Provider, Status, TimelineEvent};
+use crate::store::{Action, Lookup, RejectedEvent};
+
+/// A message: its state, timeline (single-message answers only) and actions.
+#[derive(Serialize, ToSchema)]
+pub struct MessageView {
+    message_id: String,
+    #[schema(value_type = String, example = "bik")]
+    provider: Provider,
+    channel: Option<String>,
+    /// As the provider sent it (Meta: `16505551234`, BIK: `+919090909090`).
+    recipient: Option<String>,
+    /// `recipient` in E.164, or null when it is not a phone number.
+    #[schema(example = "+16505551234")]
+    recipient_e164: Option<String>,
+    /// A business-scoped user id, for a user Meta addressed without a phone number.
+    #[schema(example = "US.13491208655302741918")]
+    recipient_user_id: Option<String>,
+    /// `sent`, `delivered`, `read`, `played`, `failed`, or another status the provider sent.
+    #[schema(value_type = Option<String>, example = "read")]
+    status: Option<Status>,
+    /// The latest failed event's code (Meta's `errors[0].code`), while the status is `failed`.
+    #[schema(example = "131047")]
+    failure_code: Option<String>,
+    /// The latest failed event's reason, while the status is `failed`.
+    failure_reason: Option<String>,
+    /// The decoded callback data, or null.
+    #[schema(value_type = Option<Object>)]
+    callback_data: Option<Map<String, Value>>,
+    /// The callback data as received.
+    callback_data_raw: Option<String>,
+    /// Set when the callback data starts like JSON (`{` or `[`) but does not parse, or is
+    /// longer than `store.max_callback_bytes`; null for any other text, which is kept raw.
+    callback_data_error: Option<String>,
+    #[serde(with = "time_format")]
+    #[schema(value_type = String, format = DateTime)]
+    first_seen_at: DateTime<Utc>,
+    #[serde(with = "time_format")]
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: DateTime<Utc>,
+    #[serde(with = "time_format::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    sent_at: Option<DateTime<Utc>>,
+    #[serde(with = "time_format::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    delivered_at: Option<DateTime<Utc>>,
+    #[serde(with = "time_format::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    read_at: Option<DateTime<Utc>>,
+    #[serde(with = "time_format::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    failed_at: Option<DateTime<Utc>>,
+    clicks: Vec<ClickView>,
+    /// Distinct events received. More than `events` lists when the timeline is long: an
+    /// answer lists its first and last 100, and past `store.max_events_per_message` the
+    /// middle of a timeline is summarized (counted, and kept for rules, but not listed).
+    events_total: u64,
+    /// Absent in lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<EventView>>,
+    actions: Vec<ActionView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventView {
+    /// `status` or `click`.
+    #[schema(value_type = String)]
+    kind: EventKind,
+    #[schema(value_type = Option<String>)]
+    status: Option<Status>,
+    url: Option<String>,
+    #[serde(with = "time_format")]
+    #[schema(value_type = String, format = DateTime)]
+    at: DateTime<Utc>,
+    #[serde(with = "time_format")]
+    #[schema(value_type = String, format = DateTime)]
+    received_at: DateTime<Utc>,
+    event_id: Option<String>,
+    /// The provider's error code, on a failed event.
+    #[schema(example = "131047")]
+    failure_code: Option<String>,
+    /// What the provider said (title, message and details, without repeats), on a failed event.
+    #[schema(
+        example = "Re-engagement message: Message failed to send because more than 24 hours have passed since the customer last replied to this number."
+    )]
+    failure_reason: Option<String>,
+    /// The group member this status is about, for a group message.
+    participant: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClickView {
+    url: String,
+    #[serde(with = "time_format")]
+    #[schema(value_type = String, format = DateTime)]
+    at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MessagePage {
+    messages: Vec<MessageView>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RejectedPage {
+    rejected: Vec<RejectedEvent>,
+    next_cursor: Option<String>,
+}
 
 const MESSAGES_PREFIX: &str = "/v1/messages/";
 
@@ -52,7 +162,7 @@ pub(super) async fn get_message(
     match state.store.message(&id)? {
         Some(message) => {
             let actions = state.store.message_actions(&id)?;
-            Ok(HttpResponse::Ok().json(view(&message, true, &actions)))
+            Ok(HttpResponse::Ok().json(MessageView::of(&message, true, &actions)))
         }
         None => Err(ApiError::not_found(format!("no message with id {id:?}"))),
     }
@@ -175,9 +285,12 @@ fn respond_page(
     let mut messages = Vec::with_capacity(page.items.len());
     for m in &page.items {
         let actions = state.store.message_actions(m.message_id.as_str())?;
-        messages.push(view(m, false, &actions));
+        messages.push(MessageView::of(m, false, &actions));
     }
-    Ok(HttpResponse::Ok().json(json!({ "messages": messages, "next_cursor": page.next_cursor })))
+    Ok(HttpResponse::Ok().json(MessagePage {
+        messages,
+        next_cursor: page.next_cursor.clone(),
+    }))
 }
 
 /// Quarantined events, oldest first, with the reason.
@@ -203,7 +316,10 @@ pub(super) async fn list_rejected(
     let page = state
         .store
         .rejected(paging.limit, paging.cursor.as_deref())?;
-    Ok(HttpResponse::Ok().json(json!({ "rejected": page.items, "next_cursor": page.next_cursor })))
+    Ok(HttpResponse::Ok().json(RejectedPage {
+        rejected: page.items,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Events a message's answer lists at most: the earliest and the latest half of that.
@@ -220,37 +336,58 @@ fn shown_events(events: &[TimelineEvent]) -> impl Iterator<Item = &TimelineEvent
     head.iter().chain(tail)
 }
 
-/// A message as the API shows it: the stored state, its timeline reduced to what clients need
-/// (or left out, for lists), and its follow-up actions.
-fn view(message: &MessageState, with_events: bool, actions: &[Action]) -> Value {
-    let mut out: Map<String, Value> = match serde_json::to_value(message) {
-        Ok(Value::Object(map)) => map,
-        _ => Map::new(),
-    };
-    out.remove("events");
-    out.remove("summary");
-    out.insert("events_total".into(), message.events_total().into());
-    if with_events {
-        let events: Vec<Value> = shown_events(&message.events)
-            .map(|e| {
-                json!({
-                    "kind": e.kind,
-                    "status": e.status,
-                    "url": e.url,
-                    "at": crate::domain::rfc3339(e.at),
-                    "received_at": crate::domain::rfc3339(e.received_at),
-                    "event_id": e.event_id,
-                    "failure_code": e.failure_code,
-                    "failure_reason": e.failure_reason,
-                    "participant": e.participant,
-                })
-            })
-            .collect();
-        out.insert("events".into(), Value::Array(events));
+impl MessageView {
+    /// A message as the API shows it: the stored state, its timeline reduced to what clients
+    /// need (or left out, for lists), and its follow-up actions.
+    fn of(m: &MessageState, with_events: bool, actions: &[Action]) -> Self {
+        Self {
+            message_id: m.message_id.as_str().to_owned(),
+            provider: m.provider,
+            channel: m.channel.clone(),
+            recipient: m.recipient.clone(),
+            recipient_e164: m.recipient_e164.clone(),
+            recipient_user_id: m.recipient_user_id.clone(),
+            status: m.status.clone(),
+            failure_code: m.failure_code.clone(),
+            failure_reason: m.failure_reason.clone(),
+            callback_data: m.callback_data.clone(),
+            callback_data_raw: m.callback_data_raw.clone(),
+            callback_data_error: m.callback_data_error.clone(),
+            first_seen_at: m.first_seen_at,
+            updated_at: m.updated_at,
+            sent_at: m.sent_at,
+            delivered_at: m.delivered_at,
+            read_at: m.read_at,
+            failed_at: m.failed_at,
+            clicks: m.clicks.iter().map(ClickView::from).collect(),
+            events_total: m.events_total(),
+            events: with_events.then(|| shown_events(&m.events).map(EventView::from).collect()),
+            actions: actions.iter().map(ActionView::from).collect(),
+        }
     }
-    out.insert(
-        "actions".into(),
-        Value::Array(actions.iter().map(Action::view).collect()),
-    );
-    Value::Object(out)
+}
+
+impl From<&TimelineEvent> for EventView {
+    fn from(e: &TimelineEvent) -> Self {
+        Self {
+            kind: e.kind,
+            status: e.status.clone(),
+            url: e.url.clone(),
+            at: e.at,
+            received_at: e.received_at,
+            event_id: e.event_id.clone(),
+            failure_code: e.failure_code.clone(),
+            failure_reason: e.failure_reason.clone(),
+            participant: e.participant.clone(),
+        }
+    }
+}
+
+impl From<&Click> for ClickView {
+    fn from(c: &Click) -> Self {
+        Self {
+            url: c.url.clone(),
+            at: c.at,
+        }
+    }
 }

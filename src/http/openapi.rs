@@ -1,11 +1,10 @@
 //! `/openapi.json`: the OpenAPI 3 document, generated from the route annotations and the
-//! schemas below (the shapes the handlers answer with).
+//! response types the handlers answer with (each beside its handler); this file only lists
+//! them.
 
 use actix_web::{web, HttpResponse};
-use serde::Serialize;
-use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use super::guarded;
 use crate::store::{IngestOutcome, RejectedEvent};
@@ -46,20 +45,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     ),
     components(schemas(
         IngestOutcome,
-        ErrorBody,
-        ErrorMessage,
-        MessageView,
-        EventView,
-        ClickView,
-        ActionView,
-        MessagePage,
-        ActionPage,
-        RejectedPage,
+        super::errors::ErrorBody,
+        super::errors::ErrorMessage,
+        super::messages::MessageView,
+        super::messages::EventView,
+        super::messages::ClickView,
+        super::actions::ActionView,
+        super::messages::MessagePage,
+        super::actions::ActionPage,
+        super::messages::RejectedPage,
         RejectedEvent,
-        RetryAll,
-        Requeued,
-        Health,
-        Readiness,
+        super::actions::RetryAll,
+        super::actions::Requeued,
+        super::health::Health,
+        super::health::Readiness,
         super::stats::Stats,
         crate::store::Group,
         crate::store::Rates,
@@ -113,169 +112,6 @@ impl Modify for Security {
             ))),
         );
     }
-}
-
-/// Every error: `{"status": 400, "errors": [{"message": "..."}]}`.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    status: u16,
-    errors: Vec<ErrorMessage>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorMessage {
-    message: String,
-}
-
-/// A message: its state, timeline (single-message answers only) and actions.
-#[derive(Serialize, ToSchema)]
-pub struct MessageView {
-    message_id: String,
-    #[schema(example = "bik")]
-    provider: String,
-    channel: Option<String>,
-    /// As the provider sent it (Meta: `16505551234`, BIK: `+919090909090`).
-    recipient: Option<String>,
-    /// `recipient` in E.164, or null when it is not a phone number.
-    #[schema(example = "+16505551234")]
-    recipient_e164: Option<String>,
-    /// A business-scoped user id, for a user Meta addressed without a phone number.
-    #[schema(example = "US.13491208655302741918")]
-    recipient_user_id: Option<String>,
-    /// `sent`, `delivered`, `read`, `played`, `failed`, or another status the provider sent.
-    #[schema(example = "read")]
-    status: Option<String>,
-    /// The latest failed event's code (Meta's `errors[0].code`), while the status is `failed`.
-    #[schema(example = "131047")]
-    failure_code: Option<String>,
-    /// The latest failed event's reason, while the status is `failed`.
-    failure_reason: Option<String>,
-    /// The decoded callback data, or null.
-    callback_data: Option<Value>,
-    /// The callback data as received.
-    callback_data_raw: Option<String>,
-    /// Set when the callback data starts like JSON (`{` or `[`) but does not parse, or is
-    /// longer than `store.max_callback_bytes`; null for any other text, which is kept raw.
-    callback_data_error: Option<String>,
-    #[schema(format = DateTime)]
-    first_seen_at: String,
-    #[schema(format = DateTime)]
-    updated_at: String,
-    #[schema(format = DateTime)]
-    sent_at: Option<String>,
-    #[schema(format = DateTime)]
-    delivered_at: Option<String>,
-    #[schema(format = DateTime)]
-    read_at: Option<String>,
-    #[schema(format = DateTime)]
-    failed_at: Option<String>,
-    clicks: Vec<ClickView>,
-    /// Distinct events received. More than `events` lists when the timeline is long: an
-    /// answer lists its first and last 100, and past `store.max_events_per_message` the
-    /// middle of a timeline is summarized (counted, and kept for rules, but not listed).
-    events_total: u64,
-    /// Absent in lists.
-    events: Option<Vec<EventView>>,
-    actions: Vec<ActionView>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct EventView {
-    /// `status` or `click`.
-    kind: String,
-    status: Option<String>,
-    url: Option<String>,
-    #[schema(format = DateTime)]
-    at: String,
-    #[schema(format = DateTime)]
-    received_at: String,
-    event_id: Option<String>,
-    /// The provider's error code, on a failed event.
-    #[schema(example = "131047")]
-    failure_code: Option<String>,
-    /// What the provider said (title, message and details, without repeats), on a failed event.
-    #[schema(
-        example = "Re-engagement message: Message failed to send because more than 24 hours have passed since the customer last replied to this number."
-    )]
-    failure_reason: Option<String>,
-    /// The group member this status is about, for a group message.
-    participant: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ClickView {
-    url: String,
-    #[schema(format = DateTime)]
-    at: String,
-}
-
-/// A follow-up call queued by a rule.
-#[derive(Serialize, ToSchema)]
-pub struct ActionView {
-    #[schema(example = "act_3da38bdeca64101e42459d74")]
-    id: String,
-    message_id: String,
-    rule: String,
-    #[schema(example = "bik.initiate_flow")]
-    action: String,
-    /// `pending`, `retrying`, `delivered`, `dead`, `skipped` or `cancelled`.
-    state: String,
-    attempts: u32,
-    last_error: Option<String>,
-    last_status: Option<u16>,
-    /// The start of the last failed answer's body.
-    last_response: Option<String>,
-    #[schema(format = DateTime)]
-    next_attempt_at: Option<String>,
-    #[schema(format = DateTime)]
-    created_at: String,
-    #[schema(format = DateTime)]
-    completed_at: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct MessagePage {
-    messages: Vec<MessageView>,
-    next_cursor: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ActionPage {
-    actions: Vec<ActionView>,
-    next_cursor: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct RejectedPage {
-    rejected: Vec<RejectedEvent>,
-    next_cursor: Option<String>,
-}
-
-/// Which actions to requeue.
-#[derive(Serialize, ToSchema)]
-pub struct RetryAll {
-    /// `dead` (default) or `retrying`.
-    state: Option<String>,
-    rule: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Requeued {
-    requeued: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Health {
-    #[schema(example = "ok")]
-    status: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Readiness {
-    /// `ready` or `not ready`.
-    status: String,
-    /// Why not, when not.
-    reason: Option<String>,
 }
 
 /// This document.

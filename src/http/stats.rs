@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::auth::ApiCaller;
 use super::errors::ApiError;
-use super::openapi::ErrorBody;
+use super::errors::ErrorBody;
 use super::{guarded, AppState};
 use crate::store::{day_date, day_of, Group};
 

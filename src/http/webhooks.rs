@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::errors::ApiError;
-use super::openapi::ErrorBody;
+use super::errors::ErrorBody;
 use super::{body, guarded, AppState};
 use crate::domain::Provider;
 use crate::observe;

@@ -7,10 +7,9 @@ use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::{ActionKind, Outbound, Target};
-use crate::domain::{rfc3339, Status};
+use crate::domain::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -103,24 +102,6 @@ pub struct Action {
 }
 
 impl Action {
-    /// The action as the API shows it.
-    pub fn view(&self) -> Value {
-        json!({
-            "id": self.id,
-            "message_id": self.message_id,
-            "rule": self.rule,
-            "action": self.action,
-            "state": self.state,
-            "attempts": self.attempts,
-            "last_error": self.last_error,
-            "last_status": self.last_status,
-            "last_response": self.last_response,
-            "next_attempt_at": self.next_attempt_at.map(rfc3339),
-            "created_at": rfc3339(self.created_at),
-            "completed_at": self.completed_at.map(rfc3339),
-        })
-    }
-
     /// Where its request goes; `None` for one without a request (skipped, never sent).
     pub fn target(&self) -> Option<Target> {
         self.request.as_ref().map(|r| r.target)
