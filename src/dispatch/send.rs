@@ -121,7 +121,7 @@ impl Sender {
                 let set = |h: &mut HeaderMap, name: &'static str, value: String| {
                     h.insert(name, HeaderValue::try_from(value).expect("ASCII header"));
                 };
-                set(&mut headers, "webhook-id", action.id.clone());
+                set(&mut headers, "webhook-id", action.id.to_string());
                 set(&mut headers, "webhook-timestamp", timestamp.to_string());
                 set(&mut headers, "webhook-signature", signature);
             }
@@ -273,6 +273,7 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::rules::{ActionId, RuleName};
     use crate::secret::Secret;
     use crate::store::ActionState;
     use crate::targets::{ActionKind, Origin};
@@ -331,9 +332,9 @@ params = { url = "http://127.0.0.1:9/x", body = {} }
             )
             .unwrap();
         Action {
-            id: "act_0123456789abcdef01234567".into(),
+            id: ActionId::new("act_0123456789abcdef01234567"),
             message_id: "wamid.S==".into(),
-            rule: "r1".into(),
+            rule: RuleName::new("r1"),
             action: ActionKind::parse(kind).unwrap(),
             state: ActionState::Pending,
             attempts: 1,

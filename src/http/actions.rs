@@ -47,9 +47,9 @@ pub struct ActionView {
 impl From<&Action> for ActionView {
     fn from(a: &Action) -> Self {
         Self {
-            id: a.id.clone(),
+            id: a.id.to_string(),
             message_id: a.message_id.clone(),
-            rule: a.rule.clone(),
+            rule: a.rule.to_string(),
             action: a.action,
             state: a.state,
             attempts: a.attempts,

@@ -64,12 +64,59 @@ impl fmt::Display for ActionState {
     }
 }
 
+/// An action's id: `act_` and 24 hex digits, derived from its message and rule (so a rule
+/// fires at most once per message), and the `Idempotency-Key` of every attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ActionId(String);
+
+/// A rule's `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RuleName(String);
+
+macro_rules! text_id {
+    ($($t:ident),*) => {$(
+        impl $t {
+            pub fn new(text: impl Into<String>) -> Self {
+                Self(text.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $t {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        /// Hashes and compares as its text, so maps keyed by it can be read with a `&str`.
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    )*};
+}
+text_id!(ActionId, RuleName);
+
 /// One follow-up call and its history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Action {
-    pub id: String,
+    pub id: ActionId,
     pub message_id: String,
-    pub rule: String,
+    pub rule: RuleName,
     /// What it does (`bik.initiate_flow`, `http.post`, ...); stored by name.
     pub action: ActionKind,
     pub state: ActionState,
@@ -179,12 +226,12 @@ pub trait RetryPolicy {
 /// first write may or may not have stayed) changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimToken {
-    id: String,
+    id: ActionId,
     attempt: u32,
 }
 
 impl ClaimToken {
-    pub fn action_id(&self) -> &str {
+    pub fn action_id(&self) -> &ActionId {
         &self.id
     }
 }
@@ -332,9 +379,9 @@ mod tests {
 
     fn pending() -> Action {
         Action {
-            id: "act_1".into(),
+            id: ActionId::new("act_1"),
             message_id: "wamid.A==".into(),
-            rule: "r".into(),
+            rule: RuleName::new("r"),
             action: ActionKind::parse("http.post").unwrap(),
             state: ActionState::Pending,
             attempts: 0,

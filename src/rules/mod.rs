@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub use crate::targets::{ActionKind, Origin, Outbound, Target};
+pub use lifecycle::{ActionId, RuleName};
 use template::{text_of, Context, Missing, Template, Var};
 
 use crate::config::{decode_whsec, Secret, Settings, Trigger};
@@ -152,13 +153,13 @@ impl Rules {
 
 /// The id of the action a rule queues for a message: the same every time, so the outbox
 /// holds at most one per pair, and the `Idempotency-Key` of every attempt.
-pub fn action_id(message_id: &str, rule: &str) -> String {
+pub fn action_id(message_id: &str, rule: &str) -> ActionId {
     let digest = Sha256::new()
         .chain_update(message_id.as_bytes())
         .chain_update([0])
         .chain_update(rule.as_bytes())
         .finalize();
-    format!("act_{}", hex::encode(&digest[..12]))
+    ActionId::new(format!("act_{}", hex::encode(&digest[..12])))
 }
 
 impl Rule {

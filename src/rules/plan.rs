@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::lifecycle::{Action, ActionOutcome, ActionState};
+use super::lifecycle::{Action, ActionOutcome, ActionState, RuleName};
 use super::{action_id, Due, Rules, Step};
 use crate::domain::MessageState;
 
@@ -76,7 +76,7 @@ impl Rules {
                     planned.push(Planned::Create(Box::new(Action {
                         id,
                         message_id: state.message_id.as_str().to_owned(),
-                        rule: rule.name.clone(),
+                        rule: RuleName::new(rule.name.as_str()),
                         action: rule.action,
                         state: if request.is_some() {
                             ActionState::Pending
@@ -113,6 +113,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{CallbackData, Event};
+    use crate::rules::ActionId;
 
     fn state(statuses: &[(&str, i64)]) -> MessageState {
         let mut state = None;
@@ -158,7 +159,7 @@ params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
     fn plan(
         rules: &Rules,
         state: &MessageState,
-        existing: &HashMap<String, Action>,
+        existing: &HashMap<ActionId, Action>,
     ) -> Vec<Planned> {
         rules
             .plan(state, &[], now(), |id| {
@@ -218,7 +219,7 @@ params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
         let rules = super::super::tests::rules_for(RULES);
         let read = state(&[("delivered", 1), ("read", 2)]);
         let first = plan(&rules, &read, &HashMap::new());
-        let mut existing: HashMap<String, Action> = first
+        let mut existing: HashMap<ActionId, Action> = first
             .iter()
             .map(|p| (p.action().id.clone(), p.action().clone()))
             .collect();

@@ -132,7 +132,7 @@ impl SledStore {
             .transaction(
                 |(messages, idx_callback, idx_recipient, idx_time, aggregates, a, ai, o)| {
                     let id = &message.message_id;
-                    let ids: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
+                    let ids: Vec<String> = actions.iter().map(|a| a.id.to_string()).collect();
                     let record = Record::encode_parts(Some(message), &[], &ids)
                         .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
                     messages.insert(id.as_str().as_bytes(), record)?;

@@ -317,12 +317,12 @@ fn queue_actions(
         match &planned {
             Planned::Create(action) => {
                 tx.create(action)?;
-                created.push(action.id.clone());
+                created.push(action.id.to_string());
             }
             Planned::Cancel { old, new } => tx.update(old, new)?,
         }
         let action = planned.action();
-        report.push((action.rule.clone(), action.action, planned.outcome()));
+        report.push((action.rule.to_string(), action.action, planned.outcome()));
     }
     Ok(created)
 }
