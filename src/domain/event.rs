@@ -3,6 +3,19 @@ use serde::{Deserialize, Serialize};
 
 use super::{CallbackData, MessageId, Status};
 
+/// What an adapter made of one element of a webhook body.
+#[derive(Debug)]
+pub enum IngestItem {
+    Event(Box<Event>),
+    /// Well-formed, of a kind flowhook does not handle.
+    Ignored,
+    /// JSON, but missing what it needs; quarantined with the reason.
+    Rejected {
+        reason: String,
+        raw: String,
+    },
+}
+
 /// Which adapter an event came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

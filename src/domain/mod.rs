@@ -12,11 +12,22 @@ mod status;
 mod summary;
 
 pub use callback::{lookup_path, CallbackData};
-pub use event::{failure_text, Event, EventKind, Provider};
+pub use event::{failure_text, Event, EventKind, IngestItem, Provider};
 pub use message_id::MessageId;
 pub use state::{Click, MessageState, TimelineEvent};
 pub use status::Status;
 pub use summary::Summary;
+
+/// The day bucket a message (and its actions) is counted under.
+pub fn day_of(at: chrono::DateTime<chrono::Utc>) -> u32 {
+    at.timestamp().div_euclid(86_400).max(0) as u32
+}
+
+pub fn day_date(day: u32) -> chrono::NaiveDate {
+    chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+        .unwrap_or_default()
+        .date_naive()
+}
 
 /// Formats a time the way every API answer does: RFC 3339, UTC, `Z`, sub-seconds only when set.
 pub fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {

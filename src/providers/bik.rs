@@ -10,8 +10,7 @@ use super::{
     Fields, ParseContext, Refusal, Source,
 };
 use crate::config::{BikSettings, ProviderSettings};
-use crate::domain::{failure_text, EventKind, Provider};
-use crate::store::IngestItem;
+use crate::domain::{failure_text, EventKind, IngestItem, Provider};
 
 const STATUS_EVENT: &str = "message-status-update";
 

@@ -12,8 +12,7 @@ use sha2::Sha256;
 
 use super::{elements, header, parse_json, rejected, text, Fields, ParseContext, Refusal, Source};
 use crate::config::{decode_whsec, GenericSettings, ProviderSettings};
-use crate::domain::{EventKind, Provider};
-use crate::store::IngestItem;
+use crate::domain::{EventKind, IngestItem, Provider};
 
 pub struct Generic;
 

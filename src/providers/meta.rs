@@ -12,8 +12,7 @@ use super::{
     Refusal, Source,
 };
 use crate::config::{MetaSettings, ProviderSettings};
-use crate::domain::{EventKind, Provider};
-use crate::store::IngestItem;
+use crate::domain::{EventKind, IngestItem, Provider};
 
 pub struct Meta;
 

@@ -12,8 +12,9 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::config::ProviderSettings;
-use crate::domain::{failure_text, CallbackData, Event, EventKind, MessageId, Provider, Status};
-use crate::store::IngestItem;
+use crate::domain::{
+    failure_text, CallbackData, Event, EventKind, IngestItem, MessageId, Provider, Status,
+};
 
 pub use bik::Bik;
 pub use generic::Generic;

@@ -94,7 +94,7 @@ impl Rules {
                         until: rule.awaited().to_vec(),
                         facets: facets.to_vec(),
                         schedule_from: 0,
-                        bucket: crate::store::day_of(state.first_seen_at),
+                        bucket: crate::domain::day_of(state.first_seen_at),
                         in_flight: false,
                     })));
                 }

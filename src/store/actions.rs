@@ -162,9 +162,9 @@ impl ActionTx<'_> {
         let metric = format!("action:{}", action.state);
         for (field, value) in &action.facets {
             let k = super::stats::stats_key(field, value, action.bucket, &metric);
-            super::ingest::add(self.aggregates, k, delta)?;
+            super::stats::add(self.aggregates, k, delta)?;
         }
-        super::ingest::add(self.aggregates, overall_key(action.state), delta)
+        super::stats::add(self.aggregates, overall_key(action.state), delta)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one write path for webhooks: a whole request in one atomic, durable commit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -9,29 +10,16 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
 use super::actions::{ActionOutcome, ActionTx};
+use super::durability::Flusher;
 use super::query::RejectedEvent;
 use super::record::{self, Record};
-use super::writer::Context;
-use super::{index_value, json_bytes as json, key, SledStore, StoreError, TxResult};
+use super::{index_value, json_bytes as json, key, SledStore, StoreError, Trees, TxResult};
 use crate::domain::recipient::lookup_key;
-use crate::domain::{Event, EventKind, MessageId, MessageState, Provider};
+use crate::domain::{Event, EventKind, IngestItem, MessageId, MessageState, Provider};
 use crate::observe;
 use crate::rules::plan::Planned;
 use crate::rules::Rules;
 use crate::targets::ActionKind;
-
-/// What an adapter made of one element of a webhook body.
-#[derive(Debug)]
-pub enum IngestItem {
-    Event(Box<Event>),
-    /// Well-formed, of a kind flowhook does not handle.
-    Ignored,
-    /// JSON, but missing what it needs; quarantined with the reason.
-    Rejected {
-        reason: String,
-        raw: String,
-    },
-}
 
 /// The body of a webhook's `200`: how the request's events were counted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -168,6 +156,17 @@ impl Pending {
         }
         parts
     }
+}
+
+/// What a commit needs (the writer thread holds it); handles only, so the thread never keeps
+/// the store alive.
+pub(super) struct Context {
+    pub trees: Trees,
+    pub fields: super::Fields,
+    pub rules: Arc<Rules>,
+    pub flusher: Arc<Flusher>,
+    /// `store.max_events_per_message`.
+    pub max_events: usize,
 }
 
 /// Writes requests in one transaction, in order, each with its own outcome and report.
@@ -512,7 +511,7 @@ impl Filing<'_> {
         }
         for (field, value) in &d.stats {
             for metric in d.metrics() {
-                add(
+                super::stats::add(
                     self.aggregates,
                     super::stats::stats_key(field, value, d.day, &metric),
                     delta,
@@ -530,17 +529,8 @@ impl Filing<'_> {
     }
 }
 
-pub(super) fn add(tree: &TransactionalTree, k: Vec<u8>, delta: i64) -> TxResult<()> {
-    let current = super::read_i64(tree.get(&k)?.as_deref());
-    match current + delta {
-        0 => tree.remove(k)?,
-        n => tree.insert(k, &n.to_be_bytes())?,
-    };
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use serde_json::json;
 
     use super::*;
@@ -548,14 +538,19 @@ mod tests {
     use crate::domain::CallbackData;
     use crate::store::{temporary, Lookup};
 
-    fn status_event(id: &str, status: &str, secs: i64, campaign: &str) -> IngestItem {
+    pub(in crate::store) fn status_event(
+        id: &str,
+        status: &str,
+        secs: i64,
+        campaign: &str,
+    ) -> IngestItem {
         IngestItem::Event(Box::new(Event {
             callback: CallbackData::decode(&json!({ "campaign": campaign }), 4096),
             ..Event::test_status(id, status, secs)
         }))
     }
 
-    fn count(store: &SledStore, campaign: &str, metric: &str) -> i64 {
+    pub(in crate::store) fn count(store: &SledStore, campaign: &str, metric: &str) -> i64 {
         store.stat_total("campaign", campaign, metric)
     }
 
@@ -718,81 +713,5 @@ params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
             ),
             (0, 1)
         );
-    }
-
-    /// Runs `write_batch` on requests as if they had queued up together.
-    fn write_together(
-        store: &SledStore,
-        requests: Vec<Vec<IngestItem>>,
-    ) -> Vec<super::super::writer::Written> {
-        let mut answers = Vec::new();
-        let jobs = requests
-            .into_iter()
-            .map(|items| {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                answers.push(answer);
-                let pending = store.prepare(Provider::Bik, items, Utc::now()).unwrap();
-                super::super::writer::Job { pending, reply }
-            })
-            .collect();
-        let context = super::super::writer::Context {
-            trees: store.inner.trees.clone(),
-            fields: store.inner.fields.clone(),
-            rules: Default::default(),
-            flusher: std::sync::Arc::clone(&store.inner.flusher),
-            max_events: 1000,
-        };
-        super::super::writer::write_batch(&context, jobs);
-        answers
-            .into_iter()
-            .map(|mut a| a.try_recv().expect("every request is answered"))
-            .collect()
-    }
-
-    #[test]
-    fn requests_written_together_keep_their_own_outcomes() {
-        let store = temporary(&StoreSettings::default());
-        let answers = write_together(
-            &store,
-            vec![
-                vec![status_event("m1", "sent", 1, "c")],
-                vec![
-                    status_event("m1", "sent", 1, "c"),
-                    status_event("m2", "read", 2, "c"),
-                ],
-                vec![IngestItem::Ignored],
-            ],
-        );
-        let outcomes: Vec<_> = answers.into_iter().map(|a| a.unwrap().0).collect();
-        assert_eq!((outcomes[0].accepted, outcomes[0].duplicates), (1, 0));
-        // The first request of the batch claimed m1's event: the second sees a duplicate.
-        assert_eq!((outcomes[1].accepted, outcomes[1].duplicates), (1, 1));
-        assert_eq!(outcomes[2].ignored, 1);
-        assert_eq!(count(&store, "c", "messages"), 2);
-        assert_eq!(store.message("m1").unwrap().unwrap().events.len(), 1);
-    }
-
-    #[test]
-    fn a_request_that_cannot_be_written_fails_alone() {
-        let store = temporary(&StoreSettings::default());
-        store
-            .inner
-            .trees
-            .messages
-            .insert("broken", "not json")
-            .unwrap();
-        let answers = write_together(
-            &store,
-            vec![
-                vec![status_event("m1", "sent", 1, "c")],
-                vec![status_event("broken", "sent", 1, "c")],
-                vec![status_event("m2", "sent", 1, "c")],
-            ],
-        );
-        let ok: Vec<bool> = answers.iter().map(|a| a.is_ok()).collect();
-        assert_eq!(ok, [true, false, true]);
-        assert!(matches!(answers[1], Err(StoreError::Serde(_))));
-        assert_eq!(count(&store, "c", "messages"), 2);
-        assert!(store.message("m2").unwrap().is_some());
     }
 }

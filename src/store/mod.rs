@@ -46,6 +46,7 @@ mod writer;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::domain::IngestItem;
 pub use actions::{
     clock_ms, Action, ActionFilter, ActionState, Attempt, ClaimToken, DueEntry, RetryOutcome,
     RetryPolicy,
@@ -54,7 +55,7 @@ pub use api::Store;
 pub use backup::{BackupError, Moved};
 pub use durability::FlushFailed;
 use durability::Ticket;
-pub use ingest::{IngestItem, IngestOutcome};
+pub use ingest::IngestOutcome;
 pub use query::{Lookup, Page, RejectedEvent};
 pub use retention::{Janitor, Purged};
 pub use stats::{day_date, day_of, FailureReason, Group, Rates};
@@ -156,7 +157,7 @@ impl SledStore {
             settings.durability,
             Duration::from_millis(settings.relaxed_flush_ms),
         ));
-        let writer = writer::Writer::start(writer::Context {
+        let writer = writer::Writer::start(ingest::Context {
             trees: trees.clone(),
             fields: Fields::of(settings),
             rules: Arc::clone(&rules),

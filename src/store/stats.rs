@@ -9,21 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
-use super::{SledStore, StoreError};
+use sled::transaction::TransactionalTree;
 
-/// The day bucket a message (and its actions) is counted under.
-pub fn day_of(at: DateTime<Utc>) -> u32 {
-    at.timestamp().div_euclid(86_400).max(0) as u32
-}
+use super::{SledStore, StoreError, TxResult};
 
-pub fn day_date(day: u32) -> NaiveDate {
-    DateTime::from_timestamp(i64::from(day) * 86_400, 0)
-        .unwrap_or_default()
-        .date_naive()
-}
+pub use crate::domain::{day_date, day_of};
 
 pub(super) fn stats_key(field: &str, value: &str, day: u32, metric: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(field.len() + value.len() + metric.len() + 6);
@@ -219,6 +211,15 @@ fn top_failure_reasons(m: &BTreeMap<String, i64>) -> Vec<FailureReason> {
     });
     reasons.truncate(TOP_REASONS);
     reasons
+}
+
+pub(super) fn add(tree: &TransactionalTree, k: Vec<u8>, delta: i64) -> TxResult<()> {
+    let current = super::read_i64(tree.get(&k)?.as_deref());
+    match current + delta {
+        0 => tree.remove(k)?,
+        n => tree.insert(k, &n.to_be_bytes())?,
+    };
+    Ok(())
 }
 
 #[cfg(test)]

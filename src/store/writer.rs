@@ -16,16 +16,14 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
-use super::durability::Flusher;
-use super::ingest::{commit, Pending, Report};
-use super::{StoreError, Ticket, Trees};
+use super::ingest::{commit, Context, Pending, Report};
+use super::{StoreError, Ticket};
 use crate::background::Background;
 use crate::observe;
-use crate::rules::Rules;
 
 /// Most events (and quarantined items) folded into one transaction; a single request larger
 /// than this is still written whole, alone.
@@ -44,16 +42,6 @@ pub(super) struct Job {
 enum Message {
     Job(Job),
     Stop,
-}
-
-/// What the writer thread needs; handles only, so the thread never keeps the store alive.
-pub(super) struct Context {
-    pub trees: Trees,
-    pub fields: super::Fields,
-    pub rules: Arc<Rules>,
-    pub flusher: Arc<Flusher>,
-    /// `store.max_events_per_message`.
-    pub max_events: usize,
 }
 
 /// The writer thread and its queue. Stopping it (or dropping it) lets it write what is
@@ -178,7 +166,86 @@ fn unpanicked<T>(write: impl FnOnce() -> Result<T, StoreError>) -> Result<T, Sto
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+
     use super::*;
+    use crate::config::StoreSettings;
+    use crate::domain::Provider;
+    use crate::store::ingest::tests::{count, status_event};
+    use crate::store::{temporary, IngestItem, SledStore};
+
+    /// Runs `write_batch` on requests as if they had queued up together.
+    fn write_together(store: &SledStore, requests: Vec<Vec<IngestItem>>) -> Vec<Written> {
+        let mut answers = Vec::new();
+        let jobs = requests
+            .into_iter()
+            .map(|items| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                answers.push(answer);
+                let pending = store.prepare(Provider::Bik, items, Utc::now()).unwrap();
+                Job { pending, reply }
+            })
+            .collect();
+        let context = Context {
+            trees: store.inner.trees.clone(),
+            fields: store.inner.fields.clone(),
+            rules: Default::default(),
+            flusher: std::sync::Arc::clone(&store.inner.flusher),
+            max_events: 1000,
+        };
+        write_batch(&context, jobs);
+        answers
+            .into_iter()
+            .map(|mut a| a.try_recv().expect("every request is answered"))
+            .collect()
+    }
+
+    #[test]
+    fn requests_written_together_keep_their_own_outcomes() {
+        let store = temporary(&StoreSettings::default());
+        let answers = write_together(
+            &store,
+            vec![
+                vec![status_event("m1", "sent", 1, "c")],
+                vec![
+                    status_event("m1", "sent", 1, "c"),
+                    status_event("m2", "read", 2, "c"),
+                ],
+                vec![IngestItem::Ignored],
+            ],
+        );
+        let outcomes: Vec<_> = answers.into_iter().map(|a| a.unwrap().0).collect();
+        assert_eq!((outcomes[0].accepted, outcomes[0].duplicates), (1, 0));
+        // The first request of the batch claimed m1's event: the second sees a duplicate.
+        assert_eq!((outcomes[1].accepted, outcomes[1].duplicates), (1, 1));
+        assert_eq!(outcomes[2].ignored, 1);
+        assert_eq!(count(&store, "c", "messages"), 2);
+        assert_eq!(store.message("m1").unwrap().unwrap().events.len(), 1);
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_written_fails_alone() {
+        let store = temporary(&StoreSettings::default());
+        store
+            .inner
+            .trees
+            .messages
+            .insert("broken", "not json")
+            .unwrap();
+        let answers = write_together(
+            &store,
+            vec![
+                vec![status_event("m1", "sent", 1, "c")],
+                vec![status_event("broken", "sent", 1, "c")],
+                vec![status_event("m2", "sent", 1, "c")],
+            ],
+        );
+        let ok: Vec<bool> = answers.iter().map(|a| a.is_ok()).collect();
+        assert_eq!(ok, [true, false, true]);
+        assert!(matches!(answers[1], Err(StoreError::Serde(_))));
+        assert_eq!(count(&store, "c", "messages"), 2);
+        assert!(store.message("m2").unwrap().is_some());
+    }
 
     #[test]
     fn a_panic_while_writing_is_its_own_error() {
