@@ -40,7 +40,9 @@ async fn deliver_all(store: &Store) -> anyhow::Result<usize> {
             .map(|a| (a.claim_token(), Attempt::Delivered { status: 200 }))
             .collect();
         delivered += done.len();
-        store.complete_many(&done, &NoRetry).await?;
+        store
+            .complete_many(&done, &NoRetry, chrono::Utc::now())
+            .await?;
     }
 }
 

@@ -136,6 +136,34 @@ impl Drop for Dispatcher {
     }
 }
 
+/// One dispatcher step as of `now`, without the loop's limits or its clock: claims every
+/// action due by `now` (at most `limit` per target), makes each call in turn and records the
+/// outcomes as of `now`; returns the actions as recorded. Tests drive the outbox with it
+/// instead of waiting for real time.
+pub async fn run_once(
+    store: &Store,
+    sender: &Sender,
+    policy: &(dyn RetryPolicy + Sync),
+    now: chrono::DateTime<chrono::Utc>,
+    limit: usize,
+) -> Result<Vec<Action>, StoreError> {
+    let now_ms = now.timestamp_millis().max(0) as u64;
+    let mut done = Vec::new();
+    for target in Target::all() {
+        let due = store.due_actions(target, now_ms, limit)?;
+        for action in store.claim_many(&due)?.into_iter().flatten() {
+            let attempt = sender.send(&action).await;
+            done.push((action.claim_token(), attempt));
+        }
+    }
+    Ok(store
+        .complete_many(&done, policy, now)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
 /// `dispatch.retry_schedule_seconds` with `dispatch.jitter`.
 pub struct Schedule {
     seconds: Vec<f64>,
@@ -280,7 +308,10 @@ async fn record_outcomes(
             .drain(..)
             .map(|(claim, attempt, reply)| ((claim, attempt), reply))
             .unzip();
-        match store.complete_many(&done, &*policy).await {
+        match store
+            .complete_many(&done, &*policy, crate::domain::now())
+            .await
+        {
             Ok(recorded) => {
                 for (reply, action) in replies.into_iter().zip(recorded) {
                     let _ = reply.send(Ok(action));
@@ -288,7 +319,8 @@ async fn record_outcomes(
             }
             Err(_) => {
                 for ((claim, attempt), reply) in done.iter().zip(replies) {
-                    let _ = reply.send(store.complete(claim, attempt, &*policy).await);
+                    let now = crate::domain::now();
+                    let _ = reply.send(store.complete(claim, attempt, &*policy, now).await);
                 }
             }
         }
@@ -479,8 +511,101 @@ fn log_outcome(action: &Action, attempt: &Attempt, elapsed_ms: u64, late_ms: u64
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use chrono::Duration as Span;
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+    use crate::config::StoreSettings;
+    use crate::domain::{Event, IngestItem, Provider};
+
+    /// A store with one `http.post` rule on `read` to the mock, a sender, and one read
+    /// message's action due; the time the test starts from.
+    async fn one_due_action(mock: &MockServer) -> (Store, Sender, chrono::DateTime<chrono::Utc>) {
+        let toml = format!(
+            r#"
+[[rules]]
+name = "hook"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+params = {{ url = "{}/hook", body = {{ id = "{{{{message_id}}}}" }} }}
+"#,
+            mock.uri()
+        );
+        let rules = || crate::rules::tests::rules_for(&toml);
+        let store: Store = crate::store::temporary_with(&StoreSettings::default(), rules()).into();
+        let read = Event::test_status("wamid.ONCE==", "read", 1);
+        store
+            .ingest(
+                Provider::Bik,
+                vec![IngestItem::Event(Box::new(read))],
+                crate::domain::now(),
+            )
+            .await
+            .unwrap();
+        let sender = Sender::new(
+            Default::default(),
+            Arc::new(rules()),
+            1024,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        (store, sender, crate::domain::now() + Span::seconds(1))
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_waits_for_its_step_then_is_delivered_without_sleeping() {
+        let mock = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(503))
+            .up_to_n_times(1)
+            .mount(&mock)
+            .await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&mock)
+            .await;
+        let (store, sender, t0) = one_due_action(&mock).await;
+        let policy = schedule(0.0);
+        let first = run_once(&store, &sender, &policy, t0, 10).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].state, ActionState::Retrying);
+        assert_eq!(first[0].next_attempt_at, Some(t0 + Span::seconds(5)));
+        let early = run_once(&store, &sender, &policy, t0 + Span::seconds(4), 10).await;
+        assert!(early.unwrap().is_empty(), "not due before its step");
+        let second = run_once(&store, &sender, &policy, t0 + Span::seconds(5), 10)
+            .await
+            .unwrap();
+        assert_eq!(second[0].state, ActionState::Delivered);
+        assert_eq!(second[0].attempts, 2);
+        assert_eq!(mock.received_requests().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn retry_after_zero_still_waits_for_the_schedule_and_the_schedule_ends_dead() {
+        let mock = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "0"))
+            .mount(&mock)
+            .await;
+        let (store, sender, t0) = one_due_action(&mock).await;
+        let policy = schedule(0.0);
+        let first = run_once(&store, &sender, &policy, t0, 10).await.unwrap();
+        assert_eq!(first[0].next_attempt_at, Some(t0 + Span::seconds(5)));
+        let at = t0 + Span::seconds(5);
+        let second = run_once(&store, &sender, &policy, at, 10).await.unwrap();
+        assert_eq!(second[0].next_attempt_at, Some(at + Span::seconds(30)));
+        let third = run_once(&store, &sender, &policy, at + Span::seconds(30), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            third[0].state,
+            ActionState::Dead,
+            "the schedule has two steps"
+        );
+        assert_eq!(mock.received_requests().await.unwrap().len(), 3);
+    }
 
     fn schedule(jitter: f64) -> Schedule {
         Schedule {

@@ -442,9 +442,14 @@ impl SledStore {
         claim: &ClaimToken,
         attempt: &Attempt,
         policy: &(dyn RetryPolicy + Sync),
+        now: DateTime<Utc>,
     ) -> Result<Option<Action>, StoreError> {
         let done = [(claim.clone(), attempt.clone())];
-        Ok(self.complete_many(&done, policy).await?.pop().flatten())
+        Ok(self
+            .complete_many(&done, policy, now)
+            .await?
+            .pop()
+            .flatten())
     }
 
     /// [`Store::complete`] for several attempts in one transaction and one flush, answers in
@@ -453,12 +458,12 @@ impl SledStore {
         &self,
         done: &[(ClaimToken, Attempt)],
         policy: &(dyn RetryPolicy + Sync),
+        now: DateTime<Utc>,
     ) -> Result<Vec<Option<Action>>, StoreError> {
         if done.is_empty() {
             return Ok(Vec::new());
         }
         let (recorded, ticket) = self.action_tx_ticket(|tx, _| {
-            let now = crate::domain::now();
             done.iter()
                 .map(|(claim, attempt)| record_attempt(tx, claim, attempt, policy, now))
                 .collect::<TxResult<Vec<_>>>()
@@ -715,7 +720,7 @@ params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
             retry_after: None,
         };
         let first = store
-            .complete(&claim, &busy, &Steps)
+            .complete(&claim, &busy, &Steps, crate::domain::now())
             .await
             .unwrap()
             .unwrap();
@@ -723,14 +728,14 @@ params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
         // The same outcome again (as after a flush that failed although the write stayed):
         // nothing moves, not the schedule, not the counts.
         let again = store
-            .complete(&claim, &busy, &Steps)
+            .complete(&claim, &busy, &Steps, crate::domain::now())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(again, first);
         let delivered = Attempt::Delivered { status: 200 };
         let late = store
-            .complete(&claim, &delivered, &Steps)
+            .complete(&claim, &delivered, &Steps, crate::domain::now())
             .await
             .unwrap()
             .unwrap();

@@ -178,17 +178,20 @@ impl Store {
         claim: &ClaimToken,
         attempt: &Attempt,
         policy: &(dyn RetryPolicy + Sync),
+        now: DateTime<Utc>,
     ) -> Result<Option<Action>, StoreError> {
-        on_backend!(self, b => b.complete(claim, attempt, policy).await)
+        on_backend!(self, b => b.complete(claim, attempt, policy, now).await)
     }
 
-    /// [`Store::complete`] for several attempts at once.
+    /// [`Store::complete`] for several attempts at once. `now` is when they finished: the
+    /// next attempt of a retried one is scheduled from it.
     pub async fn complete_many(
         &self,
         done: &[(ClaimToken, Attempt)],
         policy: &(dyn RetryPolicy + Sync),
+        now: DateTime<Utc>,
     ) -> Result<Vec<Option<Action>>, StoreError> {
-        on_backend!(self, b => b.complete_many(done, policy).await)
+        on_backend!(self, b => b.complete_many(done, policy, now).await)
     }
 
     /// Puts actions a crash left in flight back in the outbox.
