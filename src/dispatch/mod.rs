@@ -10,6 +10,8 @@
 //! On stop it claims nothing more and gives calls in flight `dispatch.shutdown_grace_seconds`
 //! to finish; any cut off stay marked in flight and are sent again on the next start.
 
+mod gate;
+mod schedule;
 mod send;
 
 use std::collections::HashMap;
@@ -17,17 +19,18 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::background::{Background, CancellationToken};
-use crate::config::{DispatchSettings, Limits, Settings};
+use crate::config::Settings;
 use crate::rules::{Rules, Target};
 use crate::store::{
     clock_ms, Action, ActionState, Attempt, ClaimToken, DueEntry, RetryPolicy, Store, StoreError,
 };
+use gate::{Blocked, Gate};
+pub use schedule::Schedule;
 pub use send::Sender;
 
 /// Due entries read at once per target.
@@ -162,92 +165,6 @@ pub async fn run_once(
         .into_iter()
         .flatten()
         .collect())
-}
-
-/// `dispatch.retry_schedule_seconds` with `dispatch.jitter`.
-pub struct Schedule {
-    seconds: Vec<f64>,
-    jitter: f64,
-}
-
-impl From<&DispatchSettings> for Schedule {
-    fn from(d: &DispatchSettings) -> Self {
-        Self {
-            seconds: d.retry_schedule_seconds.clone(),
-            jitter: d.jitter,
-        }
-    }
-}
-
-impl RetryPolicy for Schedule {
-    /// The schedule's step for this failure, scaled by a factor in `[1 - jitter, 1 + jitter]`.
-    /// A longer `Retry-After` replaces it, spread the same width but only upwards (scaled by
-    /// `[1, 1 + 2 * jitter]`), so a target that asked for a pause never hears from flowhook
-    /// early, and the actions it turned away together do not come back in lockstep.
-    fn delay(
-        &self,
-        action_id: &str,
-        failures: u32,
-        at_least: Option<chrono::Duration>,
-    ) -> Option<chrono::Duration> {
-        let step = *self.seconds.get(failures.checked_sub(1)? as usize)?;
-        // The same spread every time for one action and attempt (so a test can predict it).
-        let digest = Sha256::new()
-            .chain_update(action_id.as_bytes())
-            .chain_update(failures.to_be_bytes())
-            .finalize();
-        let unit =
-            u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
-        let scheduled = step * (1.0 + self.jitter * (unit * 2.0 - 1.0));
-        let asked = at_least.map_or(0.0, |d| d.num_milliseconds().max(0) as f64 / 1000.0);
-        let seconds = if asked > scheduled {
-            asked * (1.0 + 2.0 * self.jitter * unit)
-        } else {
-            scheduled
-        };
-        Some(chrono::Duration::milliseconds(
-            (seconds * 1000.0).round() as i64
-        ))
-    }
-}
-
-/// A target's limits, as the loop applies them.
-struct Gate {
-    slots: Arc<Semaphore>,
-    interval: Option<Duration>,
-    next_start: Instant,
-}
-
-enum Blocked {
-    /// Every `max_in_flight` slot is taken; wait for a call to finish.
-    Busy,
-    /// The rate allows the next start at this instant.
-    Until(Instant),
-}
-
-impl Gate {
-    fn new(limits: Limits) -> Self {
-        Self {
-            slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
-            interval: (limits.rate_per_second > 0.0)
-                .then(|| Duration::from_secs_f64(1.0 / limits.rate_per_second)),
-            next_start: Instant::now(),
-        }
-    }
-
-    fn try_start(&mut self, now: Instant) -> Result<OwnedSemaphorePermit, Blocked> {
-        if self.interval.is_some() && now < self.next_start {
-            return Err(Blocked::Until(self.next_start));
-        }
-        let permit = Arc::clone(&self.slots)
-            .try_acquire_owned()
-            .map_err(|_| Blocked::Busy)?;
-        if let Some(interval) = self.interval {
-            // No burst: starts are at least `interval` apart.
-            self.next_start = self.next_start.max(now) + interval;
-        }
-        Ok(permit)
-    }
 }
 
 struct Worker {
@@ -515,6 +432,7 @@ mod tests {
     use wiremock::matchers::method;
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
+    use super::schedule::tests::schedule;
     use super::*;
     use crate::config::StoreSettings;
     use crate::domain::{Event, IngestItem, Provider};
@@ -605,56 +523,5 @@ params = {{ url = "{}/hook", body = {{ id = "{{{{message_id}}}}" }} }}
             "the schedule has two steps"
         );
         assert_eq!(mock.received_requests().await.unwrap().len(), 3);
-    }
-
-    fn schedule(jitter: f64) -> Schedule {
-        Schedule {
-            seconds: vec![5.0, 30.0],
-            jitter,
-        }
-    }
-
-    fn ms(d: Option<Span>) -> i64 {
-        d.expect("a next attempt").num_milliseconds()
-    }
-
-    #[test]
-    fn the_schedule_spreads_each_step_both_ways() {
-        let s = schedule(0.2);
-        let delays: Vec<i64> = (0..500)
-            .map(|i| ms(s.delay(&format!("act_{i}"), 1, None)))
-            .collect();
-        assert!(delays.iter().all(|d| (4_000..=6_000).contains(d)));
-        assert!(delays.iter().any(|d| *d < 4_500) && delays.iter().any(|d| *d > 5_500));
-        assert_eq!(s.delay("act_1", 3, None), None, "the schedule ran out");
-    }
-
-    #[test]
-    fn retry_after_never_shortens_the_schedule() {
-        let s = schedule(0.2);
-        for i in 0..200 {
-            let id = format!("act_{i}");
-            let plain = s.delay(&id, 2, None);
-            assert_eq!(s.delay(&id, 2, Some(Span::zero())), plain);
-            assert_eq!(s.delay(&id, 2, Some(Span::seconds(10))), plain);
-        }
-    }
-
-    #[test]
-    fn a_longer_retry_after_is_kept_and_spread_upwards() {
-        let s = schedule(0.2);
-        let delays: Vec<i64> = (0..2_000)
-            .map(|i| ms(s.delay(&format!("act_{i}"), 1, Some(Span::seconds(15)))))
-            .collect();
-        assert!(delays.iter().all(|d| (15_000..=21_000).contains(d)));
-        let distinct: std::collections::HashSet<_> = delays.iter().map(|d| d / 100).collect();
-        assert!(
-            distinct.len() > 40,
-            "not in lockstep: {} slots",
-            distinct.len()
-        );
-        // Without jitter, exactly what was asked.
-        let exact = schedule(0.0).delay("act_1", 1, Some(Span::seconds(15)));
-        assert_eq!(ms(exact), 15_000);
     }
 }

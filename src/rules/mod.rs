@@ -12,6 +12,7 @@
 //!   reached. A status counts as reached by a later one on the `sent < delivered < read` path
 //!   (a read message was delivered).
 
+mod compile;
 pub mod lifecycle;
 pub mod plan;
 pub mod template;
@@ -23,10 +24,11 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub use crate::targets::{ActionKind, Origin, Outbound, Target};
+pub use compile::RuleError;
 pub use lifecycle::{ActionId, RuleName};
 use template::{text_of, Context, Missing, Template, Var};
 
-use crate::config::{decode_whsec, Secret, Settings, Trigger};
+use crate::config::Trigger;
 use crate::domain::{EventKind, MessageState, Status, TimelineEvent};
 
 /// The compiled `[[rules]]`.
@@ -69,65 +71,7 @@ pub enum Step {
     Skip(String),
 }
 
-/// What is wrong with one key of one `[[rules]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("rules[{index}] ({name}).{key}: {problem}")]
-pub struct RuleError {
-    /// The entry's place in the file, from 0, and its name.
-    pub index: usize,
-    pub name: String,
-    /// The key within the entry: `action`, `params.flow_id`, `when.callback.campaign`, ...
-    pub key: String,
-    pub problem: String,
-}
-
-/// A problem found in one rule, before it is placed in the file.
-struct Problem {
-    key: String,
-    problem: String,
-}
-
-impl Problem {
-    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
 impl Rules {
-    /// Checks every rule against the action table and the targets, and compiles them. This is
-    /// the one place rules are checked: `serve` and `check-config` both come here.
-    pub fn compile(settings: &Settings) -> Result<Self, Vec<RuleError>> {
-        let mut errors = Vec::new();
-        let mut rules = Vec::new();
-        let mut names = HashSet::new();
-        for (index, raw) in settings.rules.iter().enumerate() {
-            let error = |p: Problem| RuleError {
-                index,
-                name: raw.name.clone(),
-                key: p.key,
-                problem: p.problem,
-            };
-            if !names.insert(raw.name.clone()) {
-                errors.push(error(Problem::new(
-                    "name",
-                    format!("duplicate rule name {:?}", raw.name),
-                )));
-            }
-            match Rule::compile(raw, settings) {
-                Ok(rule) => rules.push(rule),
-                Err(problems) => errors.extend(problems.into_iter().map(error)),
-            }
-        }
-        if errors.is_empty() {
-            Ok(Self { rules })
-        } else {
-            Err(errors)
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
@@ -163,169 +107,6 @@ pub fn action_id(message_id: &str, rule: &str) -> ActionId {
 }
 
 impl Rule {
-    fn compile(
-        raw: &crate::config::RuleSettings,
-        settings: &Settings,
-    ) -> Result<Self, Vec<Problem>> {
-        let mut problems = Vec::new();
-        let valid_name = !raw.name.is_empty()
-            && raw.name.len() <= 64
-            && raw
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-        if !valid_name {
-            problems.push(Problem::new("name", "must be 1 to 64 of [a-z0-9_-]"));
-        }
-        let statuses: Vec<Status> = raw.statuses.iter().map(|s| Status::parse(s)).collect();
-        let since = raw.since.as_deref().map(Status::parse);
-        match raw.on {
-            Trigger::Status | Trigger::MissingStatus if statuses.is_empty() => {
-                problems.push(Problem::new("statuses", "list at least one status"))
-            }
-            Trigger::Click if !statuses.is_empty() => {
-                problems.push(Problem::new("statuses", "not used with on = \"click\""))
-            }
-            _ => {}
-        }
-        if raw.url_prefix.is_some() && raw.on != Trigger::Click {
-            problems.push(Problem::new("url_prefix", "only used with on = \"click\""));
-        }
-        if raw.on == Trigger::MissingStatus {
-            if since.is_none() {
-                problems.push(Problem::new(
-                    "since",
-                    "required with on = \"missing_status\"",
-                ));
-            }
-            if raw.after_seconds.is_none() {
-                problems.push(Problem::new(
-                    "after_seconds",
-                    "required with on = \"missing_status\"",
-                ));
-            }
-        } else {
-            if raw.since.is_some() {
-                problems.push(Problem::new(
-                    "since",
-                    "only used with on = \"missing_status\"",
-                ));
-            }
-            if raw.after_seconds.is_some() {
-                problems.push(Problem::new(
-                    "after_seconds",
-                    "only used with on = \"missing_status\"",
-                ));
-            }
-        }
-        let after_seconds = raw.after_seconds.unwrap_or(0);
-        if after_seconds > 366 * 86_400 {
-            problems.push(Problem::new("after_seconds", "at most a year"));
-        }
-
-        let mut when = Vec::new();
-        for (name, expected) in &raw.when {
-            let var = match Var::parse(name) {
-                Ok(v) => v,
-                Err(e) => {
-                    problems.push(Problem::new(format!("when.{name}"), e.to_string()));
-                    continue;
-                }
-            };
-            if var == Var::ClickUrl && raw.on != Trigger::Click {
-                problems.push(Problem::new(
-                    format!("when.{name}"),
-                    "only known with on = \"click\"",
-                ));
-            }
-            let values = match expected {
-                Value::Array(items) => items.clone(),
-                other => vec![other.clone()],
-            };
-            if values.is_empty() || values.iter().any(|v| v.is_object() || v.is_array()) {
-                problems.push(Problem::new(
-                    format!("when.{name}"),
-                    "expected a value or a list of values to match",
-                ));
-            }
-            when.push((var, values.iter().map(text_of).collect()));
-        }
-
-        let action = ActionKind::parse(&raw.action);
-        let mut signing_key = None;
-        let mut params = raw.params.clone();
-        match action {
-            None => problems.push(Problem::new(
-                "action",
-                format!(
-                    "unknown action {:?} (known: {})",
-                    raw.action,
-                    ActionKind::all()
-                        .map(ActionKind::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
-            Some(kind) => {
-                problems.extend(check_params(kind, &params));
-                let missing = settings.targets.missing(kind.target());
-                if !missing.is_empty() {
-                    problems.push(Problem::new(
-                        "action",
-                        format!(
-                            "{kind} needs [targets.{}] with {} set",
-                            kind.target(),
-                            missing.join(", ")
-                        ),
-                    ));
-                }
-                if kind.signed() {
-                    match params.remove("secret") {
-                        Some(Value::String(s)) => match decode_whsec(&Secret::new(s)) {
-                            Ok(key) => signing_key = Some(key),
-                            Err(e) => problems.push(Problem::new("params.secret", e.to_string())),
-                        },
-                        Some(_) => {
-                            problems.push(Problem::new("params.secret", "must be a whsec_ string"))
-                        }
-                        None => {}
-                    }
-                }
-            }
-        }
-        let mut fields = Vec::with_capacity(params.len());
-        for (key, value) in &params {
-            match Template::parse(value) {
-                Ok(t) => {
-                    if raw.on != Trigger::Click && t.vars().contains(&&Var::ClickUrl) {
-                        problems.push(Problem::new(
-                            format!("params.{key}"),
-                            "{{click.url}} is only known with on = \"click\"",
-                        ));
-                    }
-                    fields.push((key.clone(), t))
-                }
-                Err(e) => problems.push(Problem::new(format!("params.{key}"), e.to_string())),
-            }
-        }
-        let params = Template::Object(fields);
-        match action {
-            Some(action) if problems.is_empty() => Ok(Self {
-                name: raw.name.clone(),
-                on: raw.on,
-                statuses,
-                url_prefix: raw.url_prefix.clone(),
-                since,
-                after: Duration::seconds(after_seconds as i64),
-                when,
-                action,
-                params,
-                signing_key,
-            }),
-            _ => Err(problems),
-        }
-    }
-
     pub fn signing_key(&self) -> Option<&[u8]> {
         self.signing_key.as_deref()
     }
@@ -448,44 +229,6 @@ impl Context for Facts<'_> {
     }
 }
 
-/// Param names and shapes against the action's table.
-fn check_params(kind: ActionKind, params: &Map<String, Value>) -> Vec<Problem> {
-    let spec = kind.spec();
-    let mut problems = Vec::new();
-    for key in params.keys() {
-        if !spec.required.contains(&key.as_str()) && !spec.optional.contains(&key.as_str()) {
-            let mut known: Vec<&str> = spec.required.to_vec();
-            known.extend(spec.optional);
-            problems.push(Problem::new(
-                format!("params.{key}"),
-                format!("unknown key for {kind} (known: {})", known.join(", ")),
-            ));
-        }
-    }
-    for key in spec.required {
-        if !params.contains_key(*key) {
-            problems.push(Problem::new(
-                format!("params.{key}"),
-                format!("required by {kind}"),
-            ));
-        }
-    }
-    if !spec.one_of.is_empty() && !spec.one_of.iter().any(|k| params.contains_key(*k)) {
-        problems.push(Problem::new(
-            "params",
-            format!("{kind} needs one of {}", spec.one_of.join(", ")),
-        ));
-    }
-    for key in spec.tables {
-        if let Some(value) = params.get(*key) {
-            if !value.is_object() {
-                problems.push(Problem::new(format!("params.{key}"), "must be a table"));
-            }
-        }
-    }
-    problems
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use chrono::TimeZone;
@@ -513,7 +256,7 @@ pub(crate) mod tests {
 
     /// Rules compiled from a `[[rules]]` TOML snippet, for tests elsewhere.
     pub(crate) fn rules_for(toml: &str) -> Rules {
-        let settings = Settings::from_toml_str(toml).unwrap();
+        let settings = crate::config::Settings::from_toml_str(toml).unwrap();
         Rules::compile(&settings).unwrap()
     }
 

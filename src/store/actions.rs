@@ -16,23 +16,21 @@ use std::ops::Bound;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use chrono::{DateTime, Utc};
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
 use super::query::Page;
 use super::record::Record;
 use super::{abort, from_json, json_bytes, key, SledStore, StoreError, Ticket, TxResult};
-use crate::domain::MessageState;
 use crate::observe;
 pub use crate::rules::lifecycle::{
     Action, ActionOutcome, ActionState, Attempt, ClaimToken, RetryPolicy,
 };
-use crate::rules::{reached, Target};
+use crate::rules::Target;
 
 impl Action {
     /// The outbox key while the action waits for an attempt.
-    fn outbox_key(&self) -> Option<Vec<u8>> {
+    pub(super) fn outbox_key(&self) -> Option<Vec<u8>> {
         if !self.state.waiting() || self.in_flight {
             return None;
         }
@@ -71,7 +69,7 @@ fn outbox_key(target: Target, due_ms: u64, id: &str) -> Vec<u8> {
     k
 }
 
-fn outbox_prefix(target: Target) -> Vec<u8> {
+pub(super) fn outbox_prefix(target: Target) -> Vec<u8> {
     key(&[target.as_str().as_bytes(), b""])
 }
 
@@ -168,16 +166,6 @@ impl ActionTx<'_> {
     }
 }
 
-/// A due outbox entry.
-#[derive(Debug, Clone)]
-pub struct DueEntry {
-    /// The outbox entry: a claim token only the store reads.
-    pub(super) key: Vec<u8>,
-    pub id: String,
-    pub due_ms: u64,
-    pub target: Target,
-}
-
 /// Filters for listing actions.
 #[derive(Debug, Clone, Default)]
 pub struct ActionFilter {
@@ -208,19 +196,19 @@ impl ActionFilter {
 }
 
 /// The counter of all actions in one state (the empty field, which no indexed field can be).
-fn overall_key(state: ActionState) -> Vec<u8> {
+pub(super) fn overall_key(state: ActionState) -> Vec<u8> {
     key(&[b"", b"", format!("action:{state}").as_bytes()])
 }
 
 impl SledStore {
-    fn action_tx<R>(
+    pub(super) fn action_tx<R>(
         &self,
         f: impl Fn(&ActionTx<'_>, &TransactionalTree) -> TxResult<R>,
     ) -> Result<R, StoreError> {
         Ok(self.action_tx_ticket(f)?.0)
     }
 
-    fn action_tx_ticket<R>(
+    pub(super) fn action_tx_ticket<R>(
         &self,
         f: impl Fn(&ActionTx<'_>, &TransactionalTree) -> TxResult<R>,
     ) -> Result<(R, Ticket), StoreError> {
@@ -337,177 +325,6 @@ impl SledStore {
         })
     }
 
-    /// A target's outbox entries due by `now_ms`, earliest first, at most `limit`.
-    pub fn due_actions(
-        &self,
-        target: Target,
-        now_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<DueEntry>, StoreError> {
-        let prefix = outbox_prefix(target);
-        let mut end = prefix.clone();
-        end.extend_from_slice(&(now_ms + 1).to_be_bytes());
-        let mut out = Vec::new();
-        for entry in self
-            .inner
-            .trees
-            .outbox
-            .range(prefix.as_slice()..end.as_slice())
-            .take(limit)
-        {
-            let (k, _) = entry?;
-            let Some(rest) = k.get(prefix.len()..).filter(|r| r.len() >= 8) else {
-                continue;
-            };
-            out.push(DueEntry {
-                id: String::from_utf8_lossy(&rest[8..]).into_owned(),
-                due_ms: u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")),
-                key: k.to_vec(),
-                target,
-            });
-        }
-        Ok(out)
-    }
-
-    /// When a target's earliest waiting action is due (unix ms), if any waits.
-    pub fn next_due_ms(&self, target: Target) -> Result<Option<u64>, StoreError> {
-        let prefix = outbox_prefix(target);
-        Ok(self
-            .inner
-            .trees
-            .outbox
-            .scan_prefix(&prefix)
-            .next()
-            .transpose()?
-            .and_then(|(k, _)| {
-                let due = k.get(prefix.len()..prefix.len() + 8)?;
-                Some(u64::from_be_bytes(due.try_into().ok()?))
-            }))
-    }
-
-    /// How many actions are in each state.
-    pub fn action_counts(&self) -> Result<Vec<(ActionState, i64)>, StoreError> {
-        ActionState::ALL
-            .into_iter()
-            .map(|state| {
-                let count = self.inner.trees.aggregates.get(overall_key(state))?;
-                Ok((state, super::read_i64(count.as_deref())))
-            })
-            .collect()
-    }
-
-    /// How long the most overdue waiting action has been due, in ms (0 when none is).
-    pub fn oldest_due_ms(&self) -> Result<u64, StoreError> {
-        let now = clock_ms();
-        let mut oldest = 0;
-        for target in Target::all() {
-            if let Some(due) = self.next_due_ms(target)? {
-                oldest = oldest.max(now.saturating_sub(due));
-            }
-        }
-        Ok(oldest)
-    }
-
-    /// Takes due actions for sending, in one transaction: each is marked in flight and its
-    /// attempt counted. An answer (in order) is `None` when that action is no longer waiting,
-    /// or when it was a timer whose awaited status has arrived (it is then cancelled).
-    pub fn claim_many(&self, entries: &[DueEntry]) -> Result<Vec<Option<Action>>, StoreError> {
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
-        let claimed = self.action_tx(|tx, messages| {
-            entries
-                .iter()
-                .map(|entry| claim_one(tx, messages, entry))
-                .collect::<TxResult<Vec<_>>>()
-        })?;
-        // Counted once the transaction is in (its closure may run more than once).
-        Ok(claimed
-            .into_iter()
-            .map(|claim| match claim {
-                Claim::Send(action) => Some(action),
-                Claim::Cancelled(action) => {
-                    observe::action(&action.rule, action.action, ActionOutcome::Cancelled);
-                    None
-                }
-                Claim::Gone => None,
-            })
-            .collect())
-    }
-
-    /// Records how a claimed action's attempt went, and returns once that is on disk (so a
-    /// crash can repeat only calls still in flight).
-    pub async fn complete(
-        &self,
-        claim: &ClaimToken,
-        attempt: &Attempt,
-        policy: &(dyn RetryPolicy + Sync),
-        now: DateTime<Utc>,
-    ) -> Result<Option<Action>, StoreError> {
-        let done = [(claim.clone(), attempt.clone())];
-        Ok(self
-            .complete_many(&done, policy, now)
-            .await?
-            .pop()
-            .flatten())
-    }
-
-    /// [`Store::complete`] for several attempts in one transaction and one flush, answers in
-    /// order.
-    pub async fn complete_many(
-        &self,
-        done: &[(ClaimToken, Attempt)],
-        policy: &(dyn RetryPolicy + Sync),
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Option<Action>>, StoreError> {
-        if done.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (recorded, ticket) = self.action_tx_ticket(|tx, _| {
-            done.iter()
-                .map(|(claim, attempt)| record_attempt(tx, claim, attempt, policy, now))
-                .collect::<TxResult<Vec<_>>>()
-        })?;
-        self.wait_durable(ticket).await?;
-        // Counted once: an outcome recorded before (a second try after a failed flush) is not.
-        for action in recorded
-            .iter()
-            .filter_map(|(action, new)| action.as_ref().filter(|_| *new))
-        {
-            let outcome = ActionOutcome::of_attempt(action.state);
-            observe::action(&action.rule, action.action, outcome);
-        }
-        Ok(recorded.into_iter().map(|(action, _)| action).collect())
-    }
-
-    /// Puts every action a crash left in flight back in the outbox, due now.
-    pub fn recover_in_flight(&self) -> Result<usize, StoreError> {
-        let ids: Vec<String> = self
-            .inner
-            .trees
-            .inflight
-            .iter()
-            .keys()
-            .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()))
-            .collect::<Result<_, _>>()?;
-        let now = crate::domain::now();
-        for id in &ids {
-            self.action_tx(|tx, _| {
-                match tx.load(id)? {
-                    Some(old) if old.in_flight => tx.update(&old, &old.recovered(now))?,
-                    // A mark without an in-flight action is left over; drop it.
-                    _ => {
-                        if let Some(inflight) = tx.inflight {
-                            inflight.remove(id.as_bytes())?;
-                        }
-                    }
-                }
-                Ok(())
-            })?;
-        }
-        Ok(ids.len())
-    }
-
     /// Requeues one `dead` (or `retrying`) action now, with a fresh retry schedule.
     pub fn retry_action(&self, id: &str) -> Result<RetryOutcome, StoreError> {
         let outcome = self.action_tx(|tx, _| {
@@ -563,89 +380,11 @@ impl SledStore {
         }
         Ok(total)
     }
-
-    /// Wakes when something was added to the outbox.
-    pub async fn outbox_changed(&self) {
-        self.inner.outbox_changed.notified().await
-    }
-
-    /// Wakes a dispatcher waiting in [`Store::outbox_changed`].
-    pub fn notify_outbox(&self) {
-        self.inner.outbox_changed.notify_one();
-    }
 }
 
 /// The action id at the end of an index key.
 fn index_id(k: &[u8], from: usize) -> String {
     String::from_utf8_lossy(k.get(from..).unwrap_or_default()).into_owned()
-}
-
-/// What one claim transaction decided.
-/// Claims one entry inside a transaction (see [`Store::claim_many`]).
-fn claim_one(tx: &ActionTx<'_>, messages: &TransactionalTree, entry: &DueEntry) -> TxResult<Claim> {
-    let Some(old) = tx.load(&entry.id)? else {
-        tx.outbox.remove(entry.key.as_slice())?;
-        return Ok(Claim::Gone);
-    };
-    if old.outbox_key().as_deref() != Some(entry.key.as_slice()) {
-        // A stale entry: the action moved on since the scan (its own key, if it has
-        // one, is another).
-        tx.outbox.remove(entry.key.as_slice())?;
-        return Ok(Claim::Gone);
-    }
-    if !old.until.is_empty() {
-        let state: Option<MessageState> = match messages.get(old.message_id.as_bytes())? {
-            Some(b) => {
-                Record::decode(&old.message_id, &b)
-                    .map_err(sled::transaction::ConflictableTransactionError::Abort)?
-                    .state
-            }
-            None => None,
-        };
-        if let Some(status) = state
-            .as_ref()
-            .and_then(|s| old.until.iter().find(|u| reached(s, u).is_some()))
-        {
-            let reason = format!("cancelled: message reached {status}");
-            let new = old.cancelled(crate::domain::now(), reason);
-            tx.update(&old, &new)?;
-            return Ok(Claim::Cancelled(new));
-        }
-    }
-    let new = old.claimed();
-    tx.update(&old, &new)?;
-    Ok(Claim::Send(new))
-}
-
-/// Records one attempt inside a transaction (see [`Store::complete`]): the action after it,
-/// and whether this call recorded it (false when the claim's outcome already was).
-fn record_attempt(
-    tx: &ActionTx<'_>,
-    claim: &ClaimToken,
-    attempt: &Attempt,
-    policy: &(dyn RetryPolicy + Sync),
-    now: DateTime<Utc>,
-) -> TxResult<(Option<Action>, bool)> {
-    let id = claim.action_id();
-    let Some(old) = tx.load(id)? else {
-        // Purged while in flight: only its mark is left.
-        if let Some(inflight) = tx.inflight {
-            inflight.remove(id.as_bytes())?;
-        }
-        return Ok((None, false));
-    };
-    if !old.awaits(claim) {
-        return Ok((Some(old), false));
-    }
-    let new = old.after_attempt(attempt, policy, now);
-    tx.update(&old, &new)?;
-    Ok((Some(new), true))
-}
-
-enum Claim {
-    Send(Action),
-    Cancelled(Action),
-    Gone,
 }
 
 /// What a single retry request found.
@@ -654,99 +393,4 @@ pub enum RetryOutcome {
     Requeued(Action),
     NotRetryable(Action),
     NotFound,
-}
-
-/// `now` in unix ms, the outbox's clock.
-pub fn clock_ms() -> u64 {
-    Utc::now().timestamp_millis().max(0) as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::StoreSettings;
-    use crate::domain::Event;
-    use crate::store::IngestItem;
-
-    struct Steps;
-
-    impl RetryPolicy for Steps {
-        fn delay(
-            &self,
-            _: &str,
-            failures: u32,
-            _: Option<chrono::Duration>,
-        ) -> Option<chrono::Duration> {
-            (failures < 3).then(|| chrono::Duration::seconds(60 * i64::from(failures)))
-        }
-    }
-
-    async fn store_with_one_due_action() -> SledStore {
-        let rules = crate::rules::tests::rules_for(
-            r#"
-[[rules]]
-name = "on-read"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
-"#,
-        );
-        let store = crate::store::temporary_with(&StoreSettings::default(), rules);
-        let read = Event::test_status("wamid.ONCE==", "read", 1);
-        store
-            .ingest(
-                crate::domain::Provider::Bik,
-                vec![IngestItem::Event(Box::new(read))],
-                crate::domain::now(),
-            )
-            .await
-            .unwrap();
-        store
-    }
-
-    #[tokio::test]
-    async fn an_outcome_is_recorded_once_per_claim() {
-        let store = store_with_one_due_action().await;
-        let due = store
-            .due_actions(Target::parse("http").unwrap(), clock_ms(), 10)
-            .unwrap();
-        let claimed = store.claim_many(&due).unwrap().pop().flatten().unwrap();
-        let claim = claimed.claim_token();
-        let busy = Attempt::Retry {
-            error: "busy".into(),
-            status: Some(503),
-            body: None,
-            retry_after: None,
-        };
-        let first = store
-            .complete(&claim, &busy, &Steps, crate::domain::now())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(first.state, ActionState::Retrying);
-        // The same outcome again (as after a flush that failed although the write stayed):
-        // nothing moves, not the schedule, not the counts.
-        let again = store
-            .complete(&claim, &busy, &Steps, crate::domain::now())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(again, first);
-        let delivered = Attempt::Delivered { status: 200 };
-        let late = store
-            .complete(&claim, &delivered, &Steps, crate::domain::now())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            late.state,
-            ActionState::Retrying,
-            "an old claim's outcome is stale"
-        );
-        let counts: std::collections::HashMap<_, _> =
-            store.action_counts().unwrap().into_iter().collect();
-        assert_eq!(counts.get(&ActionState::Retrying), Some(&1));
-        assert_eq!(counts.get(&ActionState::Delivered).copied().unwrap_or(0), 0);
-    }
 }

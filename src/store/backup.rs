@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 use super::actions::{Action, ActionTx};
-use super::ingest::{Derived, Filing};
+use super::filing::{Derived, Filing};
 use super::record::Record;
 use super::{abort, time_key, RejectedEvent, SledStore, StoreError};
 use crate::domain::MessageState;

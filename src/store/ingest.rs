@@ -11,10 +11,10 @@ use sled::Transactional;
 
 use super::actions::{ActionOutcome, ActionTx};
 use super::durability::Flusher;
+use super::filing::{Derived, Filing};
 use super::query::RejectedEvent;
 use super::record::{self, Record};
-use super::{index_value, json_bytes as json, key, SledStore, StoreError, Trees, TxResult};
-use crate::domain::recipient::lookup_key;
+use super::{json_bytes as json, key, SledStore, StoreError, Trees, TxResult};
 use crate::domain::{Event, EventKind, IngestItem, MessageId, MessageState, Provider};
 use crate::observe;
 use crate::rules::plan::Planned;
@@ -410,123 +410,6 @@ fn overflow_key(fingerprint: u64) -> Vec<u8> {
     let mut k = b"o\0".to_vec();
     k.extend_from_slice(&fingerprint.to_be_bytes());
     k
-}
-
-/// What a message contributes to the secondary indexes and aggregates.
-#[derive(PartialEq)]
-pub(super) struct Derived {
-    /// Recipient keys: the recipient's [`lookup_key`] and the business-scoped user id.
-    recipients: Vec<String>,
-    /// Indexed callback values (`store.index_callback_fields`).
-    callback: Vec<(String, String)>,
-    /// Counted callback values (`store.stats_callback_fields`).
-    stats: Vec<(String, String)>,
-    status: Option<String>,
-    clicked: bool,
-    /// The day bucket of the stats (when the message was first seen).
-    day: u32,
-    failure: Option<String>,
-}
-
-impl Derived {
-    pub(super) fn of(state: Option<&MessageState>, fields: &super::Fields) -> Option<Self> {
-        let state = state?;
-        // The state's `recipient_e164` is `lookup_key`'s answer already, when there is one.
-        let values = |names: &[String]| -> Vec<(String, String)> {
-            names
-                .iter()
-                .filter_map(|f| Some((f.clone(), index_value(state.callback_field(f)?)?)))
-                .collect()
-        };
-        let mut recipients: Vec<String> = state
-            .recipient_e164
-            .clone()
-            .or_else(|| state.recipient.as_deref().map(lookup_key))
-            .into_iter()
-            .chain(state.recipient_user_id.clone())
-            .filter(|r| !r.is_empty() && !r.contains('\0') && r.len() <= 256)
-            .collect();
-        recipients.dedup();
-        Some(Self {
-            recipients,
-            callback: values(&fields.index),
-            stats: values(&fields.stats),
-            status: state.status.as_ref().map(|s| s.as_str().to_owned()),
-            clicked: !state.clicks.is_empty(),
-            day: super::stats::day_of(state.first_seen_at),
-            failure: super::stats::failure_metric(state),
-        })
-    }
-
-    fn metrics(&self) -> Vec<String> {
-        let mut metrics = vec!["messages".to_owned()];
-        metrics.extend(self.status.as_ref().map(|s| format!("status:{s}")));
-        if self.clicked {
-            metrics.push("clicked".into());
-        }
-        metrics.extend(self.failure.clone());
-        metrics
-    }
-}
-
-/// The trees a message is filed in besides `messages`.
-pub(super) struct Filing<'a> {
-    pub callback: &'a TransactionalTree,
-    pub recipient: &'a TransactionalTree,
-    pub aggregates: &'a TransactionalTree,
-}
-
-impl Filing<'_> {
-    /// Moves a message's index entries and aggregate counts from its old to its new state.
-    pub(super) fn refile(
-        &self,
-        id: &MessageId,
-        old: Option<&Derived>,
-        new: Option<&Derived>,
-    ) -> TxResult<()> {
-        if old == new {
-            return Ok(());
-        }
-        if let Some(old) = old {
-            self.file(id, old, -1)?;
-        }
-        if let Some(new) = new {
-            self.file(id, new, 1)?;
-        }
-        Ok(())
-    }
-
-    /// Files (`delta = 1`) or unfiles (`delta = -1`) one state.
-    fn file(&self, id: &MessageId, d: &Derived, delta: i64) -> TxResult<()> {
-        let id = id.as_str().as_bytes();
-        let mut entries: Vec<(&TransactionalTree, Vec<u8>)> = Vec::new();
-        for r in &d.recipients {
-            entries.push((self.recipient, key(&[r.as_bytes(), id])));
-        }
-        for (field, value) in &d.callback {
-            entries.push((
-                self.callback,
-                key(&[field.as_bytes(), value.as_bytes(), id]),
-            ));
-        }
-        for (field, value) in &d.stats {
-            for metric in d.metrics() {
-                super::stats::add(
-                    self.aggregates,
-                    super::stats::stats_key(field, value, d.day, &metric),
-                    delta,
-                )?;
-            }
-        }
-        for (tree, k) in entries {
-            if delta > 0 {
-                tree.insert(k, &[])?;
-            } else {
-                tree.remove(k)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

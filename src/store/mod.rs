@@ -35,7 +35,9 @@ mod actions;
 mod api;
 mod backup;
 mod durability;
+mod filing;
 mod ingest;
+mod outbox;
 mod query;
 mod record;
 mod retention;
@@ -48,14 +50,14 @@ use std::time::Duration;
 
 pub use crate::domain::IngestItem;
 pub use actions::{
-    clock_ms, Action, ActionFilter, ActionState, Attempt, ClaimToken, DueEntry, RetryOutcome,
-    RetryPolicy,
+    Action, ActionFilter, ActionState, Attempt, ClaimToken, RetryOutcome, RetryPolicy,
 };
 pub use api::Store;
 pub use backup::{BackupError, Moved};
 pub use durability::FlushFailed;
 use durability::Ticket;
 pub use ingest::IngestOutcome;
+pub use outbox::{clock_ms, DueEntry};
 pub use query::{Lookup, Page, RejectedEvent};
 pub use retention::{Janitor, Purged};
 pub use stats::{day_date, day_of, FailureReason, Group, Rates};

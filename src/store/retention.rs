@@ -10,7 +10,7 @@ use sled::transaction::ConflictableTransactionError::Abort;
 use sled::Transactional;
 
 use super::actions::ActionTx;
-use super::ingest::{Derived, Filing};
+use super::filing::{Derived, Filing};
 use super::record::Record;
 use super::{abort, time_key, SledStore, Store, StoreError};
 use crate::background::{self, Background};
