@@ -7,6 +7,7 @@ pub mod background;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
+pub mod fd_limit;
 pub mod http;
 pub mod observe;
 pub mod providers;

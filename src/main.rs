@@ -192,6 +192,15 @@ fn check_config(settings: &Settings) -> ExitCode {
 
 fn serve(settings: Settings) -> ExitCode {
     flowhook::telemetry::init(&settings.log);
+    match flowhook::fd_limit::raise() {
+        Ok(fds) => tracing::info!(
+            soft_before = fds.before,
+            soft = fds.now,
+            hard = fds.hard,
+            "open-file limit"
+        ),
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+    }
     if let Err(e) = settings.check_safe_to_expose() {
         tracing::error!("{e}");
         return ExitCode::from(2);

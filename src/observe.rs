@@ -33,6 +33,8 @@ pub const DISPATCH_SECONDS: &str = "flowhook_dispatch_duration_seconds";
 pub const PURGED: &str = "flowhook_purged_total";
 /// The sled directory's size.
 pub const STORE_BYTES: &str = "flowhook_store_size_bytes";
+/// Requests whose body did not arrive within `server.body_timeout_ms`.
+pub const BODY_TIMEOUTS: &str = "flowhook_body_timeouts_total";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -65,6 +67,10 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        BODY_TIMEOUTS,
+        "Requests answered 408 because their body did not arrive within server.body_timeout_ms"
+    );
     describe_counter!(
         WEBHOOKS,
         "Webhook events by provider and outcome, and refused requests"

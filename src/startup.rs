@@ -56,6 +56,12 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        let max_connections = match state.settings.server.max_connections {
+            0 => crate::fd_limit::connection_cap(
+                crate::fd_limit::current().map_or(u64::MAX, |(soft, _)| soft),
+            ),
+            n => n,
+        };
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(http::request_id::middleware))
@@ -64,6 +70,8 @@ impl Application {
                 .default_service(web::to(http::not_found))
         })
         .workers(workers)
+        // actix counts per worker.
+        .max_connections(max_connections.div_ceil(workers).max(1))
         .shutdown_timeout(30)
         .listen(listener)?
         .run();

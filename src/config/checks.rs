@@ -74,6 +74,9 @@ impl Settings {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!("log.level: {e}"));
         }
+        if self.server.body_timeout_ms == 0 {
+            problems.push("server.body_timeout_ms: must be positive".into());
+        }
         self.validate_dispatch(&mut problems);
         if problems.is_empty() {
             Ok(())

@@ -46,6 +46,11 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// A request's whole body must arrive within this, else `408` and the connection closes.
+    pub body_timeout_ms: u64,
+    /// Inbound connections open at once; past it, new ones wait in the listen queue. 0 means
+    /// what the file-descriptor limit allows (see `fd_limit::connection_cap`).
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -54,6 +59,8 @@ impl Default for ServerSettings {
             bind: "127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
             workers: 0,
+            body_timeout_ms: 10_000,
+            max_connections: 0,
         }
     }
 }

@@ -199,7 +199,7 @@ pub(super) async fn retry_all(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let bytes = body::read(&req, payload, state.settings.server.max_body_bytes).await?;
+    let bytes = body::read(&req, payload, &state).await?;
     // An empty body means all the defaults.
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"

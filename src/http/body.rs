@@ -1,4 +1,6 @@
-//! Reads a request body up to `server.max_body_bytes`, answering `413` past it.
+//! Reads a request body: up to `server.max_body_bytes` (`413` past it), and within
+//! `server.body_timeout_ms` (`408` after it, and the connection is closed), so that a client
+//! that stops sending cannot hold a connection, and its file descriptor, for long.
 
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::http::StatusCode;
@@ -7,8 +9,32 @@ use actix_web::HttpRequest;
 use futures_util::StreamExt;
 
 use super::errors::ApiError;
+use super::AppState;
 
+/// The body, within the server's size and time limits.
 pub async fn read(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Bytes, ApiError> {
+    let server = &state.settings.server;
+    let timeout = std::time::Duration::from_millis(server.body_timeout_ms);
+    match tokio::time::timeout(timeout, read_all(req, payload, server.max_body_bytes)).await {
+        Ok(body) => body,
+        Err(_) => {
+            metrics::counter!(crate::observe::BODY_TIMEOUTS).increment(1);
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} ms",
+                    server.body_timeout_ms
+                ),
+            ))
+        }
+    }
+}
+
+async fn read_all(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,

@@ -35,7 +35,7 @@ pub(super) async fn webhook<S: Source>(
         let settings = S::settings(&state.settings.providers);
         let refused = |r| refused(S::PROVIDER, r);
         S::check_headers(settings, req.headers()).map_err(refused)?;
-        let body = body::read(&req, payload, state.settings.server.max_body_bytes).await?;
+        let body = body::read(&req, payload, &state).await?;
         let ctx = state.parse_context();
         S::verify(settings, req.headers(), &body, ctx.received_at).map_err(refused)?;
         let items = S::parse(settings, req.headers(), &body, ctx)?;
@@ -76,6 +76,7 @@ async fn counted(
             401 => "unauthorized",
             400 => "invalid",
             413 => "too_large",
+            408 => "timeout",
             503 => "unavailable",
             _ => "error",
         };

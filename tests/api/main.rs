@@ -17,5 +17,6 @@ mod meta;
 mod openapi;
 mod process;
 mod retention;
+mod stalled;
 mod stats;
 mod upgrade;
