@@ -33,6 +33,8 @@ pub const DISPATCH_SECONDS: &str = "flowhook_dispatch_duration_seconds";
 pub const PURGED: &str = "flowhook_purged_total";
 /// The sled directory's size.
 pub const STORE_BYTES: &str = "flowhook_store_size_bytes";
+/// Stored records (messages, actions, quarantined events) that could not be read.
+pub const UNREADABLE: &str = "flowhook_unreadable_records_total";
 /// Requests whose body did not arrive within `server.body_timeout_ms`.
 pub const BODY_TIMEOUTS: &str = "flowhook_body_timeouts_total";
 
@@ -67,6 +69,10 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        UNREADABLE,
+        "Stored records that could not be read when asked for (see `flowhook check-store`)"
+    );
     describe_counter!(
         BODY_TIMEOUTS,
         "Requests answered 408 because their body did not arrive within server.body_timeout_ms"

@@ -83,6 +83,12 @@ impl From<StoreError> for ApiError {
                     "storage is not accepting writes; retry later",
                 )
             }
+            // Already counted and logged with its key where it was read.
+            unreadable if unreadable.is_unreadable() => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "this record is stored but cannot be read; the rest of the store is served \
+                 (`flowhook check-store` lists such records)",
+            ),
             other => Self::internal(&other),
         }
     }

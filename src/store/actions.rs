@@ -253,8 +253,12 @@ impl SledStore {
         };
         let mut out = Vec::new();
         for id in Record::decode(message_id, &bytes)?.actions {
-            if let Some(action) = self.action(&id)? {
-                out.push(action);
+            match self.action(&id) {
+                Ok(Some(action)) => out.push(action),
+                Ok(None) => {}
+                // One unreadable action does not hide the message's others.
+                Err(error) if error.is_unreadable() => super::unreadable("action", &id, &error),
+                Err(error) => return Err(error),
             }
         }
         // Upgraded stores listed them in id order.

@@ -16,7 +16,7 @@ use std::io::{BufRead, Write};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Action, ActionFilter, ActionState, Attempt, BackupError, ClaimToken, DueEntry, Group,
+    Action, ActionFilter, ActionState, Attempt, BackupError, Checked, ClaimToken, DueEntry, Group,
     IngestItem, IngestOutcome, Lookup, Moved, Page, Purged, RejectedEvent, RetryOutcome,
     RetryPolicy, SledStore, StoreError,
 };
@@ -222,6 +222,11 @@ impl Store {
         dedupe_before: DateTime<Utc>,
     ) -> Result<Purged, StoreError> {
         on_backend!(self, b => b.purge(messages_before, dedupe_before))
+    }
+
+    /// Reads every stored record; reports those that cannot be read.
+    pub fn check(&self) -> Result<Checked, StoreError> {
+        on_backend!(self, b => b.check())
     }
 
     pub fn export(&self, out: &mut dyn Write) -> Result<Moved, BackupError> {

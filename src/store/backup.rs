@@ -31,6 +31,18 @@ pub struct Moved {
     pub messages: u64,
     pub actions: u64,
     pub rejected: u64,
+    /// Records an export could not read and left out (each logged with its key).
+    pub skipped: u64,
+}
+
+/// What `flowhook check-store` found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub messages: u64,
+    pub actions: u64,
+    pub rejected: u64,
+    /// Records that cannot be read: kind, key, why.
+    pub unreadable: Vec<(&'static str, String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,16 +59,39 @@ pub enum BackupError {
 
 impl SledStore {
     /// Writes every message (state, timeline, actions) and quarantined event as JSON lines.
+    /// A record that cannot be read is left out, logged and counted in [`Moved::skipped`];
+    /// everything else is still written.
     pub fn export(&self, out: &mut dyn Write) -> Result<Moved, BackupError> {
         let mut moved = Moved::default();
         for entry in self.inner.trees.messages.iter() {
             let (k, v) = entry.map_err(StoreError::from)?;
             let id = String::from_utf8_lossy(&k).into_owned();
+            let record = match Record::decode(&id, &v) {
+                Ok(record) => record,
+                Err(error) if error.is_unreadable() => {
+                    super::unreadable("message", &id, &error);
+                    moved.skipped += 1;
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
             // A tombstone (a purged message still inside the dedupe window) is not exported.
-            let Some(message) = Record::decode(&id, &v)?.state else {
+            let Some(message) = record.state else {
                 continue;
             };
-            let actions = self.message_actions(&id)?;
+            let mut actions = Vec::with_capacity(record.actions.len());
+            for action_id in &record.actions {
+                match self.action(action_id) {
+                    Ok(Some(action)) => actions.push(action),
+                    Ok(None) => {}
+                    Err(error) if error.is_unreadable() => {
+                        super::unreadable("action", action_id, &error);
+                        moved.skipped += 1;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            actions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
             moved.messages += 1;
             moved.actions += actions.len() as u64;
             let line = Line::Message {
@@ -67,8 +102,15 @@ impl SledStore {
             out.write_all(b"\n")?;
         }
         for entry in self.inner.trees.rejected.iter() {
-            let (_, v) = entry.map_err(StoreError::from)?;
-            let rejected: RejectedEvent = serde_json::from_slice(&v).map_err(StoreError::from)?;
+            let (k, v) = entry.map_err(StoreError::from)?;
+            let rejected: RejectedEvent = match serde_json::from_slice(&v) {
+                Ok(rejected) => rejected,
+                Err(error) => {
+                    super::unreadable("rejected", &hex::encode(&k), &error.into());
+                    moved.skipped += 1;
+                    continue;
+                }
+            };
             moved.rejected += 1;
             serde_json::to_writer(&mut *out, &Line::Rejected { rejected })
                 .map_err(StoreError::from)?;
@@ -76,6 +118,39 @@ impl SledStore {
         }
         out.flush()?;
         Ok(moved)
+    }
+
+    /// Reads every stored record (messages, actions, quarantined events) and reports the
+    /// ones that cannot be read, by kind and key.
+    pub fn check(&self) -> Result<Checked, StoreError> {
+        let t = &self.inner.trees;
+        let mut checked = Checked::default();
+        for entry in t.messages.iter() {
+            let (k, v) = entry?;
+            checked.messages += 1;
+            let id = String::from_utf8_lossy(&k).into_owned();
+            if let Err(error) = Record::decode(&id, &v) {
+                checked.unreadable.push(("message", id, error.to_string()));
+            }
+        }
+        for entry in t.actions.iter() {
+            let (k, v) = entry?;
+            checked.actions += 1;
+            if let Err(error) = serde_json::from_slice::<Action>(&v) {
+                let id = String::from_utf8_lossy(&k).into_owned();
+                checked.unreadable.push(("action", id, error.to_string()));
+            }
+        }
+        for entry in t.rejected.iter() {
+            let (k, v) = entry?;
+            checked.rejected += 1;
+            if let Err(error) = serde_json::from_slice::<RejectedEvent>(&v) {
+                checked
+                    .unreadable
+                    .push(("rejected", hex::encode(&k), error.to_string()));
+            }
+        }
+        Ok(checked)
     }
 
     /// Restores an export into this store, which must be empty; flushes before returning.

@@ -53,7 +53,7 @@ pub use actions::{
     Action, ActionFilter, ActionState, Attempt, ClaimToken, RetryOutcome, RetryPolicy,
 };
 pub use api::Store;
-pub use backup::{BackupError, Moved};
+pub use backup::{BackupError, Checked, Moved};
 pub use durability::FlushFailed;
 use durability::Ticket;
 pub use ingest::IngestOutcome;
@@ -84,9 +84,26 @@ pub enum StoreError {
     Incompatible(String),
     #[error("the store is closed")]
     Closed,
+    /// The store's files cannot be opened; says where and what to do.
+    #[error("{0}")]
+    Unopenable(String),
     /// A bug: writing a batch panicked (logged); its requests are refused, the data is fine.
     #[error("writing this request failed unexpectedly")]
     WriterPanicked,
+}
+
+impl StoreError {
+    /// Whether it is about one stored record that cannot be read (the rest of the store is
+    /// fine): such a record fails only what asks for it.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self, Self::Corrupt(_) | Self::Serde(_))
+    }
+}
+
+/// Counts and logs a stored record that cannot be read.
+fn unreadable(kind: &'static str, id: &str, error: &StoreError) {
+    metrics::counter!(crate::observe::UNREADABLE, "kind" => kind).increment(1);
+    tracing::error!(kind, id, %error, "a stored record cannot be read; see `flowhook check-store`");
 }
 
 /// The sled backend of [`Store`]: a cheap handle on the open store.
@@ -124,12 +141,46 @@ struct Trees {
 
 impl SledStore {
     /// Opens (or creates) the store; `rules` decide which actions ingest queues.
+    /// A store sled cannot open (or panics opening, as a damaged file can make it) is refused
+    /// with the directory and the way out, not a panic.
     pub fn open(settings: &StoreSettings, rules: Arc<Rules>) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&settings.path)
             .cache_capacity(settings.cache_capacity_bytes)
-            .flush_every_ms(None)
-            .open()?;
+            .flush_every_ms(None);
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        let opened = match opened {
+            Ok(Ok(db)) => Ok(db),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(panic) => Err(format!(
+                "sled could not read its files ({})",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("it panicked")
+            )),
+        };
+        let db = opened.map_err(|error| {
+            let path = settings.path.display();
+            if error.contains("lock") {
+                return StoreError::Unopenable(format!(
+                    "the store at {path} is in use by another process ({error}); stop it first"
+                ));
+            }
+            let snapshot = error.contains("snap");
+            StoreError::Unopenable(format!(
+                "the store at {path} cannot be opened: {error}. {}Restore a backup with \
+                 `flowhook import` into an empty directory (set store.path to it), or move \
+                 {path} aside to start empty",
+                if snapshot {
+                    "A damaged snapshot file (snap.*) can be removed: sled rebuilds it from \
+                     its log. "
+                } else {
+                    ""
+                }
+            ))
+        })?;
         Self::with_db(db, settings, rules)
     }
 

@@ -44,11 +44,27 @@ pub struct Page<T> {
 }
 
 impl SledStore {
+    /// One message; `Err` (counted and logged) when its record cannot be read.
     pub fn message(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
         let Some(bytes) = self.inner.trees.messages.get(id.as_bytes())? else {
             return Ok(None);
         };
-        Ok(Record::decode(id, &bytes)?.state)
+        match Record::decode(id, &bytes) {
+            Ok(record) => Ok(record.state),
+            Err(error) => {
+                super::unreadable("message", id, &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// A message for a list: one whose record cannot be read is left out (counted and
+    /// logged), so it fails only itself.
+    fn listed(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
+        match self.message(id) {
+            Err(error) if error.is_unreadable() => Ok(None),
+            other => other,
+        }
     }
 
     /// Messages filed under a callback value or a recipient, in message-id order.
@@ -74,7 +90,7 @@ impl SledStore {
             let id = std::str::from_utf8(&k[prefix.len()..])
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             // An index entry without its message can only be a bug; skip it rather than fail the page.
-            if let Some(state) = self.message(id)? {
+            if let Some(state) = self.listed(id)? {
                 items.push(state);
             }
         }
@@ -110,7 +126,7 @@ impl SledStore {
                 });
             }
             let id = String::from_utf8_lossy(k.get(8..).unwrap_or_default()).into_owned();
-            if let Some(state) = self.message(&id)? {
+            if let Some(state) = self.listed(&id)? {
                 items.push(state);
             }
             last = Some(k);
@@ -128,11 +144,13 @@ impl SledStore {
         cursor: Option<&str>,
     ) -> Result<Page<RejectedEvent>, StoreError> {
         let page = scan(&self.inner.trees.rejected, b"", limit, cursor)?;
-        let items = page
-            .items
-            .iter()
-            .map(|(_, v)| serde_json::from_slice(v))
-            .collect::<Result<_, _>>()?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for (k, v) in &page.items {
+            match serde_json::from_slice(v) {
+                Ok(event) => items.push(event),
+                Err(e) => super::unreadable("rejected", &hex::encode(k), &e.into()),
+            }
+        }
         Ok(Page {
             items,
             next_cursor: page.next_cursor,

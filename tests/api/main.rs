@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod config;
 mod crash;
+mod damage;
 mod durability;
 mod fidelity;
 mod generic;
