@@ -93,6 +93,6 @@ async fn main() -> anyhow::Result<()> {
         message.events.len(),
         message.events_total(),
     );
-    store.close();
+    store.close()?;
     Ok(())
 }

@@ -114,7 +114,7 @@ params = { url = "http://127.0.0.1:9/hook", body = { order = "{{callback.order_i
         }
     }
     let delivered = deliver_all(&store).await?;
-    store.close();
+    store.close()?;
     println!(
         "preloaded {total} messages and delivered {delivered} follow-ups in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -142,7 +142,9 @@ fn check_store(settings: &Settings) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let checked = store.check();
-    store.close();
+    if let Err(e) = store.close() {
+        eprintln!("flowhook: {e}");
+    }
     match checked {
         Ok(c) if c.unreadable.is_empty() => {
             println!(
@@ -194,7 +196,10 @@ fn backup(settings: &Settings, direction: Direction) -> ExitCode {
         }
         Direction::Import => store.import(&mut std::io::stdin().lock()),
     };
-    store.close();
+    if let Err(e) = store.close() {
+        eprintln!("flowhook: closing the store failed: {e}");
+        return ExitCode::FAILURE;
+    }
     match result {
         Ok(moved) => {
             let verb = match direction {

@@ -95,7 +95,7 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT or a stop through [`Application::handle`]: lets in-flight
     /// requests finish, then calls in flight (bounded by `dispatch.shutdown_grace_seconds`),
-    /// then flushes and closes the store.
+    /// then flushes and closes the store. `Err` when serving failed or the final flush did.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         let Self {
@@ -108,12 +108,17 @@ impl Application {
         let stopped = tokio::task::spawn_blocking(move || {
             janitor.stop();
             dispatcher.stop();
-            store.close();
+            store.close()
         })
         .await;
-        if stopped.is_err() {
-            tracing::error!("stopping the dispatcher panicked");
+        match stopped {
+            Ok(Ok(())) => result,
+            Ok(Err(error)) => Err(std::io::Error::other(format!(
+                "the final flush failed: {error}; writes not yet acknowledged may be lost"
+            ))),
+            Err(_) => Err(std::io::Error::other(
+                "stopping the background work panicked",
+            )),
         }
-        result
     }
 }

@@ -13,13 +13,19 @@ use crate::store::StoreError;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// `Retry-After` seconds, for answers that ask the client to come back.
+    pub retry_after: Option<u32>,
 }
+
+/// How long a client is asked to wait while the store cannot take writes.
+const STORAGE_RETRY_AFTER_SECONDS: u32 = 30;
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -63,7 +69,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.json(ErrorBody {
             status: self.status.as_u16(),
             errors: vec![ErrorMessage {
                 message: self.message.clone(),
@@ -76,13 +86,14 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::BadCursor => Self::bad_request("cursor is not valid for this query"),
-            StoreError::NotDurable(_) | StoreError::Closed => {
-                tracing::error!(%error, "write not durable");
-                Self::new(
+            // Logged once per change of state by the store, not per request.
+            failure if failure.is_storage_failure() => Self {
+                retry_after: Some(STORAGE_RETRY_AFTER_SECONDS),
+                ..Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "storage is not accepting writes; retry later",
+                    "storage is not accepting writes; nothing was stored; retry later",
                 )
-            }
+            },
             // Already counted and logged with its key where it was read.
             unreadable if unreadable.is_unreadable() => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -28,6 +28,37 @@ use crate::rules::{Rules, Target};
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    writes: std::sync::Arc<WriteHealth>,
+}
+
+/// Whether writes are being made durable, so that a failing disk is logged once when writes
+/// start failing and once when they succeed again, not once per request.
+#[derive(Default)]
+struct WriteHealth {
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl WriteHealth {
+    fn record<T>(&self, result: &Result<T, StoreError>) {
+        use std::sync::atomic::Ordering;
+        match result {
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("the store accepts writes again");
+                }
+            }
+            Err(error) if error.is_storage_failure() => {
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        %error,
+                        "the store stopped accepting writes; webhooks are answered 503 with \
+                         Retry-After until it accepts them again (see /readyz)"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -48,6 +79,7 @@ impl From<SledStore> for Store {
     fn from(store: SledStore) -> Self {
         Self {
             backend: Backend::Sled(store),
+            writes: Default::default(),
         }
     }
 }
@@ -71,7 +103,9 @@ impl Store {
         items: Vec<IngestItem>,
         received_at: DateTime<Utc>,
     ) -> Result<IngestOutcome, StoreError> {
-        on_backend!(self, b => b.ingest(provider, items, received_at).await)
+        let result = on_backend!(self, b => b.ingest(provider, items, received_at).await);
+        self.writes.record(&result);
+        result
     }
 
     pub fn message(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
@@ -247,7 +281,8 @@ impl Store {
     }
 
     /// Makes everything durable and stops background work; later writes are not durable.
-    pub fn close(&self) {
+    /// Writes what is queued and flushes; `Err` when the final flush failed.
+    pub fn close(&self) -> Result<(), StoreError> {
         on_backend!(self, b => b.close())
     }
 }

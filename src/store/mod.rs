@@ -98,6 +98,12 @@ impl StoreError {
     pub fn is_unreadable(&self) -> bool {
         matches!(self, Self::Corrupt(_) | Self::Serde(_))
     }
+
+    /// Whether the storage itself cannot take writes now (a full disk, an I/O error, a failed
+    /// flush): the request can be retried later.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, Self::Backend(_) | Self::NotDurable(_) | Self::Closed)
+    }
 }
 
 /// Counts and logs a stored record that cannot be read.
@@ -264,13 +270,13 @@ impl SledStore {
     }
 
     /// Flushes everything and stops the flusher; later writes are no longer durable.
-    pub fn close(&self) {
-        // What is queued is written, then flushed.
+    /// Writes what is queued, then flushes; `Err` when that last flush failed (what was not
+    /// yet acknowledged may not be on disk).
+    pub fn close(&self) -> Result<(), StoreError> {
         self.inner.writer.stop();
         self.inner.flusher.stop();
-        if let Err(error) = self.inner.db.flush() {
-            tracing::error!(%error, "final flush failed");
-        }
+        self.inner.db.flush()?;
+        Ok(())
     }
 
     pub fn index_fields(&self) -> &[String] {

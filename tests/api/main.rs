@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod crash;
 mod damage;
+mod disk_full;
 mod durability;
 mod fidelity;
 mod generic;
