@@ -254,6 +254,21 @@ pub(crate) mod tests {
         rules_for(toml)
     }
 
+    /// One `http.post` rule, `on-read`, to a port nothing listens on: for store tests that
+    /// need an action queued.
+    pub(crate) fn on_read() -> Rules {
+        rules_for(
+            r#"
+[[rules]]
+name = "on-read"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
+"#,
+        )
+    }
+
     /// Rules compiled from a `[[rules]]` TOML snippet, for tests elsewhere.
     pub(crate) fn rules_for(toml: &str) -> Rules {
         let settings = crate::config::Settings::from_toml_str(toml).unwrap();

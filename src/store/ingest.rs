@@ -485,16 +485,7 @@ pub(super) mod tests {
             max_events_per_message: 10,
             ..StoreSettings::default()
         };
-        let rules = crate::rules::tests::rules_for(
-            r#"
-[[rules]]
-name = "on-read"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
-"#,
-        );
+        let rules = crate::rules::tests::on_read();
         let store = crate::store::temporary_with(&settings, rules);
         let clicks: Vec<IngestItem> = (0..30).map(|n| click("big", n)).collect();
         assert_eq!(ingest(&store, clicks).await.accepted, 30);

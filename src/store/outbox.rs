@@ -301,16 +301,7 @@ mod tests {
     }
 
     async fn store_with_one_due_action() -> SledStore {
-        let rules = crate::rules::tests::rules_for(
-            r#"
-[[rules]]
-name = "on-read"
-on = "status"
-statuses = ["read"]
-action = "http.post"
-params = { url = "http://127.0.0.1:9/hook", body = { id = "{{message_id}}" } }
-"#,
-        );
+        let rules = crate::rules::tests::on_read();
         let store = crate::store::temporary_with(&StoreSettings::default(), rules);
         let read = Event::test_status("wamid.ONCE==", "read", 1);
         store

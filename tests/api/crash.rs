@@ -335,14 +335,8 @@ async fn sigkill_keeps_what_sync_acknowledged_and_drops_what_relaxed_had_not_flu
         let now = Utc::now();
         let ids: Vec<String> = (0..N).map(|i| format!("wamid.KILL{i:03}==")).collect();
         for id in &ids {
-            let resp = client
-                .post(format!("{address}/webhooks/bik"))
-                .header("Authorization", format!("Basic {BIK_KEY}"))
-                .header("Content-Type", "application/json")
-                .body(bik_status(id, "delivered", now, &json!({})))
-                .send()
-                .await
-                .unwrap();
+            let body = bik_status(id, "delivered", now, &json!({}));
+            let resp = crate::process::post_bik_to(&client, &address, body).await;
             assert_eq!(resp.status().as_u16(), 200);
         }
         process.0.kill().unwrap(); // SIGKILL: no flush on the way out
@@ -350,13 +344,7 @@ async fn sigkill_keeps_what_sync_acknowledged_and_drops_what_relaxed_had_not_flu
         let _process = start(&config, &address, &log).await;
         let mut found = 0;
         for id in &ids {
-            let resp = client
-                .get(format!("{address}/v1/messages/{id}"))
-                .bearer_auth(API_TOKEN)
-                .send()
-                .await
-                .unwrap();
-            found += usize::from(resp.status().as_u16() == 200);
+            found += usize::from(crate::process::has_message(&client, &address, id).await);
         }
         kept.push(found);
     }

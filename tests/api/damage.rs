@@ -71,15 +71,7 @@ async fn an_unreadable_record_fails_only_its_own_message() {
         .collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(!ids.contains(&BAD));
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::process::metrics_text(&app.client, &app.address).await;
     assert!(
         parse_metrics(&metrics)
             .get("flowhook_unreadable_records_total{kind=\"message\"}")

@@ -8,7 +8,7 @@ use std::process::Command;
 use serde_json::json;
 
 use crate::helpers::*;
-use crate::process::{free_port, start};
+use crate::process::{free_port, has_message, post_bik_to, start};
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped.
 struct SmallDisk(tempfile::TempDir);
@@ -87,14 +87,7 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_a_failed_stop_sa
     for i in 0..3_000 {
         let id = format!("wamid.FULL{i:05}==");
         let body = bik_status(&id, "delivered", now, &json!({"order_id": "x".repeat(200)}));
-        let resp = client
-            .post(format!("{address}/webhooks/bik"))
-            .header("Authorization", format!("Basic {BIK_KEY}"))
-            .header("Content-Type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let resp = post_bik_to(&client, &address, body).await;
         match resp.status().as_u16() {
             200 => acknowledged.push(id),
             503 => {
@@ -153,12 +146,9 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_a_failed_stop_sa
     disk.free();
     let _process = start(&config, &address, &log).await;
     for id in &acknowledged {
-        let resp = client
-            .get(format!("{address}/v1/messages/{id}"))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200, "{id} was acknowledged");
+        assert!(
+            has_message(&client, &address, id).await,
+            "{id} was acknowledged"
+        );
     }
 }

@@ -48,3 +48,47 @@ pub async fn start(config: &Path, address: &str, log: &Path) -> Process {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// POSTs a BIK webhook body to a running process at `address` (`http://host:port`).
+pub async fn post_bik_to(
+    client: &reqwest::Client,
+    address: &str,
+    body: String,
+) -> reqwest::Response {
+    client
+        .post(format!("{address}/webhooks/bik"))
+        .header(
+            "Authorization",
+            format!("Basic {}", crate::helpers::BIK_KEY),
+        )
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+/// The `/metrics` text of a running process at `address`.
+pub async fn metrics_text(client: &reqwest::Client, address: &str) -> String {
+    client
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .expect("request sent")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// Whether a running process at `address` has message `id` (asked with the API token).
+pub async fn has_message(client: &reqwest::Client, address: &str, id: &str) -> bool {
+    client
+        .get(format!("{address}/v1/messages/{id}"))
+        .bearer_auth(crate::helpers::API_TOKEN)
+        .send()
+        .await
+        .expect("request sent")
+        .status()
+        .as_u16()
+        == 200
+}

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::*;
-use crate::process::{free_port, Process};
+use crate::process::{free_port, metrics_text, post_bik_to, Process};
 
 const STALLED: usize = 1_100;
 const BODY_TIMEOUT_MS: u64 = 3_000;
@@ -84,14 +84,7 @@ async fn stalled_bodies_cannot_take_the_service_from_everyone_else() {
         chrono::Utc::now(),
         &json!({}),
     );
-    let webhook = client
-        .post(format!("{base}/webhooks/bik"))
-        .header("Authorization", format!("Basic {BIK_KEY}"))
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let webhook = post_bik_to(&client, &base, body).await;
     assert_eq!(webhook.status().as_u16(), 200);
     assert!(
         opened.elapsed() < Duration::from_millis(BODY_TIMEOUT_MS),
@@ -122,14 +115,7 @@ async fn stalled_bodies_cannot_take_the_service_from_everyone_else() {
         replies.iter().find(|r| !r.starts_with("HTTP/1.1 408"))
     );
     assert!(opened.elapsed() >= Duration::from_millis(BODY_TIMEOUT_MS - 100));
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client, &base).await;
     assert!(
         metrics.contains("flowhook_body_timeouts_total"),
         "the timeouts are counted"
