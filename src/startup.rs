@@ -10,7 +10,7 @@ use crate::config::{ConfigError, Settings};
 use crate::dispatch::Dispatcher;
 use crate::http::{self, AppState};
 use crate::rules::Rules;
-use crate::store::{Janitor, Store};
+use crate::store::{Healer, Janitor, Store};
 
 pub struct Application {
     port: u16,
@@ -18,6 +18,7 @@ pub struct Application {
     store: Store,
     dispatcher: Dispatcher,
     janitor: Janitor,
+    healer: Healer,
 }
 
 /// What a configuration must pass besides its per-key checks (done when it is loaded): its
@@ -47,6 +48,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let dispatcher = Dispatcher::start(store.clone(), &settings, rules)?;
         let janitor = Janitor::start(store.clone(), &settings.store)?;
+        let healer = Healer::start(store.clone(), &settings.store)?;
         let state = web::Data::new(AppState {
             settings: Arc::new(settings),
             store: store.clone(),
@@ -81,6 +83,7 @@ impl Application {
             store,
             dispatcher,
             janitor,
+            healer,
         })
     }
 
@@ -102,10 +105,12 @@ impl Application {
             store,
             dispatcher,
             janitor,
+            healer,
             ..
         } = self;
         // Joining threads blocks; keep it off this runtime's thread.
         let stopped = tokio::task::spawn_blocking(move || {
+            healer.stop();
             janitor.stop();
             dispatcher.stop();
             store.close()

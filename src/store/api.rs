@@ -12,6 +12,8 @@
 //! variant of `Backend` and one more arm per method.
 
 use std::io::{BufRead, Write};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 
@@ -24,11 +26,16 @@ use crate::config::StoreSettings;
 use crate::domain::{MessageState, Provider};
 use crate::rules::{Rules, Target};
 
-/// A cheap, cloneable handle on the open store, whatever its backend.
+/// A cheap, cloneable handle on the open store, whatever its backend. Every clone sees the
+/// same store, also after [`Store::reopen`] replaced it.
 #[derive(Clone)]
 pub struct Store {
-    backend: Backend,
-    writes: std::sync::Arc<WriteHealth>,
+    backend: Arc<RwLock<Backend>>,
+    writes: Arc<WriteHealth>,
+    /// `store.index_callback_fields` and `store.stats_callback_fields`.
+    fields: Arc<(Vec<String>, Vec<String>)>,
+    /// What the store was opened with, to open it again.
+    opened_with: Option<Arc<(StoreSettings, Arc<Rules>)>>,
 }
 
 /// Whether writes are being made durable, so that a failing disk is logged once when writes
@@ -64,33 +71,91 @@ impl WriteHealth {
 #[derive(Clone)]
 enum Backend {
     Sled(SledStore),
+    /// Between dropping a failed store and opening it again (see [`Store::reopen`]), or after
+    /// opening it again failed: every call answers [`StoreError::Closed`].
+    Closed,
 }
 
-/// `match` on the backend, binding it to `$b` in `$body`.
+/// `match` on the current backend (a cheap clone, so no lock is held in `$body`), binding it
+/// to `$b`; a closed store answers `Err(StoreError::Closed)`.
 macro_rules! on_backend {
     ($self:ident, $b:ident => $body:expr) => {
-        match &$self.backend {
+        match $self.current() {
             Backend::Sled($b) => $body,
+            Backend::Closed => return Err(StoreError::Closed.into()),
         }
     };
 }
 
 impl From<SledStore> for Store {
     fn from(store: SledStore) -> Self {
+        let fields = (store.index_fields().to_vec(), store.stats_fields().to_vec());
         Self {
-            backend: Backend::Sled(store),
+            backend: Arc::new(RwLock::new(Backend::Sled(store))),
             writes: Default::default(),
+            fields: Arc::new(fields),
+            opened_with: None,
         }
     }
 }
 
+/// How long a reopen waits for requests still using the failed store to finish with it.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Store {
     /// Opens (or creates) the store `settings` name; `rules` decide what ingest queues.
-    pub fn open(
-        settings: &StoreSettings,
-        rules: std::sync::Arc<Rules>,
-    ) -> Result<Self, StoreError> {
-        Ok(SledStore::open(settings, rules)?.into())
+    pub fn open(settings: &StoreSettings, rules: Arc<Rules>) -> Result<Self, StoreError> {
+        let store = SledStore::open(settings, Arc::clone(&rules))?;
+        Ok(Self {
+            opened_with: Some(Arc::new((settings.clone(), rules))),
+            ..store.into()
+        })
+    }
+
+    fn current(&self) -> Backend {
+        self.backend.read().expect("store lock").clone()
+    }
+
+    /// Whether writes are failing (the disk is full, a flush failed), as the last write saw.
+    pub fn writes_failing(&self) -> bool {
+        self.writes.failing.load(Ordering::Acquire)
+    }
+
+    /// Opens the store again in place, after its storage failed: sled 0.34 refuses every write
+    /// after its first I/O error until the store is opened again.
+    ///
+    /// From the first moment every call answers [`StoreError::Closed`] (503 for webhooks).
+    /// The failed store's writer and flusher stop, requests still using it get up to
+    /// [`REOPEN_WAIT`] to finish with it, and it is dropped (sled locks its files). Then the
+    /// directory is opened again: sled recovers it up to its last complete write, which holds
+    /// everything acknowledged, and calls a crash or the failure left in flight are queued
+    /// again. If opening fails (the old store is still held, the disk is still full), the
+    /// store stays closed; call it again later.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let (settings, rules) = &**self
+            .opened_with
+            .as_ref()
+            .ok_or_else(|| StoreError::Incompatible("this store cannot be reopened".into()))?;
+        let old = std::mem::replace(
+            &mut *self.backend.write().expect("store lock"),
+            Backend::Closed,
+        );
+        if let Backend::Sled(old) = old {
+            old.stop_background();
+            let deadline = std::time::Instant::now() + REOPEN_WAIT;
+            while !old.sole_handle() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let fresh = SledStore::open(settings, Arc::clone(rules))?;
+        let recovered = fresh.recover_in_flight()?;
+        *self.backend.write().expect("store lock") = Backend::Sled(fresh);
+        self.writes.failing.store(false, Ordering::Release);
+        tracing::warn!(
+            calls_resent = recovered,
+            "the store was opened again and accepts writes"
+        );
+        Ok(())
     }
 
     // Ingest and reads.
@@ -151,11 +216,11 @@ impl Store {
     }
 
     pub fn index_fields(&self) -> &[String] {
-        on_backend!(self, b => b.index_fields())
+        &self.fields.0
     }
 
     pub fn stats_fields(&self) -> &[String] {
-        on_backend!(self, b => b.stats_fields())
+        &self.fields.1
     }
 
     // Actions and the outbox.
@@ -243,7 +308,10 @@ impl Store {
 
     /// Wakes when something was added to the outbox.
     pub async fn outbox_changed(&self) {
-        on_backend!(self, b => b.outbox_changed().await)
+        match self.current() {
+            Backend::Sled(b) => b.outbox_changed().await,
+            Backend::Closed => std::future::pending().await,
+        }
     }
 
     // Retention, backup and operations.
@@ -273,15 +341,20 @@ impl Store {
 
     /// Ready to accept writes, or why not.
     pub fn readiness(&self) -> Result<(), String> {
-        on_backend!(self, b => b.readiness())
+        match self.current() {
+            Backend::Sled(b) => b.readiness(),
+            Backend::Closed => {
+                Err("the store is being opened again after a storage failure".into())
+            }
+        }
     }
 
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         on_backend!(self, b => b.size_on_disk())
     }
 
-    /// Makes everything durable and stops background work; later writes are not durable.
-    /// Writes what is queued and flushes; `Err` when the final flush failed.
+    /// Writes what is queued, flushes and stops background work; `Err` when the final flush
+    /// failed.
     pub fn close(&self) -> Result<(), StoreError> {
         on_backend!(self, b => b.close())
     }

@@ -36,6 +36,7 @@ mod api;
 mod backup;
 mod durability;
 mod filing;
+mod healer;
 mod ingest;
 mod outbox;
 mod query;
@@ -56,6 +57,7 @@ pub use api::Store;
 pub use backup::{BackupError, Checked, Moved};
 pub use durability::FlushFailed;
 use durability::Ticket;
+pub use healer::Healer;
 pub use ingest::IngestOutcome;
 pub use outbox::{clock_ms, DueEntry};
 pub use query::{Lookup, Page, RejectedEvent};
@@ -270,6 +272,18 @@ impl SledStore {
     }
 
     /// Flushes everything and stops the flusher; later writes are no longer durable.
+    /// Stops the writer and the flusher (for [`Store::reopen`]); requests queued meanwhile
+    /// are answered [`StoreError::Closed`].
+    pub(super) fn stop_background(&self) {
+        self.inner.writer.stop();
+        self.inner.flusher.stop();
+    }
+
+    /// Whether this is the last handle on the open store (no request is using it).
+    pub(super) fn sole_handle(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+
     /// Writes what is queued, then flushes; `Err` when that last flush failed (what was not
     /// yet acknowledged may not be on disk).
     pub fn close(&self) -> Result<(), StoreError> {

@@ -81,33 +81,8 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_a_failed_stop_sa
     disk.fill(300_000);
 
     let client = reqwest::Client::new();
-    let now = chrono::Utc::now();
     let mut acknowledged = Vec::new();
-    let mut refused = 0;
-    for i in 0..3_000 {
-        let id = format!("wamid.FULL{i:05}==");
-        let body = bik_status(&id, "delivered", now, &json!({"order_id": "x".repeat(200)}));
-        let resp = post_bik_to(&client, &address, body).await;
-        match resp.status().as_u16() {
-            200 => acknowledged.push(id),
-            503 => {
-                assert_eq!(
-                    resp.headers().get("retry-after").unwrap(),
-                    "30",
-                    "503 says when to come back"
-                );
-                refused += 1;
-                if refused == 50 {
-                    break;
-                }
-            }
-            other => panic!(
-                "a full disk answered {other}: {}",
-                resp.text().await.unwrap()
-            ),
-        }
-    }
-    assert!(refused == 50, "the disk never filled up");
+    post_until_refused(&client, &address, "A", &mut acknowledged).await;
     assert!(!acknowledged.is_empty());
     let ready = client
         .get(format!("{address}/readyz"))
@@ -127,6 +102,36 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_a_failed_stop_sa
         text.lines().filter(|l| l.contains("ERROR")).count() < 5,
         "no error line per request:\n{text}"
     );
+
+    // With room again, writes resume by themselves: no restart.
+    disk.free();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let body = bik_status("wamid.FULLHEALED==", "read", chrono::Utc::now(), &json!({}));
+        if post_bik_to(&client, &address, body).await.status().as_u16() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "writes never resumed");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for id in &acknowledged {
+        assert!(
+            has_message(&client, &address, id).await,
+            "{id} was acknowledged"
+        );
+    }
+    let ready = client
+        .get(format!("{address}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("the store was opened again"), "{text}");
+
+    // Full again, and stopped while full.
+    disk.fill(300_000);
+    post_until_refused(&client, &address, "B", &mut acknowledged).await;
 
     // A stop whose final flush fails says so and exits non-zero.
     let pid = process.0.id().to_string();
@@ -151,4 +156,40 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_a_failed_stop_sa
             "{id} was acknowledged"
         );
     }
+}
+
+/// Posts webhooks until 50 are refused; each must be 200 or 503 with `Retry-After: 30`. The
+/// acknowledged ids go to `acknowledged`.
+async fn post_until_refused(
+    client: &reqwest::Client,
+    address: &str,
+    round: &str,
+    acknowledged: &mut Vec<String>,
+) {
+    let now = chrono::Utc::now();
+    let mut refused = 0;
+    for i in 0..3_000 {
+        let id = format!("wamid.FULL{round}{i:05}==");
+        let body = bik_status(&id, "delivered", now, &json!({"order_id": "x".repeat(200)}));
+        let resp = post_bik_to(client, address, body).await;
+        match resp.status().as_u16() {
+            200 => acknowledged.push(id),
+            503 => {
+                assert_eq!(
+                    resp.headers().get("retry-after").unwrap(),
+                    "30",
+                    "503 says when to come back"
+                );
+                refused += 1;
+                if refused == 50 {
+                    return;
+                }
+            }
+            other => panic!(
+                "a full disk answered {other}: {}",
+                resp.text().await.unwrap()
+            ),
+        }
+    }
+    panic!("the disk never filled up");
 }
