@@ -176,14 +176,21 @@ impl SledStore {
                     "the store at {path} is in use by another process ({error}); stop it first"
                 ));
             }
-            let snapshot = error.contains("snap");
+            // sled says "corrupted data" without naming the file; a snapshot is the one file
+            // that can simply be removed (sled rebuilds it from its log).
+            let snapshot = error.contains("snap")
+                || (error.contains("corrupt")
+                    && std::fs::read_dir(&settings.path).is_ok_and(|dir| {
+                        dir.flatten()
+                            .any(|f| f.file_name().to_string_lossy().starts_with("snap."))
+                    }));
             StoreError::Unopenable(format!(
                 "the store at {path} cannot be opened: {error}. {}Restore a backup with \
                  `flowhook import` into an empty directory (set store.path to it), or move \
                  {path} aside to start empty",
                 if snapshot {
-                    "A damaged snapshot file (snap.*) can be removed: sled rebuilds it from \
-                     its log. "
+                    "If a snapshot file (snap.* in that directory) is what is damaged, move \
+                     it out of the directory: sled rebuilds it from its log. Otherwise: "
                 } else {
                     ""
                 }
