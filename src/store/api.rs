@@ -116,9 +116,14 @@ impl Store {
         self.backend.read().expect("store lock").clone()
     }
 
-    /// Whether writes are failing (the disk is full, a flush failed), as the last write saw.
-    pub fn writes_failing(&self) -> bool {
+    /// Whether the store cannot take writes now, as far as cheap signs tell: the last webhook
+    /// write or the last flush failed, or the store is closed for a reopen.
+    pub fn storage_failing(&self) -> bool {
         self.writes.failing.load(Ordering::Acquire)
+            || match self.current() {
+                Backend::Sled(b) => !b.flushes_healthy(),
+                Backend::Closed => true,
+            }
     }
 
     /// Opens the store again in place, after its storage failed: sled 0.34 refuses every write
@@ -354,8 +359,16 @@ impl Store {
     }
 
     /// Writes what is queued, flushes and stops background work; `Err` when the final flush
-    /// failed.
+    /// failed. The handle is closed after (calls answer [`StoreError::Closed`]), so the store's
+    /// files are released as soon as no request holds it: a restart or a tool can open them.
     pub fn close(&self) -> Result<(), StoreError> {
-        on_backend!(self, b => b.close())
+        let backend = std::mem::replace(
+            &mut *self.backend.write().expect("store lock"),
+            Backend::Closed,
+        );
+        match backend {
+            Backend::Sled(b) => b.close(),
+            Backend::Closed => Ok(()),
+        }
     }
 }

@@ -28,7 +28,8 @@ impl Healer {
             move |token| {
                 let mut said = String::new();
                 while !background::sleep(&token, INTERVAL) {
-                    if !store.writes_failing() && store.readiness().is_ok() {
+                    // Cheap signs only: no probe write every two seconds.
+                    if !store.storage_failing() {
                         continue;
                     }
                     if !free_disk_bytes(&path).is_ok_and(|free| free >= room) {

@@ -286,6 +286,11 @@ impl SledStore {
         self.inner.flusher.stop();
     }
 
+    /// False when the latest flush failed.
+    pub(super) fn flushes_healthy(&self) -> bool {
+        self.inner.flusher.healthy()
+    }
+
     /// Whether this is the last handle on the open store (no request is using it).
     pub(super) fn sole_handle(&self) -> bool {
         Arc::strong_count(&self.inner) == 1

@@ -16,7 +16,6 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
-use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
@@ -47,33 +46,31 @@ enum Message {
 /// The writer thread and its queue. Stopping it (or dropping it) lets it write what is
 /// queued, then joins it, so the store's files are released when the last handle goes.
 pub(super) struct Writer {
-    jobs: Mutex<mpsc::Sender<Message>>,
+    /// `mpsc::Sender` is `Sync`: every HTTP worker sends on it without a lock.
+    jobs: mpsc::Sender<Message>,
     worker: Background,
 }
 
 impl Writer {
     pub fn start(context: Context) -> Self {
         let (tx, rx) = mpsc::channel();
-        let stop = Mutex::new(tx.clone());
+        let stop = tx.clone();
         let worker = Background::spawn(
             "flowhook-writer",
             move || {
-                let _ = stop.lock().expect("writer lock").send(Message::Stop);
+                let _ = stop.send(Message::Stop);
             },
             move |_| run(&context, &rx),
         )
         .expect("spawn the writer thread");
-        Self {
-            jobs: Mutex::new(tx),
-            worker,
-        }
+        Self { jobs: tx, worker }
     }
 
     /// Queues one request and waits until it is committed (not yet flushed).
     pub async fn write(&self, pending: Pending) -> Written {
         let (reply, answer) = oneshot::channel();
         let job = Message::Job(Job { pending, reply });
-        if self.jobs.lock().expect("writer lock").send(job).is_err() {
+        if self.jobs.send(job).is_err() {
             return Err(StoreError::Closed);
         }
         answer.await.unwrap_or(Err(StoreError::Closed))

@@ -8,8 +8,6 @@ use super::params::{camel_object, string_lists, take_table};
 use super::{ActionDef, Destination, Endpoint, Origin, Outbound, Request, Spec};
 use crate::secret::Secret;
 
-pub struct Bik;
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -27,9 +25,8 @@ impl Default for Settings {
     }
 }
 
-impl Destination for Bik {
+impl Destination for Settings {
     const NAME: &'static str = "bik";
-    type Settings = Settings;
     const ACTIONS: &'static [ActionDef] = &[
         ActionDef {
             name: "bik.initiate_flow",
@@ -81,25 +78,25 @@ impl Destination for Bik {
         },
     ];
 
-    fn required(s: &Settings) -> Vec<(&'static str, bool)> {
+    fn required(&self) -> Vec<(&'static str, bool)> {
         vec![
-            ("base_url", !s.base_url.is_empty()),
-            ("auth_token", !s.auth_token.expose().is_empty()),
+            ("base_url", !self.base_url.is_empty()),
+            ("auth_token", !self.auth_token.expose().is_empty()),
         ]
     }
 
-    fn secrets(s: &Settings) -> Vec<(&'static str, &Secret)> {
-        vec![("auth_token", &s.auth_token)]
+    fn secrets(&self) -> Vec<(&'static str, &Secret)> {
+        vec![("auth_token", &self.auth_token)]
     }
 
-    fn base_url(s: &Settings) -> Option<&str> {
-        Some(&s.base_url)
+    fn base_url(&self) -> Option<&str> {
+        Some(&self.base_url)
     }
 
-    fn endpoint(s: &Settings, request: &Outbound) -> Endpoint {
+    fn endpoint(&self, request: &Outbound) -> Endpoint {
         Endpoint {
-            url: format!("{}{}", s.base_url.trim_end_matches('/'), request.path),
-            authorization: Some(format!("Basic {}", s.auth_token.expose())),
+            url: format!("{}{}", self.base_url.trim_end_matches('/'), request.path),
+            authorization: Some(format!("Basic {}", self.auth_token.expose())),
         }
     }
 }
@@ -213,7 +210,7 @@ mod tests {
             json!({"event_name": "e", "event_properties": {}, "email": "a@b.c"}),
         )
         .unwrap();
-        let endpoint = Bik::endpoint(&settings, &out);
+        let endpoint = settings.endpoint(&out);
         assert_eq!(
             endpoint.url,
             "https://bik.example/integrations/bikPlatformFunctions-events/sendEvent"

@@ -7,8 +7,6 @@ use serde_json::{json, Map, Value};
 use super::{ActionDef, Destination, Endpoint, Origin, Outbound, Request, Spec};
 use crate::secret::Secret;
 
-pub struct Botika;
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -18,9 +16,8 @@ pub struct Settings {
     pub api_token: Secret,
 }
 
-impl Destination for Botika {
+impl Destination for Settings {
     const NAME: &'static str = "botika";
-    type Settings = Settings;
     const ACTIONS: &'static [ActionDef] = &[ActionDef {
         name: "botika.send_flow",
         spec: Spec {
@@ -33,25 +30,25 @@ impl Destination for Botika {
         signed: false,
     }];
 
-    fn required(s: &Settings) -> Vec<(&'static str, bool)> {
+    fn required(&self) -> Vec<(&'static str, bool)> {
         vec![
-            ("base_url", !s.base_url.is_empty()),
-            ("api_token", !s.api_token.expose().is_empty()),
+            ("base_url", !self.base_url.is_empty()),
+            ("api_token", !self.api_token.expose().is_empty()),
         ]
     }
 
-    fn secrets(s: &Settings) -> Vec<(&'static str, &Secret)> {
-        vec![("api_token", &s.api_token)]
+    fn secrets(&self) -> Vec<(&'static str, &Secret)> {
+        vec![("api_token", &self.api_token)]
     }
 
-    fn base_url(s: &Settings) -> Option<&str> {
-        Some(&s.base_url)
+    fn base_url(&self) -> Option<&str> {
+        Some(&self.base_url)
     }
 
-    fn endpoint(s: &Settings, request: &Outbound) -> Endpoint {
+    fn endpoint(&self, request: &Outbound) -> Endpoint {
         Endpoint {
-            url: format!("{}{}", s.base_url.trim_end_matches('/'), request.path),
-            authorization: Some(format!("Bearer {}", s.api_token.expose())),
+            url: format!("{}{}", self.base_url.trim_end_matches('/'), request.path),
+            authorization: Some(format!("Bearer {}", self.api_token.expose())),
         }
     }
 }
@@ -96,7 +93,7 @@ mod tests {
             base_url: "https://t.botika.example".into(),
             api_token: Secret::new("t"),
         };
-        let endpoint = Botika::endpoint(&settings, &out);
+        let endpoint = settings.endpoint(&out);
         assert_eq!(
             endpoint.url,
             "https://t.botika.example/api/whatsapp/v1/messages"

@@ -8,8 +8,6 @@ use super::params::{path_segment, take_table, text_of};
 use super::{ActionDef, Destination, Endpoint, Origin, Outbound, Request, Spec};
 use crate::secret::Secret;
 
-pub struct Engati;
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -31,9 +29,8 @@ impl Default for Settings {
     }
 }
 
-impl Destination for Engati {
+impl Destination for Settings {
     const NAME: &'static str = "engati";
-    type Settings = Settings;
     const ACTIONS: &'static [ActionDef] = &[ActionDef {
         name: "engati.trigger_flow",
         spec: Spec {
@@ -46,34 +43,34 @@ impl Destination for Engati {
         signed: false,
     }];
 
-    fn required(s: &Settings) -> Vec<(&'static str, bool)> {
+    fn required(&self) -> Vec<(&'static str, bool)> {
         vec![
-            ("base_url", !s.base_url.is_empty()),
-            ("customer_id", !s.customer_id.is_empty()),
-            ("bot_key", !s.bot_key.is_empty()),
-            ("api_key", !s.api_key.expose().is_empty()),
+            ("base_url", !self.base_url.is_empty()),
+            ("customer_id", !self.customer_id.is_empty()),
+            ("bot_key", !self.bot_key.is_empty()),
+            ("api_key", !self.api_key.expose().is_empty()),
         ]
     }
 
-    fn secrets(s: &Settings) -> Vec<(&'static str, &Secret)> {
-        vec![("api_key", &s.api_key)]
+    fn secrets(&self) -> Vec<(&'static str, &Secret)> {
+        vec![("api_key", &self.api_key)]
     }
 
-    fn base_url(s: &Settings) -> Option<&str> {
-        Some(&s.base_url)
+    fn base_url(&self) -> Option<&str> {
+        Some(&self.base_url)
     }
 
     /// The stored path is the (encoded) flow key; the rest comes from today's settings.
-    fn endpoint(s: &Settings, request: &Outbound) -> Endpoint {
+    fn endpoint(&self, request: &Outbound) -> Endpoint {
         Endpoint {
             url: format!(
                 "{}/bot-api/v2.0/customer/{}/bot/{}/flow/{}",
-                s.base_url.trim_end_matches('/'),
-                path_segment(&s.customer_id),
-                path_segment(&s.bot_key),
+                self.base_url.trim_end_matches('/'),
+                path_segment(&self.customer_id),
+                path_segment(&self.bot_key),
                 request.path
             ),
-            authorization: Some(format!("Basic {}", s.api_key.expose())),
+            authorization: Some(format!("Basic {}", self.api_key.expose())),
         }
     }
 }
@@ -132,7 +129,7 @@ mod tests {
             api_key: Secret::new("k"),
             ..Settings::default()
         };
-        let endpoint = Engati::endpoint(&settings, &out);
+        let endpoint = settings.endpoint(&out);
         assert_eq!(
             endpoint.url,
             "https://api.engati.ai/bot-api/v2.0/customer/c%201/bot/b/flow/re%20engage"

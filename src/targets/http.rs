@@ -8,16 +8,13 @@ use super::params::{is_http_url, take_table, text_of};
 use super::{ActionDef, Destination, Endpoint, Origin, Outbound, Request, Spec};
 use crate::secret::Secret;
 
-pub struct Http;
-
 /// No keys of its own: the URL is each rule's.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {}
 
-impl Destination for Http {
+impl Destination for Settings {
     const NAME: &'static str = "http";
-    type Settings = Settings;
     const ACTIONS: &'static [ActionDef] = &[ActionDef {
         name: "http.post",
         spec: Spec {
@@ -30,20 +27,20 @@ impl Destination for Http {
         signed: true,
     }];
 
-    fn required(_: &Settings) -> Vec<(&'static str, bool)> {
+    fn required(&self) -> Vec<(&'static str, bool)> {
         Vec::new()
     }
 
-    fn secrets(_: &Settings) -> Vec<(&'static str, &Secret)> {
+    fn secrets(&self) -> Vec<(&'static str, &Secret)> {
         Vec::new()
     }
 
-    fn base_url(_: &Settings) -> Option<&str> {
+    fn base_url(&self) -> Option<&str> {
         None
     }
 
     /// The stored path is the whole URL.
-    fn endpoint(_: &Settings, request: &Outbound) -> Endpoint {
+    fn endpoint(&self, request: &Outbound) -> Endpoint {
         Endpoint {
             url: request.path.clone(),
             authorization: None,

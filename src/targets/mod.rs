@@ -22,22 +22,56 @@ use serde_json::{Map, Value};
 
 use crate::secret::Secret;
 
-/// What a target file provides.
-pub trait Destination {
+/// What a target file provides, implemented on its settings: the section's own keys (the
+/// limits are added to every section by [`Section`]).
+pub trait Destination: DeserializeOwned + Default + Clone + fmt::Debug + Send + Sync {
     /// The section, `[targets.<NAME>]`, and the first part of its action names.
     const NAME: &'static str;
-    /// The section's own keys (the limits are added to every section).
-    type Settings: DeserializeOwned + Default + Clone + fmt::Debug + Send + Sync;
     /// The actions it offers.
     const ACTIONS: &'static [ActionDef];
     /// Settings a rule sending here needs: `(key, whether it is set)`.
-    fn required(settings: &Self::Settings) -> Vec<(&'static str, bool)>;
+    fn required(&self) -> Vec<(&'static str, bool)>;
     /// Its credentials, by key: a shipped placeholder blocks a public bind once a rule uses it.
-    fn secrets(settings: &Self::Settings) -> Vec<(&'static str, &Secret)>;
+    fn secrets(&self) -> Vec<(&'static str, &Secret)>;
     /// Its `base_url`, if it has one (checked to be an http(s) URL when set).
-    fn base_url(settings: &Self::Settings) -> Option<&str>;
+    fn base_url(&self) -> Option<&str>;
     /// Where a request goes and its `Authorization` header.
-    fn endpoint(settings: &Self::Settings, request: &Outbound) -> Endpoint;
+    fn endpoint(&self, request: &Outbound) -> Endpoint;
+}
+
+/// A configured section, whatever its target: what [`TargetSettings`] looks up by [`Target`].
+trait Configured {
+    fn limits(&self) -> Limits;
+    fn missing(&self) -> Vec<&'static str>;
+    fn secrets(&self) -> Vec<(&'static str, &Secret)>;
+    fn base_url(&self) -> Option<&str>;
+    fn endpoint(&self, request: &Outbound) -> Endpoint;
+}
+
+impl<D: Destination> Configured for Section<D> {
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn missing(&self) -> Vec<&'static str> {
+        self.settings
+            .required()
+            .into_iter()
+            .filter_map(|(key, set)| (!set).then_some(key))
+            .collect()
+    }
+
+    fn secrets(&self) -> Vec<(&'static str, &Secret)> {
+        self.settings.secrets()
+    }
+
+    fn base_url(&self) -> Option<&str> {
+        self.settings.base_url()
+    }
+
+    fn endpoint(&self, request: &Outbound) -> Endpoint {
+        self.settings.endpoint(request)
+    }
 }
 
 /// One action: its name (`<target>.<verb>`), its params, and how its request is made.
@@ -289,90 +323,58 @@ impl<'de> Deserialize<'de> for ActionKind {
     }
 }
 
-/// Lists the targets: each line is `<section name>: <its type in its file>`. Generates
-/// [`TargetSettings`] (one field per section) and the lookups that go from a [`Target`] to
-/// its file.
+/// Lists the targets: each line is `<section name>: <its settings type in its file>`.
+/// Generates [`TargetSettings`] (one field per section) and the one lookup that goes from a
+/// [`Target`] to its section.
 macro_rules! register {
-    ($($name:ident: $target:ty),* $(,)?) => {
-        const NAMES: &[&str] = &[$(<$target as Destination>::NAME),*];
-        const ACTIONS: &[&[ActionDef]] = &[$(<$target as Destination>::ACTIONS),*];
+    ($($name:ident: $settings:ty),* $(,)?) => {
+        const NAMES: &[&str] = &[$(<$settings as Destination>::NAME),*];
+        const ACTIONS: &[&[ActionDef]] = &[$(<$settings as Destination>::ACTIONS),*];
 
         /// Every `[targets.*]` section.
         #[derive(Debug, Clone, Default, Deserialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct TargetSettings {
-            $(pub $name: Section<<$target as Destination>::Settings>,)*
+            $(pub $name: Section<$settings>,)*
         }
 
         impl TargetSettings {
-            pub fn limits(&self, target: Target) -> Limits {
-                let mut i = 0;
-                $(
-                    if target.0 == i {
-                        return self.$name.limits;
-                    }
-                    i += 1;
-                )*
-                unreachable!("target {i} is registered")
-            }
-
-            /// What a rule sending to `target` still needs set: its unset required keys.
-            pub fn missing(&self, target: Target) -> Vec<&'static str> {
-                let mut i = 0;
-                $(
-                    if target.0 == i {
-                        return <$target as Destination>::required(&self.$name.settings)
-                            .into_iter()
-                            .filter_map(|(key, set)| (!set).then_some(key))
-                            .collect();
-                    }
-                    i += 1;
-                )*
-                unreachable!("target {i} is registered")
-            }
-
-            /// The target's credentials, by key.
-            pub fn secrets(&self, target: Target) -> Vec<(&'static str, &Secret)> {
-                let mut i = 0;
-                $(
-                    if target.0 == i {
-                        return <$target as Destination>::secrets(&self.$name.settings);
-                    }
-                    i += 1;
-                )*
-                unreachable!("target {i} is registered")
-            }
-
-            pub fn base_url(&self, target: Target) -> Option<&str> {
-                let mut i = 0;
-                $(
-                    if target.0 == i {
-                        return <$target as Destination>::base_url(&self.$name.settings);
-                    }
-                    i += 1;
-                )*
-                unreachable!("target {i} is registered")
-            }
-
-            pub fn endpoint(&self, request: &Outbound) -> Endpoint {
-                let mut i = 0;
-                $(
-                    if request.target.0 == i {
-                        return <$target as Destination>::endpoint(&self.$name.settings, request);
-                    }
-                    i += 1;
-                )*
-                unreachable!("target {i} is registered")
+            fn section(&self, target: Target) -> &dyn Configured {
+                [$(&self.$name as &dyn Configured),*][target.0 as usize]
             }
         }
     };
 }
 
+impl TargetSettings {
+    pub fn limits(&self, target: Target) -> Limits {
+        self.section(target).limits()
+    }
+
+    /// What a rule sending to `target` still needs set: its unset required keys.
+    pub fn missing(&self, target: Target) -> Vec<&'static str> {
+        self.section(target).missing()
+    }
+
+    /// The target's credentials, by key.
+    pub fn secrets(&self, target: Target) -> Vec<(&'static str, &Secret)> {
+        self.section(target).secrets()
+    }
+
+    pub fn base_url(&self, target: Target) -> Option<&str> {
+        self.section(target).base_url()
+    }
+
+    pub fn endpoint(&self, request: &Outbound) -> Endpoint {
+        self.section(request.target).endpoint(request)
+    }
+}
+
 register! {
-    bik: bik::Bik,
-    engati: engati::Engati,
-    botika: botika::Botika,
-    http: http::Http,
+    bik: bik::Settings,
+    engati: engati::Settings,
+    botika: botika::Settings,
+    http: http::Settings,
 }
 
 #[cfg(test)]
@@ -381,7 +383,7 @@ mod tests {
 
     #[test]
     fn a_section_splits_its_limits_from_its_own_keys_and_refuses_unknown_ones() {
-        let section: Section<<bik::Bik as Destination>::Settings> = serde_json::from_value(
+        let section: Section<bik::Settings> = serde_json::from_value(
             serde_json::json!({"base_url": "https://b.example", "timeout_ms": 500}),
         )
         .unwrap();
@@ -391,10 +393,9 @@ mod tests {
             section.limits.max_in_flight,
             Limits::default().max_in_flight
         );
-        let error = serde_json::from_value::<Section<<bik::Bik as Destination>::Settings>>(
-            serde_json::json!({"base_ur": "x"}),
-        )
-        .unwrap_err();
+        let error =
+            serde_json::from_value::<Section<bik::Settings>>(serde_json::json!({"base_ur": "x"}))
+                .unwrap_err();
         assert!(error.to_string().contains("base_ur"), "{error}");
     }
 

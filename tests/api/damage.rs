@@ -38,7 +38,7 @@ async fn an_unreadable_record_fails_only_its_own_message() {
     let store = settings.store.path.clone();
     {
         // Damage one message's record, as a flipped byte on disk would.
-        let db = open_when_released(&store);
+        let db = sled::open(&store).unwrap();
         let messages = db.open_tree("messages").unwrap();
         messages
             .insert(BAD, &[0xF1, 2, 0xFF, 0xFF, 0xFF][..])
@@ -157,7 +157,7 @@ async fn damaged_snapshot(damage: impl Fn(&mut Vec<u8>)) {
     {
         // sled writes a snapshot of its page table (`snap.<lsn>`) when it is reopened and
         // written to; a few writes to a scratch tree are enough.
-        let db = open_when_released(&store);
+        let db = sled::open(&store).unwrap();
         let scratch = db.open_tree("scratch").unwrap();
         for i in 0..100u32 {
             scratch.insert(i.to_be_bytes(), &[1]).unwrap();
@@ -196,20 +196,4 @@ async fn damaged_snapshot(damage: impl Fn(&mut Vec<u8>)) {
     let report = String::from_utf8_lossy(&checked.stdout);
     assert_eq!(checked.status.code(), Some(0), "{report}");
     assert!(report.contains("store is readable: 2 messages"), "{report}");
-}
-
-/// Opens the store with sled directly once the stopped app has let go of it (its last
-/// handles are dropped a moment after the server stops).
-fn open_when_released(store: &std::path::Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match sled::open(store) {
-            Ok(db) => return db,
-            Err(e) if std::time::Instant::now() < deadline => {
-                assert!(e.to_string().contains("lock"), "{e}");
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
 }
