@@ -9,23 +9,35 @@ use serde::Deserialize;
 /// A credential. Its `Debug` never shows it. An all-digit value set through the environment
 /// arrives as a number and is taken as its text.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(from = "SecretText")]
+#[serde(from = "Text")]
 pub struct Secret(String);
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum SecretText {
+enum Text {
     Text(String),
     Number(u64),
 }
 
-impl From<SecretText> for Secret {
-    fn from(value: SecretText) -> Self {
-        match value {
-            SecretText::Text(s) => Self(s),
-            SecretText::Number(n) => Self(n.to_string()),
+impl From<Text> for Secret {
+    fn from(value: Text) -> Self {
+        Self(value.into_string())
+    }
+}
+
+impl Text {
+    fn into_string(self) -> String {
+        match self {
+            Text::Text(s) => s,
+            Text::Number(n) => n.to_string(),
         }
     }
+}
+
+/// For a text setting that may be all digits (an Engati customer id): set through the
+/// environment, such a value arrives as a number, and is taken as its text.
+pub fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Text::deserialize(d)?.into_string())
 }
 
 impl Secret {

@@ -12,7 +12,11 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub base_url: String,
+    /// All digits as Engati issues them, so also taken when the environment makes a number
+    /// of it.
+    #[serde(deserialize_with = "crate::secret::text")]
     pub customer_id: String,
+    #[serde(deserialize_with = "crate::secret::text")]
     pub bot_key: String,
     /// Sent as `Authorization: Basic <api_key>`.
     pub api_key: Secret,

@@ -179,10 +179,27 @@ impl<'de, S: DeserializeOwned> Deserialize<'de> for Section<S> {
             .iter()
             .filter_map(|k| own.remove(*k).map(|v| ((*k).to_owned(), v)))
             .collect();
-        let limits = serde_json::from_value(Value::Object(limits)).map_err(D::Error::custom)?;
-        let settings = serde_json::from_value(Value::Object(own)).map_err(D::Error::custom)?;
-        Ok(Self { settings, limits })
+        Ok(Self {
+            settings: keyed(own).map_err(D::Error::custom)?,
+            limits: keyed(limits).map_err(D::Error::custom)?,
+        })
     }
+}
+
+/// A struct from a map of its keys; an error names the key it is about. serde_json does not,
+/// but each key alone does: both parts of a section default every key, so only the bad one
+/// fails on its own.
+fn keyed<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, String> {
+    serde_json::from_value(Value::Object(map.clone())).map_err(|error| {
+        let bad = map.into_iter().find(|(k, v)| {
+            let alone = Map::from_iter([(k.clone(), v.clone())]);
+            serde_json::from_value::<T>(Value::Object(alone)).is_err()
+        });
+        match bad {
+            Some((key, _)) => format!("{key}: {error}"),
+            None => error.to_string(),
+        }
+    })
 }
 
 /// A target, by its place in [`register!`]'s list.

@@ -66,6 +66,27 @@ fn environment_variables_override_the_file_including_lists() {
 }
 
 #[test]
+fn target_settings_take_numeric_ids_from_the_environment_and_name_a_bad_key() {
+    Jail::expect_with(|jail| {
+        jail.set_env("FLOWHOOK__TARGETS__ENGATI__CUSTOMER_ID", "12345");
+        jail.set_env("FLOWHOOK__TARGETS__ENGATI__BOT_KEY", "678");
+        jail.set_env("FLOWHOOK__TARGETS__BIK__TIMEOUT_MS", "2500");
+        let s = load(jail, "").unwrap();
+        assert_eq!(s.targets.engati.settings.customer_id, "12345");
+        assert_eq!(s.targets.engati.settings.bot_key, "678");
+        assert_eq!(s.targets.bik.limits.timeout_ms, 2500);
+        Ok(())
+    });
+    Jail::expect_with(|jail| {
+        let error = load(jail, "[targets.bik]\ntimeout_ms = \"soon\"\n").unwrap_err();
+        assert!(error.contains("targets.bik: timeout_ms:"), "{error}");
+        let error = load(jail, "[targets.botika]\napi_tokn = \"x\"\n").unwrap_err();
+        assert!(error.contains("targets.botika: api_tokn:"), "{error}");
+        Ok(())
+    });
+}
+
+#[test]
 fn mistakes_fail_at_startup_naming_the_key() {
     let cases = [
         ("[server]\nbindd = \"x\"\n", "bindd"),
