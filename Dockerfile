@@ -27,7 +27,9 @@ RUN mkdir src \
  && cargo build --release --locked \
  && rm -rf src
 
-# The real sources. COPY keeps their (older) mtimes, so touch them for cargo to rebuild the crate.
+# The real sources, and the Postgres schema migrations the binary embeds. COPY keeps their
+# (older) mtimes, so touch them for cargo to rebuild the crate.
+COPY migrations ./migrations
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked

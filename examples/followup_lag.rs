@@ -181,7 +181,7 @@ body = {{ message = "{{{{message_id}}}}" }}
     settings.targets = parsed.targets;
     settings.rules = parsed.rules;
     settings.log.level = "warn".into();
-    let app = Application::build(settings)?;
+    let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}/webhooks/bik", app.port());
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());

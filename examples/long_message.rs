@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         },
         ..StoreSettings::default()
     };
-    let store = Store::open(&settings, Default::default())?;
+    let store = Store::open(&settings, Default::default()).await?;
     let mut n = 0;
     while n < total {
         let batch: Vec<IngestItem> = (n..(n + 100).min(total)).map(|i| click_at(i, i)).collect();
@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
-    let message = store.message(ID)?.expect("the message exists");
+    let message = store.message(ID).await?.expect("the message exists");
     println!(
         "one more event on a message with {total} events: p50 {:.2} ms, p99 {:.2} ms; \
          events listed {}, total {}",
@@ -93,6 +93,6 @@ async fn main() -> anyhow::Result<()> {
         message.events.len(),
         message.events_total(),
     );
-    store.close()?;
+    store.close().await?;
     Ok(())
 }

@@ -28,13 +28,15 @@ impl RetryPolicy for NoRetry {
 async fn deliver_all(store: &Store) -> anyhow::Result<usize> {
     let mut delivered = 0;
     loop {
-        let due =
-            store.due_actions(Target::parse("http").expect("registered"), clock_ms(), 1000)?;
+        let due = store
+            .due_actions(Target::parse("http").expect("registered"), clock_ms(), 1000)
+            .await?;
         if due.is_empty() {
             return Ok(delivered);
         }
         let done: Vec<(ClaimToken, Attempt)> = store
-            .claim_many(&due)?
+            .claim_many(&due, std::time::Duration::from_secs(60))
+            .await?
             .into_iter()
             .flatten()
             .map(|a| (a.claim_token(), Attempt::Delivered { status: 200 }))
@@ -79,7 +81,7 @@ params = { url = "http://127.0.0.1:9/hook", body = { order = "{{callback.order_i
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let rules = flowhook::rules::Rules::compile(&config)
         .map_err(|problems| anyhow::anyhow!("{problems:?}"))?;
-    let store = Store::open(&settings, std::sync::Arc::new(rules))?;
+    let store = Store::open(&settings, std::sync::Arc::new(rules)).await?;
     let started = Instant::now();
     let mut done = 0;
     while done < total {
@@ -114,7 +116,7 @@ params = { url = "http://127.0.0.1:9/hook", body = { order = "{{callback.order_i
         }
     }
     let delivered = deliver_all(&store).await?;
-    store.close()?;
+    store.close().await?;
     println!(
         "preloaded {total} messages and delivered {delivered} follow-ups in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -45,10 +45,12 @@ enum Command {
         timestamp: Option<i64>,
     },
     /// Write every message (state, events, actions) and quarantined event to stdout as JSON
-    /// lines. Stop the service first: the store allows one process at a time.
+    /// lines. With sled, stop the service first: the store allows one process at a time.
     Export,
-    /// Restore an export from stdin into an empty store.
+    /// Restore an export (from either backend) from stdin into an empty store.
     Import,
+    /// Create or upgrade the Postgres schema (`store.backend = "postgres"`), then exit.
+    Migrate,
     /// Read every stored record and report those that cannot be read (exit 1 if any). Stop
     /// the service first.
     CheckStore,
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Export => backup(&settings, Direction::Export),
         Command::Import => backup(&settings, Direction::Import),
         Command::CheckStore => check_store(&settings),
+        Command::Migrate => migrate(&settings),
         Command::Sign { .. } => unreachable!("handled before the config is loaded"),
     }
 }
@@ -126,8 +129,16 @@ fn sign(scheme: Scheme, secret: &str, id: Option<&str>, timestamp: Option<i64>) 
     ExitCode::SUCCESS
 }
 
-fn open_store(settings: &Settings) -> Option<Store> {
-    match Store::open(&settings.store, Default::default()) {
+/// A runtime for the commands that use the store.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the command")
+}
+
+async fn open_store(settings: &Settings) -> Option<Store> {
+    match Store::open(&settings.store, Default::default()).await {
         Ok(store) => Some(store),
         Err(e) => {
             eprintln!("flowhook: {e}");
@@ -136,13 +147,35 @@ fn open_store(settings: &Settings) -> Option<Store> {
     }
 }
 
+fn migrate(settings: &Settings) -> ExitCode {
+    flowhook::telemetry::init(&settings.log);
+    if settings.store.backend != flowhook::config::StoreBackend::Postgres {
+        eprintln!(
+            "flowhook: store.backend is \"sled\", which has no schema to migrate (set \
+             store.backend = \"postgres\" and store.postgres.url)"
+        );
+        return ExitCode::from(2);
+    }
+    match runtime().block_on(Store::migrate(&settings.store)) {
+        Ok(version) => {
+            println!("the database's schema is at version {version}, this flowhook's newest");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flowhook: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn check_store(settings: &Settings) -> ExitCode {
     flowhook::telemetry::init(&settings.log);
-    let Some(store) = open_store(settings) else {
+    let runtime = runtime();
+    let Some(store) = runtime.block_on(open_store(settings)) else {
         return ExitCode::FAILURE;
     };
-    let checked = store.check();
-    if let Err(e) = store.close() {
+    let checked = runtime.block_on(store.check());
+    if let Err(e) = runtime.block_on(store.close()) {
         eprintln!("flowhook: {e}");
     }
     match checked {
@@ -185,18 +218,23 @@ enum Direction {
 fn backup(settings: &Settings, direction: Direction) -> ExitCode {
     // Logs (an unreadable record's key, say) go to stderr; the export goes to stdout.
     flowhook::telemetry::init(&settings.log);
-    let Some(store) = open_store(settings) else {
+    let runtime = runtime();
+    let Some(store) = runtime.block_on(open_store(settings)) else {
         return ExitCode::FAILURE;
     };
-    let result = match direction {
-        Direction::Export => {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            store.export(&mut out)
+    let result = runtime.block_on(async {
+        match direction {
+            Direction::Export => {
+                let mut out = std::io::BufWriter::new(std::io::stdout());
+                store.export(&mut out).await
+            }
+            Direction::Import => {
+                let mut input = std::io::BufReader::new(std::io::stdin());
+                store.import(&mut input).await
+            }
         }
-        Direction::Import => store.import(&mut std::io::stdin().lock()),
-    };
-    if let Err(e) = store.close() {
+    });
+    if let Err(e) = runtime.block_on(store.close()) {
         eprintln!("flowhook: closing the store failed: {e}");
         return ExitCode::FAILURE;
     }
@@ -237,10 +275,13 @@ fn check_config(settings: &Settings) -> ExitCode {
         return ExitCode::from(2);
     }
     let weak = settings.placeholder_secrets();
+    let store = match settings.store.backend {
+        flowhook::config::StoreBackend::Sled => settings.store.path.display().to_string(),
+        flowhook::config::StoreBackend::Postgres => "postgres".into(),
+    };
     println!(
-        "configuration is valid (bind {}, store {})",
-        settings.server.bind,
-        settings.store.path.display()
+        "configuration is valid (bind {}, store {store})",
+        settings.server.bind
     );
     if !weak.is_empty() {
         println!(
@@ -275,7 +316,7 @@ fn serve(settings: Settings) -> ExitCode {
     };
     let bind = settings.server.bind.clone();
     let result = actix_web::rt::System::new().block_on(async move {
-        let app = Application::start(settings, rules)?;
+        let app = Application::start(settings, rules).await?;
         tracing::info!(%bind, port = app.port(), "flowhook listening");
         app.run_until_stopped().await?;
         anyhow::Ok(())

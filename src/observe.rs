@@ -38,6 +38,15 @@ pub const UNREADABLE: &str = "flowhook_unreadable_records_total";
 /// Requests whose body did not arrive within `server.body_timeout_ms`.
 pub const BODY_TIMEOUTS: &str = "flowhook_body_timeouts_total";
 
+/// Postgres backend: one store operation (its transaction, with any runs again), by `op`.
+pub const DB_SECONDS: &str = "flowhook_db_duration_seconds";
+/// Postgres backend: transactions run again because another instance got there first
+/// (a duplicate key, a deadlock, a serialization failure), by `op`.
+pub const DB_CONFLICTS: &str = "flowhook_db_conflicts_total";
+/// Postgres backend: connections in the pool, by `state` (`idle`, `in_use`); read at scrape
+/// time.
+pub const DB_CONNECTIONS: &str = "flowhook_db_connections";
+
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -104,6 +113,16 @@ fn describe() {
     describe_histogram!(DISPATCH_SECONDS, Unit::Seconds, "One outbound call");
     describe_gauge!(STORE_BYTES, Unit::Bytes, "Size of the store on disk");
     describe_counter!(PURGED, "Entries removed by retention, by kind");
+    describe_histogram!(
+        DB_SECONDS,
+        Unit::Seconds,
+        "Postgres: one store operation, by op"
+    );
+    describe_counter!(
+        DB_CONFLICTS,
+        "Postgres: transactions run again after losing a race to another instance, by op"
+    );
+    describe_gauge!(DB_CONNECTIONS, "Postgres: pool connections by state");
 }
 
 /// Counts an action outcome.

@@ -18,7 +18,8 @@ pub struct Application {
     store: Store,
     dispatcher: Dispatcher,
     janitor: Janitor,
-    healer: Healer,
+    /// sled only.
+    healer: Option<Healer>,
 }
 
 /// What a configuration must pass besides its per-key checks (done when it is loaded): its
@@ -32,23 +33,27 @@ pub fn check(settings: &Settings) -> Result<Arc<Rules>, ConfigError> {
 
 impl Application {
     /// [`check`]s the settings, then [`Application::start`]s.
-    pub fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let rules = check(&settings)?;
-        Self::start(settings, rules)
+        Self::start(settings, rules).await
     }
 
     /// Opens the store, starts the dispatcher and binds `server.bind` (port 0 picks a free
     /// port, as tests do), with rules [`check`] compiled.
-    pub fn start(settings: Settings, rules: Arc<Rules>) -> anyhow::Result<Self> {
+    pub async fn start(settings: Settings, rules: Arc<Rules>) -> anyhow::Result<Self> {
         // Before anything records a metric.
         crate::observe::handle();
         crate::domain::recipient::warm_up();
-        let store = Store::open(&settings.store, Arc::clone(&rules))?;
+        let store = Store::open(&settings.store, Arc::clone(&rules)).await?;
         let listener = TcpListener::bind(&settings.server.bind)?;
         let port = listener.local_addr()?.port();
         let dispatcher = Dispatcher::start(store.clone(), &settings, rules)?;
         let janitor = Janitor::start(store.clone(), &settings.store)?;
-        let healer = Healer::start(store.clone(), &settings.store)?;
+        // Reopening in place is for sled's files; a database reconnects by itself.
+        let healer = match store.is_shared() {
+            false => Some(Healer::start(store.clone(), &settings.store)?),
+            true => None,
+        };
         let state = web::Data::new(AppState {
             settings: Arc::new(settings),
             store: store.clone(),
@@ -110,20 +115,23 @@ impl Application {
         } = self;
         // Joining threads blocks; keep it off this runtime's thread.
         let stopped = tokio::task::spawn_blocking(move || {
-            healer.stop();
+            if let Some(healer) = healer {
+                healer.stop();
+            }
             janitor.stop();
             dispatcher.stop();
-            store.close()
         })
         .await;
-        match stopped {
-            Ok(Ok(())) => result,
-            Ok(Err(error)) => Err(std::io::Error::other(format!(
+        if stopped.is_err() {
+            return Err(std::io::Error::other(
+                "stopping the background work panicked",
+            ));
+        }
+        match store.close().await {
+            Ok(()) => result,
+            Err(error) => Err(std::io::Error::other(format!(
                 "the final flush failed: {error}; writes not yet acknowledged may be lost"
             ))),
-            Err(_) => Err(std::io::Error::other(
-                "stopping the background work panicked",
-            )),
         }
     }
 }

@@ -121,8 +121,21 @@ params = {{ url = "{}/hook", body = {{ id = "{{{{message_id}}}}" }} }}
         ),
         3.0
     );
-    assert!(value(&m, "flowhook_group_commit_batch_size_count") >= 1.0);
-    assert!(value(&m, "flowhook_flush_duration_seconds_count") >= 1.0);
+    if std::env::var_os("FLOWHOOK_TEST_POSTGRES").is_none() {
+        // sled's group commit.
+        assert!(value(&m, "flowhook_group_commit_batch_size_count") >= 1.0);
+        assert!(value(&m, "flowhook_flush_duration_seconds_count") >= 1.0);
+    } else {
+        // Postgres: three ingest transactions, the pool.
+        assert_eq!(
+            value(&m, r#"flowhook_db_duration_seconds_count{op="ingest"}"#),
+            3.0
+        );
+        assert!(value(&m, r#"flowhook_db_duration_seconds_count{op="claim"}"#) >= 1.0);
+        let open = value(&m, r#"flowhook_db_connections{state="idle"}"#)
+            + value(&m, r#"flowhook_db_connections{state="in_use"}"#);
+        assert!(open >= 1.0);
+    }
     assert_eq!(
         value(
             &m,

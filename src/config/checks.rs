@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use super::{ConfigError, Settings};
+use super::{ConfigError, Settings, StoreBackend};
 use crate::secret::{decode_whsec, Secret};
 use crate::targets::params::is_http_url;
 use crate::targets::{ActionKind, Target};
@@ -77,11 +77,51 @@ impl Settings {
         if self.server.body_timeout_ms == 0 {
             problems.push("server.body_timeout_ms: must be positive".into());
         }
+        self.validate_postgres(&mut problems);
         self.validate_dispatch(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn validate_postgres(&self, problems: &mut Vec<String>) {
+        let pg = &self.store.postgres;
+        if self.store.backend == StoreBackend::Postgres {
+            let url = pg.url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                problems.push(
+                    "store.postgres.url: must be a postgres:// URL when store.backend = \"postgres\" \
+                     (e.g. FLOWHOOK__STORE__POSTGRES__URL=postgres://flowhook:secret@db:5432/flowhook)"
+                        .into(),
+                );
+            }
+        }
+        if pg.max_connections < 2 {
+            // Retention holds one connection for its lock while it works with another.
+            problems.push("store.postgres.max_connections: must be at least 2".into());
+        }
+        if pg.connect_timeout_ms == 0 {
+            problems.push("store.postgres.connect_timeout_ms: must be positive".into());
+        }
+        if pg.statement_timeout_ms == 0 {
+            problems.push("store.postgres.statement_timeout_ms: must be positive".into());
+        }
+        // The targets some rule calls.
+        let longest_call = self
+            .rules
+            .iter()
+            .filter_map(|r| ActionKind::parse(&r.action))
+            .map(|a| self.targets.limits(a.target()).timeout_ms)
+            .max()
+            .unwrap_or(0);
+        if self.dispatch.lease_seconds.saturating_mul(1000) <= longest_call {
+            problems.push(format!(
+                "dispatch.lease_seconds: must be longer than the timeout_ms of every target a rule \
+                 calls ({longest_call} ms), or another instance could call for an action still \
+                 in flight"
+            ));
         }
     }
 

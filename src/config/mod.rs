@@ -77,6 +77,9 @@ pub enum Durability {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
+    /// Where state is kept: the embedded sled store (default) or a shared Postgres database.
+    pub backend: StoreBackend,
+    /// The sled directory (`backend = "sled"`).
     pub path: PathBuf,
     pub durability: Durability,
     /// Messages whose last event is older than this are purged (fractions allowed).
@@ -97,11 +100,55 @@ pub struct StoreSettings {
     pub min_free_disk_bytes: u64,
     /// Events a message keeps one by one; past it, the middle of its timeline is summarized.
     pub max_events_per_message: usize,
+    /// `[store.postgres]`, for `backend = "postgres"`.
+    pub postgres: PostgresSettings,
+}
+
+/// `store.backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// The embedded sled store in `store.path`: one binary, nothing else to run.
+    #[default]
+    Sled,
+    /// A Postgres database shared by any number of instances (contract section 6).
+    Postgres,
+}
+
+/// `[store.postgres]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSettings {
+    /// `postgres://user:password@host:5432/database` (`sslmode` and other libpq URL
+    /// parameters work); `FLOWHOOK__STORE__POSTGRES__URL`.
+    pub url: Secret,
+    /// Connections per instance.
+    pub max_connections: u32,
+    /// Apply pending schema migrations when `serve` starts (else `flowhook migrate` must).
+    pub migrate: bool,
+    /// How long a request waits for a connection (and a new connection for the server)
+    /// before it fails with 503.
+    pub connect_timeout_ms: u64,
+    /// A statement running longer than this is cancelled by the server.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::default(),
+            max_connections: 16,
+            migrate: true,
+            connect_timeout_ms: 5_000,
+            statement_timeout_ms: 30_000,
+        }
+    }
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
+            backend: StoreBackend::Sled,
             path: "data".into(),
             durability: Durability::Sync,
             retention_days: 30.0,
@@ -114,6 +161,7 @@ impl Default for StoreSettings {
             purge_interval_seconds: 60.0,
             min_free_disk_bytes: 100 * 1024 * 1024,
             max_events_per_message: 1000,
+            postgres: PostgresSettings::default(),
         }
     }
 }
@@ -217,6 +265,9 @@ pub struct DispatchSettings {
     pub shutdown_grace_seconds: u64,
     /// How much of a failed answer's body an action keeps.
     pub keep_response_bytes: usize,
+    /// With the Postgres backend, how long a claimed action is held by the instance calling
+    /// for it; an instance that dies holding it leaves it to another once this has passed.
+    pub lease_seconds: u64,
 }
 
 impl Default for DispatchSettings {
@@ -227,6 +278,7 @@ impl Default for DispatchSettings {
             max_retry_after_seconds: 86_400,
             shutdown_grace_seconds: 10,
             keep_response_bytes: 1024,
+            lease_seconds: 60,
         }
     }
 }

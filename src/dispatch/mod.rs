@@ -86,6 +86,7 @@ impl Dispatcher {
         )?);
         let policy = Arc::new(Schedule::from(d));
         let grace = Duration::from_secs(d.shutdown_grace_seconds);
+        let lease = Duration::from_secs(d.lease_seconds);
         let abort = CancellationToken::new();
         let aborted = abort.clone();
         let health = Health::default();
@@ -103,6 +104,7 @@ impl Dispatcher {
                 let worker = Worker {
                     calls: Calls {
                         store,
+                        lease,
                         sender,
                         policy,
                         finished: Arc::new(Notify::new()),
@@ -140,9 +142,9 @@ impl Drop for Dispatcher {
 }
 
 /// One dispatcher step as of `now`, without the loop's limits or its clock: claims every
-/// action due by `now` (at most `limit` per target), makes each call in turn and records the
-/// outcomes as of `now`; returns the actions as recorded. Tests drive the outbox with it
-/// instead of waiting for real time.
+/// action due by `now` (at most `limit` per target, under the default lease), makes each call
+/// in turn and records the outcomes as of `now`; returns the actions as recorded. Tests drive
+/// the outbox with it instead of waiting for real time.
 pub async fn run_once(
     store: &Store,
     sender: &Sender,
@@ -153,8 +155,9 @@ pub async fn run_once(
     let now_ms = now.timestamp_millis().max(0) as u64;
     let mut done = Vec::new();
     for target in Target::all() {
-        let due = store.due_actions(target, now_ms, limit)?;
-        for action in store.claim_many(&due)?.into_iter().flatten() {
+        let due = store.due_actions(target, now_ms, limit).await?;
+        let lease = Duration::from_secs(crate::config::DispatchSettings::default().lease_seconds);
+        for action in store.claim_many(&due, lease).await?.into_iter().flatten() {
             let attempt = sender.send(&action).await;
             done.push((action.claim_token(), attempt));
         }
@@ -179,6 +182,8 @@ struct Worker {
 #[derive(Clone)]
 struct Calls {
     store: Store,
+    /// `dispatch.lease_seconds`: how long a claim holds (Postgres).
+    lease: Duration,
     sender: Arc<Sender>,
     policy: Arc<Schedule>,
     /// Notified when a call has finished and freed its slot.
@@ -250,7 +255,7 @@ impl Worker {
             let (store, policy) = (self.calls.store.clone(), Arc::clone(&self.calls.policy));
             tokio::spawn(record_outcomes(store, policy, outcomes));
         }
-        match self.calls.store.recover_in_flight() {
+        match self.calls.store.recover_in_flight().await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(actions = n, "resending calls cut off by the last stop"),
             Err(error) => tracing::error!(%error, "could not recover actions left in flight"),
@@ -259,7 +264,7 @@ impl Worker {
         while !stop.is_cancelled() {
             self.health.beat();
             while tasks.try_join_next().is_some() {}
-            let wake = match self.pass(&mut tasks) {
+            let wake = match self.pass(&mut tasks).await {
                 Ok(wake) => wake,
                 Err(error) => {
                     tracing::error!(%error, "dispatcher pass failed");
@@ -297,7 +302,7 @@ impl Worker {
     ///
     /// Each target is read only while it has room for another call, and only as far as it
     /// has room, so a saturated or slow target costs nothing and never holds up the others.
-    fn pass(
+    async fn pass(
         &mut self,
         tasks: &mut JoinSet<()>,
     ) -> Result<Option<Instant>, crate::store::StoreError> {
@@ -317,9 +322,10 @@ impl Worker {
                 }
                 let entries = calls
                     .store
-                    .due_actions(target, clock_ms(), room.min(SCAN))?;
+                    .due_actions(target, clock_ms(), room.min(SCAN))
+                    .await?;
                 if entries.is_empty() {
-                    if let Some(next) = calls.store.next_due_ms(target)? {
+                    if let Some(next) = calls.store.next_due_ms(target).await? {
                         let wait = next.saturating_sub(clock_ms());
                         sooner(Instant::now() + Duration::from_millis(wait));
                     }
@@ -339,7 +345,7 @@ impl Worker {
                 }
                 let blocked = permits.len() < entries.len();
                 let entries = &entries[..permits.len()];
-                let claimed = calls.store.claim_many(entries)?;
+                let claimed = calls.store.claim_many(entries, calls.lease).await?;
                 for ((action, permit), entry) in claimed.into_iter().zip(permits).zip(entries) {
                     if let Some(action) = action {
                         calls.spawn(tasks, action, permit, entry);

@@ -33,6 +33,12 @@ impl Provider {
             Self::Generic => "generic",
         }
     }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Bik, Self::Meta, Self::Generic]
+            .into_iter()
+            .find(|p| p.as_str() == text)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

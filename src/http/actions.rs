@@ -139,7 +139,8 @@ pub(super) async fn list_actions(
     reject_unknown(&query, "state, rule, limit and cursor")?;
     let page = state
         .store
-        .actions(&filter, paging.limit, paging.cursor.as_deref())?;
+        .actions(&filter, paging.limit, paging.cursor.as_deref())
+        .await?;
     Ok(HttpResponse::Ok().json(ActionPage {
         actions: page.items.iter().map(ActionView::from).collect(),
         next_cursor: page.next_cursor,
@@ -165,7 +166,7 @@ pub(super) async fn retry_one(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    match state.store.retry_action(&id)? {
+    match state.store.retry_action(&id).await? {
         RetryOutcome::Requeued(action) => Ok(HttpResponse::Ok().json(ActionView::from(&action))),
         RetryOutcome::NotFound => Err(ApiError::not_found(format!("no action with id {id:?}"))),
         RetryOutcome::NotRetryable(action) => Err(ApiError::new(
@@ -218,9 +219,6 @@ pub(super) async fn retry_all(
         state: Some(wanted),
         rule: request.rule.filter(|r| !r.is_empty()),
     };
-    let store = state.store.clone();
-    let requeued = web::block(move || store.retry_actions(&filter, RETRY_BATCH))
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
+    let requeued = state.store.retry_actions(&filter, RETRY_BATCH).await?;
     Ok(HttpResponse::Ok().json(Requeued { requeued }))
 }

@@ -46,6 +46,7 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match state
         .store
         .readiness()
+        .await
         .and_then(|()| state.dispatcher.check())
     {
         Ok(()) => HttpResponse::Ok().json(Readiness {
@@ -71,11 +72,11 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 )]
 pub(super) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let store = &state.store;
-    match store.size_on_disk() {
+    match store.size_on_disk().await {
         Ok(bytes) => metrics::gauge!(observe::STORE_BYTES).set(bytes as f64),
         Err(error) => tracing::warn!(%error, "could not read the store size"),
     }
-    match store.action_counts() {
+    match store.action_counts().await {
         Ok(counts) => {
             for (s, n) in counts {
                 metrics::gauge!(observe::OUTBOX_DEPTH, "state" => s.as_str()).set(n as f64);
@@ -83,9 +84,14 @@ pub(super) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         }
         Err(error) => tracing::warn!(%error, "could not count actions"),
     }
-    match store.oldest_due_ms() {
+    match store.oldest_due_ms().await {
         Ok(ms) => metrics::gauge!(observe::OUTBOX_OLDEST_DUE).set(ms as f64 / 1000.0),
         Err(error) => tracing::warn!(%error, "could not read the outbox"),
+    }
+    if let Some((open, idle)) = store.database_connections() {
+        let in_use = (open as usize).saturating_sub(idle);
+        metrics::gauge!(observe::DB_CONNECTIONS, "state" => "idle").set(idle as f64);
+        metrics::gauge!(observe::DB_CONNECTIONS, "state" => "in_use").set(in_use as f64);
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -159,9 +159,9 @@ pub(super) async fn get_message(
     let id = percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| ApiError::bad_request("message id is not valid UTF-8"))?;
-    match state.store.message(&id)? {
+    match state.store.message(&id).await? {
         Some(message) => {
-            let actions = state.store.message_actions(&id)?;
+            let actions = state.store.message_actions(&id).await?;
             Ok(HttpResponse::Ok().json(MessageView::of(&message, true, &actions)))
         }
         None => Err(ApiError::not_found(format!("no message with id {id:?}"))),
@@ -244,8 +244,11 @@ pub(super) async fn find_messages(
         )
     };
     if query.len() == 1 && query.get("order").map(String::as_str) == Some("recent") {
-        let page = state.store.recent(paging.limit, paging.cursor.as_deref())?;
-        return respond_page(&state, &page);
+        let page = state
+            .store
+            .recent(paging.limit, paging.cursor.as_deref())
+            .await?;
+        return respond_page(&state, &page).await;
     }
     if query.len() != 1 {
         return Err(ApiError::bad_request(hint()));
@@ -274,17 +277,18 @@ pub(super) async fn find_messages(
     };
     let page = state
         .store
-        .lookup(&lookup, paging.limit, paging.cursor.as_deref())?;
-    respond_page(&state, &page)
+        .lookup(&lookup, paging.limit, paging.cursor.as_deref())
+        .await?;
+    respond_page(&state, &page).await
 }
 
-fn respond_page(
+async fn respond_page(
     state: &AppState,
     page: &crate::store::Page<MessageState>,
 ) -> Result<HttpResponse, ApiError> {
     let mut messages = Vec::with_capacity(page.items.len());
     for m in &page.items {
-        let actions = state.store.message_actions(m.message_id.as_str())?;
+        let actions = state.store.message_actions(m.message_id.as_str()).await?;
         messages.push(MessageView::of(m, false, &actions));
     }
     Ok(HttpResponse::Ok().json(MessagePage {
@@ -315,7 +319,8 @@ pub(super) async fn list_rejected(
     reject_unknown(&query, "limit and cursor")?;
     let page = state
         .store
-        .rejected(paging.limit, paging.cursor.as_deref())?;
+        .rejected(paging.limit, paging.cursor.as_deref())
+        .await?;
     Ok(HttpResponse::Ok().json(RejectedPage {
         rejected: page.items,
         next_cursor: page.next_cursor,

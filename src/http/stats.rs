@@ -78,10 +78,7 @@ pub(super) async fn stats(
             return Err(ApiError::bad_request("from is after to"));
         }
     }
-    let store = state.store.clone();
-    let groups = web::block(move || store.stats(&field, from, to))
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
+    let groups = state.store.stats(&field, from, to).await?;
     Ok(HttpResponse::Ok().json(Stats {
         group_by,
         from: from.map(day_date),

@@ -8,8 +8,9 @@
 //! outbox is [`Rules::plan`](crate::rules::Rules::plan), and every action transition is in
 //! [`crate::rules::lifecycle`]. A backend persists what those decide, atomically per request.
 //!
-//! The one backend today is the embedded sled store ([`SledStore`]); another is one more
-//! variant of `Backend` and one more arm per method.
+//! Two backends: the embedded sled store ([`SledStore`], the default) and a Postgres database
+//! that several instances share ([`PgStore`]). sled's calls are synchronous and quick (the
+//! writes that wait for the disk are async); the long scans run on the blocking pool.
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::Ordering;
@@ -17,12 +18,13 @@ use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 
+use super::postgres::{PgStore, Schema};
 use super::{
     Action, ActionFilter, ActionState, Attempt, BackupError, Checked, ClaimToken, DueEntry, Group,
     IngestItem, IngestOutcome, Lookup, Moved, Page, Purged, RejectedEvent, RetryOutcome,
     RetryPolicy, SledStore, StoreError,
 };
-use crate::config::StoreSettings;
+use crate::config::{StoreBackend, StoreSettings};
 use crate::domain::{MessageState, Provider};
 use crate::rules::{Rules, Target};
 
@@ -71,20 +73,52 @@ impl WriteHealth {
 #[derive(Clone)]
 enum Backend {
     Sled(SledStore),
+    Postgres(PgStore),
     /// Between dropping a failed store and opening it again (see [`Store::reopen`]), or after
     /// opening it again failed: every call answers [`StoreError::Closed`].
     Closed,
 }
 
-/// `match` on the current backend (a cheap clone, so no lock is held in `$body`), binding it
-/// to `$b`; a closed store answers `Err(StoreError::Closed)`.
-macro_rules! on_backend {
-    ($self:ident, $b:ident => $body:expr) => {
+/// Calls `$method($args)` on the current backend (a cheap clone, so no lock is held across
+/// the call). `sync` for a method that is synchronous on sled, `async` for one that is async
+/// on both; Postgres's are all async. A closed store answers `Err(StoreError::Closed)`.
+macro_rules! call {
+    ($self:ident, sync $method:ident($($arg:expr),*)) => {
         match $self.current() {
-            Backend::Sled($b) => $body,
-            Backend::Closed => return Err(StoreError::Closed.into()),
+            Backend::Sled(b) => b.$method($($arg),*),
+            Backend::Postgres(b) => b.$method($($arg),*).await,
+            Backend::Closed => Err(StoreError::Closed.into()),
         }
     };
+    ($self:ident, async $method:ident($($arg:expr),*)) => {
+        match $self.current() {
+            Backend::Sled(b) => b.$method($($arg),*).await,
+            Backend::Postgres(b) => b.$method($($arg),*).await,
+            Backend::Closed => Err(StoreError::Closed.into()),
+        }
+    };
+}
+
+/// Runs a long sled scan on the blocking pool, so that it holds up no request's thread.
+async fn blocking<T: Send + 'static>(
+    store: SledStore,
+    f: impl FnOnce(&SledStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?
+}
+
+impl From<PgStore> for Store {
+    fn from(store: PgStore) -> Self {
+        let fields = (store.index_fields().to_vec(), store.stats_fields().to_vec());
+        Self {
+            backend: Arc::new(RwLock::new(Backend::Postgres(store))),
+            writes: Default::default(),
+            fields: Arc::new(fields),
+            opened_with: None,
+        }
+    }
 }
 
 impl From<SledStore> for Store {
@@ -104,12 +138,30 @@ const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Store {
     /// Opens (or creates) the store `settings` name; `rules` decide what ingest queues.
-    pub fn open(settings: &StoreSettings, rules: Arc<Rules>) -> Result<Self, StoreError> {
+    /// A Postgres database gets its pending migrations first, unless
+    /// `store.postgres.migrate = false` (then its schema must be this build's).
+    pub async fn open(settings: &StoreSettings, rules: Arc<Rules>) -> Result<Self, StoreError> {
+        if settings.backend == StoreBackend::Postgres {
+            let schema = if settings.postgres.migrate {
+                Schema::Migrate
+            } else {
+                Schema::Check
+            };
+            return Ok(PgStore::open(settings, rules, schema).await?.into());
+        }
         let store = SledStore::open(settings, Arc::clone(&rules))?;
         Ok(Self {
             opened_with: Some(Arc::new((settings.clone(), rules))),
             ..store.into()
         })
+    }
+
+    /// Creates or upgrades the Postgres schema (`flowhook migrate`); the version it is at.
+    pub async fn migrate(settings: &StoreSettings) -> Result<i64, StoreError> {
+        let store = PgStore::open(settings, Arc::default(), Schema::Migrate).await?;
+        let version = store.schema_version().await;
+        store.close().await;
+        version
     }
 
     fn current(&self) -> Backend {
@@ -122,6 +174,7 @@ impl Store {
         self.writes.failing.load(Ordering::Acquire)
             || match self.current() {
                 Backend::Sled(b) => !b.flushes_healthy(),
+                Backend::Postgres(_) => false,
                 Backend::Closed => true,
             }
     }
@@ -173,51 +226,58 @@ impl Store {
         items: Vec<IngestItem>,
         received_at: DateTime<Utc>,
     ) -> Result<IngestOutcome, StoreError> {
-        let result = on_backend!(self, b => b.ingest(provider, items, received_at).await);
+        let result = call!(self, async ingest(provider, items, received_at));
         self.writes.record(&result);
         result
     }
 
-    pub fn message(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
-        on_backend!(self, b => b.message(id))
+    pub async fn message(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
+        call!(self, sync message(id))
     }
 
     /// Messages filed under a callback value or a recipient.
-    pub fn lookup(
+    pub async fn lookup(
         &self,
         lookup: &Lookup,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Page<MessageState>, StoreError> {
-        on_backend!(self, b => b.lookup(lookup, limit, cursor))
+        call!(self, sync lookup(lookup, limit, cursor))
     }
 
     /// Messages by last update, newest first.
-    pub fn recent(
+    pub async fn recent(
         &self,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Page<MessageState>, StoreError> {
-        on_backend!(self, b => b.recent(limit, cursor))
+        call!(self, sync recent(limit, cursor))
     }
 
     /// Quarantined events, oldest first.
-    pub fn rejected(
+    pub async fn rejected(
         &self,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Page<RejectedEvent>, StoreError> {
-        on_backend!(self, b => b.rejected(limit, cursor))
+        call!(self, sync rejected(limit, cursor))
     }
 
     /// Per-value counts of a counted callback field over a range of days.
-    pub fn stats(
+    pub async fn stats(
         &self,
         field: &str,
         from: Option<u32>,
         to: Option<u32>,
     ) -> Result<Vec<Group>, StoreError> {
-        on_backend!(self, b => b.stats(field, from, to))
+        match self.current() {
+            Backend::Sled(b) => {
+                let field = field.to_owned();
+                blocking(b, move |b| b.stats(&field, from, to)).await
+            }
+            Backend::Postgres(b) => b.stats(field, from, to).await,
+            Backend::Closed => Err(StoreError::Closed),
+        }
     }
 
     pub fn index_fields(&self) -> &[String] {
@@ -230,48 +290,59 @@ impl Store {
 
     // Actions and the outbox.
 
-    pub fn action(&self, id: &str) -> Result<Option<Action>, StoreError> {
-        on_backend!(self, b => b.action(id))
+    pub async fn action(&self, id: &str) -> Result<Option<Action>, StoreError> {
+        call!(self, sync action(id))
     }
 
-    pub fn message_actions(&self, message_id: &str) -> Result<Vec<Action>, StoreError> {
-        on_backend!(self, b => b.message_actions(message_id))
+    pub async fn message_actions(&self, message_id: &str) -> Result<Vec<Action>, StoreError> {
+        call!(self, sync message_actions(message_id))
     }
 
-    pub fn actions(
+    pub async fn actions(
         &self,
         filter: &ActionFilter,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Page<Action>, StoreError> {
-        on_backend!(self, b => b.actions(filter, limit, cursor))
+        call!(self, sync actions(filter, limit, cursor))
     }
 
-    pub fn action_counts(&self) -> Result<Vec<(ActionState, i64)>, StoreError> {
-        on_backend!(self, b => b.action_counts())
+    pub async fn action_counts(&self) -> Result<Vec<(ActionState, i64)>, StoreError> {
+        call!(self, sync action_counts())
     }
 
     /// A target's actions due by `now_ms`, earliest first.
-    pub fn due_actions(
+    pub async fn due_actions(
         &self,
         target: Target,
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<DueEntry>, StoreError> {
-        on_backend!(self, b => b.due_actions(target, now_ms, limit))
+        call!(self, sync due_actions(target, now_ms, limit))
     }
 
-    pub fn next_due_ms(&self, target: Target) -> Result<Option<u64>, StoreError> {
-        on_backend!(self, b => b.next_due_ms(target))
+    pub async fn next_due_ms(&self, target: Target) -> Result<Option<u64>, StoreError> {
+        call!(self, sync next_due_ms(target))
     }
 
-    pub fn oldest_due_ms(&self) -> Result<u64, StoreError> {
-        on_backend!(self, b => b.oldest_due_ms())
+    pub async fn oldest_due_ms(&self) -> Result<u64, StoreError> {
+        call!(self, sync oldest_due_ms())
     }
 
-    /// Takes due actions for sending: `None` for an entry no longer waiting.
-    pub fn claim_many(&self, entries: &[DueEntry]) -> Result<Vec<Option<Action>>, StoreError> {
-        on_backend!(self, b => b.claim_many(entries))
+    /// Takes due actions for sending: `None` for an entry no longer waiting (or, with
+    /// Postgres, claimed by another instance). With Postgres the claim holds for `lease`
+    /// (`dispatch.lease_seconds`); then another instance may claim the action again. sled,
+    /// with one process per store, needs no lease.
+    pub async fn claim_many(
+        &self,
+        entries: &[DueEntry],
+        lease: std::time::Duration,
+    ) -> Result<Vec<Option<Action>>, StoreError> {
+        match self.current() {
+            Backend::Sled(b) => b.claim_many(entries),
+            Backend::Postgres(b) => b.claim_many(entries, lease).await,
+            Backend::Closed => Err(StoreError::Closed),
+        }
     }
 
     /// Records how a claimed action's attempt went, once per claim (recording the same claim
@@ -284,7 +355,7 @@ impl Store {
         policy: &(dyn RetryPolicy + Sync),
         now: DateTime<Utc>,
     ) -> Result<Option<Action>, StoreError> {
-        on_backend!(self, b => b.complete(claim, attempt, policy, now).await)
+        call!(self, async complete(claim, attempt, policy, now))
     }
 
     /// [`Store::complete`] for several attempts at once. `now` is when they finished: the
@@ -295,26 +366,44 @@ impl Store {
         policy: &(dyn RetryPolicy + Sync),
         now: DateTime<Utc>,
     ) -> Result<Vec<Option<Action>>, StoreError> {
-        on_backend!(self, b => b.complete_many(done, policy, now).await)
+        call!(self, async complete_many(done, policy, now))
     }
 
-    /// Puts actions a crash left in flight back in the outbox.
-    pub fn recover_in_flight(&self) -> Result<usize, StoreError> {
-        on_backend!(self, b => b.recover_in_flight())
+    /// Puts actions a crash left in flight back in the outbox. With Postgres this is the
+    /// lease's job: an action held by an instance that is gone is due again when its lease
+    /// ends, whichever instance claims it.
+    pub async fn recover_in_flight(&self) -> Result<usize, StoreError> {
+        match self.current() {
+            Backend::Sled(b) => b.recover_in_flight(),
+            Backend::Postgres(_) => Ok(0),
+            Backend::Closed => Err(StoreError::Closed),
+        }
     }
 
-    pub fn retry_action(&self, id: &str) -> Result<RetryOutcome, StoreError> {
-        on_backend!(self, b => b.retry_action(id))
+    pub async fn retry_action(&self, id: &str) -> Result<RetryOutcome, StoreError> {
+        call!(self, sync retry_action(id))
     }
 
-    pub fn retry_actions(&self, filter: &ActionFilter, batch: usize) -> Result<u64, StoreError> {
-        on_backend!(self, b => b.retry_actions(filter, batch))
+    pub async fn retry_actions(
+        &self,
+        filter: &ActionFilter,
+        batch: usize,
+    ) -> Result<u64, StoreError> {
+        match self.current() {
+            Backend::Sled(b) => {
+                let filter = filter.clone();
+                blocking(b, move |b| b.retry_actions(&filter, batch)).await
+            }
+            Backend::Postgres(b) => b.retry_actions(filter, batch).await,
+            Backend::Closed => Err(StoreError::Closed),
+        }
     }
 
     /// Wakes when something was added to the outbox.
     pub async fn outbox_changed(&self) {
         match self.current() {
             Backend::Sled(b) => b.outbox_changed().await,
+            Backend::Postgres(b) => b.outbox_changed().await,
             Backend::Closed => std::future::pending().await,
         }
     }
@@ -323,51 +412,75 @@ impl Store {
 
     /// Purges messages older than `messages_before` and dedupe data older than
     /// `dedupe_before`.
-    pub fn purge(
+    pub async fn purge(
         &self,
         messages_before: DateTime<Utc>,
         dedupe_before: DateTime<Utc>,
     ) -> Result<Purged, StoreError> {
-        on_backend!(self, b => b.purge(messages_before, dedupe_before))
+        match self.current() {
+            Backend::Sled(b) => blocking(b, move |b| b.purge(messages_before, dedupe_before)).await,
+            Backend::Postgres(b) => b.purge(messages_before, dedupe_before).await,
+            Backend::Closed => Err(StoreError::Closed),
+        }
     }
 
     /// Reads every stored record; reports those that cannot be read.
-    pub fn check(&self) -> Result<Checked, StoreError> {
-        on_backend!(self, b => b.check())
+    pub async fn check(&self) -> Result<Checked, StoreError> {
+        call!(self, sync check())
     }
 
-    pub fn export(&self, out: &mut dyn Write) -> Result<Moved, BackupError> {
-        on_backend!(self, b => b.export(out))
+    pub async fn export(&self, out: &mut (dyn Write + Send)) -> Result<Moved, BackupError> {
+        call!(self, sync export(out))
     }
 
-    pub fn import(&self, input: &mut dyn BufRead) -> Result<Moved, BackupError> {
-        on_backend!(self, b => b.import(input))
+    pub async fn import(&self, input: &mut (dyn BufRead + Send)) -> Result<Moved, BackupError> {
+        call!(self, sync import(input))
     }
 
     /// Ready to accept writes, or why not.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub async fn readiness(&self) -> Result<(), String> {
         match self.current() {
             Backend::Sled(b) => b.readiness(),
+            Backend::Postgres(b) => b.readiness().await,
             Backend::Closed => {
                 Err("the store is being opened again after a storage failure".into())
             }
         }
     }
 
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        on_backend!(self, b => b.size_on_disk())
+    pub async fn size_on_disk(&self) -> Result<u64, StoreError> {
+        call!(self, sync size_on_disk())
+    }
+
+    /// The Postgres pool's connections, open and idle; `None` on sled.
+    pub fn database_connections(&self) -> Option<(u32, usize)> {
+        match self.current() {
+            Backend::Postgres(b) => Some(b.pool_state()),
+            _ => None,
+        }
+    }
+
+    /// Whether the store is shared by several instances (Postgres): the sled-only background
+    /// work (reopening after a disk failure) is not started.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.current(), Backend::Postgres(_))
     }
 
     /// Writes what is queued, flushes and stops background work; `Err` when the final flush
     /// failed. The handle is closed after (calls answer [`StoreError::Closed`]), so the store's
     /// files are released as soon as no request holds it: a restart or a tool can open them.
-    pub fn close(&self) -> Result<(), StoreError> {
+    pub async fn close(&self) -> Result<(), StoreError> {
         let backend = std::mem::replace(
             &mut *self.backend.write().expect("store lock"),
             Backend::Closed,
         );
         match backend {
-            Backend::Sled(b) => b.close(),
+            // Joins the writer and flushes: blocking work.
+            Backend::Sled(b) => blocking(b, |b| b.close()).await,
+            Backend::Postgres(b) => {
+                b.close().await;
+                Ok(())
+            }
             Backend::Closed => Ok(()),
         }
     }

@@ -15,7 +15,7 @@ use crate::domain::MessageState;
 
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
-enum Line {
+pub(super) enum Line {
     Message {
         message: Box<MessageState>,
         actions: Vec<Action>,

@@ -11,15 +11,15 @@ use crate::domain::{MessageId, MessageState};
 #[derive(PartialEq)]
 pub(super) struct Derived {
     /// Recipient keys: the recipient's [`lookup_key`] and the business-scoped user id.
-    recipients: Vec<String>,
+    pub recipients: Vec<String>,
     /// Indexed callback values (`store.index_callback_fields`).
-    callback: Vec<(String, String)>,
+    pub callback: Vec<(String, String)>,
     /// Counted callback values (`store.stats_callback_fields`).
     pub stats: Vec<(String, String)>,
     status: Option<String>,
     clicked: bool,
     /// The day bucket of the stats (when the message was first seen).
-    day: u32,
+    pub day: u32,
     failure: Option<String>,
 }
 
@@ -53,7 +53,7 @@ impl Derived {
         })
     }
 
-    fn metrics(&self) -> Vec<String> {
+    pub(super) fn metrics(&self) -> Vec<String> {
         let mut metrics = vec!["messages".to_owned()];
         metrics.extend(self.status.as_ref().map(|s| format!("status:{s}")));
         if self.clicked {

@@ -406,7 +406,7 @@ impl Batch {
 }
 
 /// The `dedupe` key remembering an event summarized past its message's cap.
-fn overflow_key(fingerprint: u64) -> Vec<u8> {
+pub(super) fn overflow_key(fingerprint: u64) -> Vec<u8> {
     let mut k = b"o\0".to_vec();
     k.extend_from_slice(&fingerprint.to_be_bytes());
     k

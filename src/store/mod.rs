@@ -1,6 +1,6 @@
 //! Storage. [`Store`] (in [`api`]) is the interface the rest of flowhook uses; this module's
-//! other files are its embedded sled backend, [`SledStore`]. Nothing outside this module
-//! knows about sled.
+//! other files are its embedded sled backend, [`SledStore`], and [`postgres`] is the backend
+//! several instances share, [`PgStore`]. Nothing outside this module knows about either.
 //!
 //! # Key layout
 //!
@@ -39,6 +39,7 @@ mod filing;
 mod healer;
 mod ingest;
 mod outbox;
+mod postgres;
 mod query;
 mod record;
 mod retention;
@@ -60,6 +61,7 @@ use durability::Ticket;
 pub use healer::Healer;
 pub use ingest::IngestOutcome;
 pub use outbox::{clock_ms, DueEntry};
+pub use postgres::PgStore;
 pub use query::{Lookup, Page, RejectedEvent};
 pub use retention::{Janitor, Purged};
 pub use stats::{day_date, day_of, FailureReason, Group, Rates};
@@ -323,7 +325,7 @@ pub(super) struct Fields {
 }
 
 impl Fields {
-    fn of(settings: &StoreSettings) -> Self {
+    pub(super) fn of(settings: &StoreSettings) -> Self {
         Self {
             index: settings.index_callback_fields.clone(),
             stats: settings.stats_callback_fields.clone(),

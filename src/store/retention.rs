@@ -220,7 +220,7 @@ impl SledStore {
 }
 
 /// The background purge: a thread that runs [`Store::purge`] every
-/// `store.purge_interval_seconds`.
+/// `store.purge_interval_seconds` (with Postgres, on one instance at a time).
 pub struct Janitor {
     worker: Background,
 }
@@ -234,9 +234,19 @@ impl Janitor {
             "flowhook-purge",
             || {},
             move |token| {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        tracing::error!(%error, "retention cannot run: no runtime for it");
+                        return;
+                    }
+                };
                 while !background::sleep(&token, interval) {
                     let now = Utc::now();
-                    match store.purge(now - retention, now - dedupe) {
+                    match runtime.block_on(store.purge(now - retention, now - dedupe)) {
                         Ok(purged) if purged != Purged::default() => {
                             for (kind, n) in [
                                 ("messages", purged.messages),

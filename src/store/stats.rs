@@ -140,7 +140,7 @@ impl SledStore {
     }
 }
 
-fn group(value: String, m: &BTreeMap<String, i64>) -> Group {
+pub(super) fn group(value: String, m: &BTreeMap<String, i64>) -> Group {
     let get = |k: &str| m.get(k).copied().unwrap_or(0);
     let (sent_now, delivered_now) = (get("status:sent"), get("status:delivered"));
     // `played` implies read, so a played message counts as read (and delivered).

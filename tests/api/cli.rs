@@ -1,11 +1,12 @@
 //! The CLI's `sign`, `export` and `import`, run as the real binary.
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use chrono::Utc;
 use serde_json::{json, Value};
+
+use flowhook::config::{Settings, StoreBackend};
 
 use crate::helpers::*;
 
@@ -86,9 +87,20 @@ async fn sign_prints_headers_the_server_accepts() {
     );
 }
 
-fn config_for(store: &Path) -> tempfile::NamedTempFile {
+/// A config for the CLI on the store `settings` name: a sled directory, or, on the Postgres
+/// pass, its database.
+fn config_for(settings: &Settings) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(file, "[store]\npath = \"{}\"", store.display()).unwrap();
+    let store = &settings.store;
+    writeln!(file, "[store]\npath = \"{}\"", store.path.display()).unwrap();
+    if store.backend == StoreBackend::Postgres {
+        let url = store.postgres.url.expose();
+        writeln!(
+            file,
+            "backend = \"postgres\"\n[store.postgres]\nurl = \"{url}\""
+        )
+        .unwrap();
+    }
     file
 }
 
@@ -136,7 +148,7 @@ params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
     let listed_before: Value = app.get_json("/v1/actions").await;
     let (settings, dir) = app.stop().await;
 
-    let original = config_for(&settings.store.path);
+    let original = config_for(&settings);
     let exported = flowhook(
         &["--config", original.path().to_str().unwrap(), "export"],
         b"",
@@ -149,7 +161,12 @@ params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
     assert_eq!(lines.len(), 4, "three messages and one quarantined event");
 
     let restored_dir = tempfile::tempdir().unwrap();
-    let restored = config_for(&restored_dir.path().join("store"));
+    let mut settings = settings;
+    settings.store.path = restored_dir.path().join("store");
+    if let Some(url) = postgres_database().await {
+        settings.store.postgres.url = flowhook::config::Secret::new(url);
+    }
+    let restored = config_for(&settings);
     let restored_path = restored.path().to_str().unwrap();
     flowhook(&["--config", restored_path, "import"], &exported);
     assert_eq!(
@@ -166,9 +183,7 @@ params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
     assert!(String::from_utf8_lossy(&output.stderr).contains("empty store"));
 
     // The restored store answers the API as the original did, indexes included.
-    let mut settings = settings;
-    settings.store.path = restored_dir.path().join("store");
-    let app = start(settings, dir);
+    let app = start(settings, dir).await;
     for (id, expected) in ids.iter().zip(&before) {
         assert_eq!(&app.message(id).await.unwrap(), expected, "{id}");
     }

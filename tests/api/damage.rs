@@ -45,7 +45,7 @@ async fn an_unreadable_record_fails_only_its_own_message() {
             .unwrap();
         db.flush().unwrap();
     }
-    let app = start(settings, dir);
+    let app = start(settings, dir).await;
 
     // Its neighbours are served, listed and counted; it alone answers an error that says why.
     for id in GOOD {

@@ -1,5 +1,7 @@
-//! `spawn_app()` starts the real application on port 0 over a temporary sled directory;
-//! the `post_*` helpers authenticate and sign like the real providers do.
+//! `spawn_app()` starts the real application on port 0 over a temporary sled directory, or,
+//! when `FLOWHOOK_TEST_POSTGRES` names a Postgres server (`scripts/test-postgres.sh` sets it),
+//! over a database of its own there: the same suite runs on both backends. The `post_*`
+//! helpers authenticate and sign like the real providers do.
 
 use std::path::Path;
 
@@ -54,8 +56,45 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary store directory");
     let mut settings = test_settings(&dir.path().join("store"));
+    if let Some(url) = postgres_database().await {
+        settings.store.backend = flowhook::config::StoreBackend::Postgres;
+        settings.store.postgres.url = Secret::new(url);
+        settings.store.postgres.max_connections = 6;
+    }
     tweak(&mut settings);
-    start(settings, dir)
+    start(settings, dir).await
+}
+
+/// A new, empty database on the Postgres server `FLOWHOOK_TEST_POSTGRES` names (its URL), or
+/// `None` when it is not set.
+pub async fn postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    let admin = std::env::var("FLOWHOOK_TEST_POSTGRES").ok()?;
+    let name = format!(
+        "flowhook_test_{}",
+        uuid_like(std::process::id(), std::time::SystemTime::now())
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("FLOWHOOK_TEST_POSTGRES is reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let mut url = reqwest::Url::parse(&admin).expect("FLOWHOOK_TEST_POSTGRES is a URL");
+    url.set_path(&name);
+    Some(url.to_string())
+}
+
+/// A name no other test of this run (or an earlier one on the same cluster) has.
+fn uuid_like(pid: u32, now: std::time::SystemTime) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{pid}_{nanos}_{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Starts the app with test settings plus the `[targets.*]`, `[dispatch]` and `[[rules]]` of
@@ -71,9 +110,11 @@ pub async fn spawn_app_with_rules(toml: &str) -> TestApp {
 }
 
 /// Starts the app on `settings`, keeping `store_dir` alive as long as it runs.
-pub fn start(settings: Settings, store_dir: TempDir) -> TestApp {
+pub async fn start(settings: Settings, store_dir: TempDir) -> TestApp {
     settings.validate().expect("test settings are valid");
-    let app = Application::build(settings.clone()).expect("application builds");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
@@ -96,7 +137,7 @@ impl TestApp {
     /// starts again over the same store directory.
     pub async fn restart(self) -> TestApp {
         let (settings, store_dir) = self.stop().await;
-        start(settings, store_dir)
+        start(settings, store_dir).await
     }
 
     /// Stops gracefully and hands back what it ran on.

@@ -17,6 +17,7 @@ mod logs;
 mod messages;
 mod meta;
 mod openapi;
+mod postgres;
 mod process;
 mod retention;
 mod stalled;

@@ -63,7 +63,7 @@ async fn check_old_data(app: &TestApp) {
 #[tokio::test]
 async fn a_store_written_by_the_previous_release_opens_and_serves_its_data() {
     let (dir, path) = old_store("format0");
-    let app = start(test_settings(&path), dir);
+    let app = start(test_settings(&path), dir).await;
     check_old_data(&app).await;
     // Reopened after the upgrade: the same answers, nothing converted twice.
     let app = app.restart().await;
@@ -97,7 +97,7 @@ async fn an_export_of_the_previous_release_imports() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let app = start(test_settings(&store), dir);
+    let app = start(test_settings(&store), dir).await;
     check_old_data(&app).await;
 }
 
@@ -157,7 +157,7 @@ async fn check_format1_actions(app: &TestApp) {
 #[tokio::test]
 async fn a_store_of_format_1_opens_with_its_actions_in_their_records() {
     let (dir, path) = old_store("format1");
-    let app = start(test_settings(&path), dir);
+    let app = start(test_settings(&path), dir).await;
     let m = app.message(FIXTURE_MESSAGE_ID).await.unwrap();
     assert_eq!(m["status"], "read");
     assert_eq!(m["clicks"].as_array().unwrap().len(), 1);

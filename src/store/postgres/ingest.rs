@@ -1,0 +1,588 @@
+//! The webhook write path on Postgres: a request's events folded into their messages, with
+//! the indexes, counts and actions they change, in one transaction per part.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::{Postgres, Transaction};
+
+use super::{ms, retrying, PgStore};
+use crate::domain::{Event, IngestItem, MessageId, MessageState, Provider};
+use crate::observe;
+use crate::rules::lifecycle::{Action, ActionOutcome};
+use crate::rules::plan::Planned;
+use crate::store::filing::Derived;
+use crate::store::ingest::overflow_key;
+use crate::store::record::{self, Record};
+use crate::store::{key, IngestOutcome, StoreError};
+
+/// Events per transaction, as on sled: a big request holds row locks for one part at a time,
+/// and its answer stays all or nothing (a retry finds the parts written as duplicates).
+const EVENTS_PER_COMMIT: usize = 64;
+
+impl PgStore {
+    /// Stores every item of one request and returns once all of it is committed.
+    pub async fn ingest(
+        &self,
+        provider: Provider,
+        items: Vec<IngestItem>,
+        received_at: DateTime<Utc>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let mut outcome = IngestOutcome::default();
+        let mut events = Vec::new();
+        let mut rejected = Vec::new();
+        for item in items {
+            match item {
+                IngestItem::Event(e) => events.push(*e),
+                IngestItem::Ignored => outcome.ignored += 1,
+                IngestItem::Rejected { reason, raw } => rejected.push((reason, raw)),
+            }
+        }
+        outcome.rejected = rejected.len() as u32;
+        if !rejected.is_empty() {
+            retrying("quarantine", || {
+                self.quarantine(provider, &rejected, received_at)
+            })
+            .await?;
+        }
+        let mut report = Report::default();
+        for part in events.chunks(EVENTS_PER_COMMIT) {
+            let (accepted, duplicates, part_report) =
+                retrying("ingest", || self.write_part(part, received_at)).await?;
+            outcome.accepted += accepted;
+            outcome.duplicates += duplicates;
+            report.events.extend(part_report.events);
+            report.actions.extend(part_report.actions);
+        }
+        for (kind, status) in &report.events {
+            metrics::counter!(observe::EVENTS, "kind" => *kind, "status" => status.clone())
+                .increment(1);
+        }
+        let mut queued = false;
+        for (rule, action, outcome) in &report.actions {
+            observe::action(rule, *action, *outcome);
+            queued |= *outcome == ActionOutcome::Queued;
+        }
+        if queued {
+            self.notify_outbox();
+        }
+        Ok(outcome)
+    }
+
+    /// Quarantines rejected items once each: a provider retrying a batch must not fill the
+    /// quarantine with copies (their fingerprints are unique keys in `dedupe`).
+    async fn quarantine(
+        &self,
+        provider: Provider,
+        rejected: &[(String, String)],
+        received_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let keys: Vec<Vec<u8>> = rejected
+            .iter()
+            .map(|(_, raw)| {
+                let digest = Sha256::digest(raw.as_bytes());
+                key(&[b"r", provider.as_str().as_bytes(), &digest])
+            })
+            .collect();
+        // Postgres text holds no NUL; a reason quoting one gets U+FFFD instead.
+        let reasons: Vec<String> = rejected
+            .iter()
+            .map(|(r, _)| r.replace('\0', "\u{fffd}"))
+            .collect();
+        let raws: Vec<&[u8]> = rejected.iter().map(|(_, raw)| raw.as_bytes()).collect();
+        sqlx::query(
+            "WITH fresh AS (
+                 INSERT INTO dedupe (key, seen_s)
+                 SELECT DISTINCT k, $2::int8 FROM UNNEST($1::bytea[]) AS k
+                 ON CONFLICT DO NOTHING
+                 RETURNING key
+             )
+             INSERT INTO rejected (provider, received_ms, reason, raw)
+             SELECT DISTINCT ON (r.k) $3, $4, r.reason, r.raw
+             FROM UNNEST($1::bytea[], $5::text[], $6::bytea[]) AS r(k, reason, raw)
+             JOIN fresh ON fresh.key = r.k",
+        )
+        .bind(&keys)
+        .bind(received_at.timestamp().max(0))
+        .bind(provider.as_str())
+        .bind(ms(received_at))
+        .bind(&reasons)
+        .bind(&raws)
+        .execute(&mut *self.conn().await?)
+        .await?;
+        Ok(())
+    }
+
+    /// One part of a request, in one transaction: accepted and duplicate counts, and what to
+    /// report once it is committed.
+    async fn write_part(
+        &self,
+        events: &[Event],
+        received_at: DateTime<Utc>,
+    ) -> Result<(u32, u32, Report), StoreError> {
+        let mut tx = self.begin().await?;
+        let mut ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // Locked in id order, so two instances writing the same messages cannot deadlock.
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, record FROM messages WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changes: BTreeMap<MessageId, Change> = BTreeMap::new();
+        for (id, bytes) in rows {
+            let stored = Record::decode(&id, &bytes)?;
+            let before = stored
+                .state
+                .as_ref()
+                .and_then(|s| Derived::of(Some(s), &self.inner.fields));
+            let id = MessageId::parse(&id).map_err(StoreError::Corrupt)?;
+            changes.insert(
+                id,
+                Change {
+                    before,
+                    after: stored,
+                    existed: true,
+                    changed: false,
+                },
+            );
+        }
+        let mut write = Writes::default();
+        let (mut accepted, mut duplicates) = (0, 0);
+        let mut report = Report::default();
+        for event in events {
+            if self.fold(&mut tx, &mut changes, &mut write, event).await? {
+                accepted += 1;
+                report.events.push((
+                    event.kind.as_str(),
+                    event.status.as_ref().map_or("", |s| s.as_str()).to_owned(),
+                ));
+            } else {
+                duplicates += 1;
+            }
+        }
+        let actions = self.existing_actions(&mut tx, &changes).await?;
+        for (id, change) in &mut changes {
+            let (true, Some(after)) = (change.changed, &change.after.state) else {
+                continue;
+            };
+            let new = Derived::of(Some(after), &self.inner.fields);
+            write.refile(id, change.before.as_ref(), new.as_ref());
+            let facets = new.map(|d| d.stats).unwrap_or_default();
+            let planned = self.inner.rules.plan(after, &facets, received_at, |id| {
+                Ok::<_, StoreError>(actions.get(id).cloned())
+            })?;
+            for planned in planned {
+                match &planned {
+                    Planned::Create(action) => {
+                        write.count_action(action, 1);
+                        write.new_actions.push(action.as_ref().clone());
+                        change.after.actions.push(action.id.to_string());
+                    }
+                    Planned::Cancel { old, new } => {
+                        write.count_action(old, -1);
+                        write.count_action(new, 1);
+                        write.changed_actions.push(new.as_ref().clone());
+                    }
+                }
+                let action = planned.action();
+                report
+                    .actions
+                    .push((action.rule.to_string(), action.action, planned.outcome()));
+            }
+            let row = MessageRow {
+                id: id.as_str().to_owned(),
+                record: change.after.encode()?,
+                updated_ms: ms(after.updated_at),
+            };
+            if change.existed {
+                write.updated.push(row);
+            } else {
+                write.inserted.push(row);
+            }
+        }
+        write.apply(&mut tx).await?;
+        tx.commit().await?;
+        Ok((accepted, duplicates, report))
+    }
+
+    /// Folds one event into its message; false when it is a duplicate (see the sled
+    /// store's `Batch::apply`: same natural key or provider event id in the record, or among
+    /// the fingerprints of events summarized past the message's cap).
+    async fn fold(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        changes: &mut BTreeMap<MessageId, Change>,
+        write: &mut Writes,
+        event: &Event,
+    ) -> Result<bool, StoreError> {
+        let change = changes
+            .entry(event.message_id.clone())
+            .or_insert_with(|| Change {
+                before: None,
+                after: Record::default(),
+                existed: false,
+                changed: false,
+            });
+        let summarized = change
+            .after
+            .state
+            .as_ref()
+            .is_some_and(|s| s.summary.is_some());
+        let mut seen = change.after.has_seen(event);
+        if !seen && summarized {
+            let keys: Vec<Vec<u8>> = record::fingerprints(event)
+                .into_iter()
+                .flatten()
+                .map(overflow_key)
+                .collect();
+            seen = keys.iter().any(|k| write.overflow.contains_key(k))
+                || sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM dedupe WHERE key = ANY($1))",
+                )
+                .bind(&keys)
+                .fetch_one(&mut **tx)
+                .await?;
+        }
+        if seen {
+            return Ok(false);
+        }
+        let received = event.received_at.timestamp().max(0);
+        let (after, _, evicted) = MessageState::apply_bounded(
+            change.after.state.take(),
+            event.clone(),
+            self.inner.max_events,
+        );
+        if let Some(e) = evicted {
+            for fp in record::timeline_fingerprints(&event.message_id, &e)
+                .into_iter()
+                .flatten()
+            {
+                write.overflow.insert(overflow_key(fp), received);
+            }
+        }
+        change.after.state = Some(after);
+        change.changed = true;
+        Ok(true)
+    }
+
+    /// The stored actions of the changed messages, locked: the rules look up what each
+    /// already has (a rule fires once per message), and a timer may be cancelled.
+    async fn existing_actions(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        changes: &BTreeMap<MessageId, Change>,
+    ) -> Result<HashMap<String, Action>, StoreError> {
+        if self.inner.rules.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<&str> = changes
+            .values()
+            .filter(|c| c.changed)
+            .flat_map(|c| c.after.actions.iter().map(String::as_str))
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, body FROM actions WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.into_iter()
+            .map(|(id, body)| Ok((id, serde_json::from_slice(&body)?)))
+            .collect()
+    }
+}
+
+/// One message's change within a part.
+struct Change {
+    /// What the stored message contributed to the indexes and counts.
+    before: Option<Derived>,
+    after: Record,
+    /// Whether it has a row (updated) or is new (inserted; a concurrent insert of the same
+    /// id fails the transaction, which then runs again and finds it).
+    existed: bool,
+    changed: bool,
+}
+
+/// What a commit reports once it is in: accepted events (kind, status) and action outcomes.
+#[derive(Default)]
+struct Report {
+    events: Vec<(&'static str, String)>,
+    actions: Vec<(String, crate::targets::ActionKind, ActionOutcome)>,
+}
+
+pub(super) struct MessageRow {
+    pub id: String,
+    pub record: Vec<u8>,
+    pub updated_ms: i64,
+}
+
+/// A transaction's writes, gathered so that each table gets one statement.
+#[derive(Default)]
+pub(super) struct Writes {
+    pub inserted: Vec<MessageRow>,
+    pub updated: Vec<MessageRow>,
+    /// (field, value, message id); recipients under the field `""`.
+    pub unfiled: HashSet<(String, String, String)>,
+    pub filed: HashSet<(String, String, String)>,
+    /// Net count changes by (field, value, day, metric).
+    pub counts: HashMap<(String, String, u32, String), i64>,
+    pub new_actions: Vec<Action>,
+    pub changed_actions: Vec<Action>,
+    /// Fingerprints of events summarized past their message's cap, with when first seen.
+    pub overflow: HashMap<Vec<u8>, i64>,
+}
+
+impl Writes {
+    /// Moves a message's lookups and counts from `old` to `new` (as the sled store's
+    /// `Filing::refile`).
+    pub fn refile(&mut self, id: &MessageId, old: Option<&Derived>, new: Option<&Derived>) {
+        if old == new {
+            return;
+        }
+        let entries = |d: &Derived| -> HashSet<(String, String, String)> {
+            let id = id.as_str().to_owned();
+            d.recipients
+                .iter()
+                .map(|r| (String::new(), r.clone(), id.clone()))
+                .chain(
+                    d.callback
+                        .iter()
+                        .map(|(f, v)| (f.clone(), v.clone(), id.clone())),
+                )
+                .collect()
+        };
+        let (old_entries, new_entries) = (
+            old.map(entries).unwrap_or_default(),
+            new.map(entries).unwrap_or_default(),
+        );
+        self.unfiled
+            .extend(old_entries.difference(&new_entries).cloned());
+        self.filed
+            .extend(new_entries.difference(&old_entries).cloned());
+        for (d, delta) in [(old, -1), (new, 1)] {
+            let Some(d) = d else { continue };
+            for (field, value) in &d.stats {
+                for metric in d.metrics() {
+                    *self
+                        .counts
+                        .entry((field.clone(), value.clone(), d.day, metric))
+                        .or_default() += delta;
+                }
+            }
+        }
+    }
+
+    /// Counts an action in (`delta = 1`) or out of (`-1`) its state, per counted value.
+    pub fn count_action(&mut self, action: &Action, delta: i64) {
+        let metric = format!("action:{}", action.state);
+        for (field, value) in &action.facets {
+            *self
+                .counts
+                .entry((field.clone(), value.clone(), action.bucket, metric.clone()))
+                .or_default() += delta;
+        }
+    }
+
+    /// Writes everything gathered, one statement per kind of change.
+    pub async fn apply(self, tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
+        for (rows, statement) in [
+            (
+                &self.inserted,
+                "INSERT INTO messages (id, record, updated_ms, live)
+                 SELECT id, record, updated_ms, true
+                 FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) AS m(id, record, updated_ms)",
+            ),
+            (
+                &self.updated,
+                "UPDATE messages SET record = m.record, updated_ms = m.updated_ms, live = true
+                 FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) AS m(id, record, updated_ms)
+                 WHERE messages.id = m.id",
+            ),
+        ] {
+            if rows.is_empty() {
+                continue;
+            }
+            sqlx::query(statement)
+                .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.record.as_slice()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
+                .execute(&mut **tx)
+                .await?;
+        }
+        if !self.unfiled.is_empty() {
+            let (fields, values, ids) = columns(&self.unfiled);
+            sqlx::query(
+                "DELETE FROM lookups USING UNNEST($1::text[], $2::text[], $3::text[])
+                     AS d(field, value, message_id)
+                 WHERE lookups.field = d.field AND lookups.value = d.value
+                   AND lookups.message_id = d.message_id",
+            )
+            .bind(fields)
+            .bind(values)
+            .bind(ids)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.filed.is_empty() {
+            let (fields, values, ids) = columns(&self.filed);
+            sqlx::query(
+                "INSERT INTO lookups (field, value, message_id)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(fields)
+            .bind(values)
+            .bind(ids)
+            .execute(&mut **tx)
+            .await?;
+        }
+        add_counts(tx, &self.counts).await?;
+        if !self.new_actions.is_empty() {
+            insert_actions(tx, &self.new_actions, None).await?;
+        }
+        if !self.changed_actions.is_empty() {
+            update_actions(tx, &self.changed_actions, None).await?;
+        }
+        if !self.overflow.is_empty() {
+            let mut rows: Vec<_> = self.overflow.into_iter().collect();
+            rows.sort();
+            let (keys, seen): (Vec<Vec<u8>>, Vec<i64>) = rows.into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO dedupe (key, seen_s) SELECT * FROM UNNEST($1::bytea[], $2::int8[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(keys)
+            .bind(seen)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A set of lookups as three sorted columns (field, value, message id).
+fn columns(set: &HashSet<(String, String, String)>) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+    let mut rows: Vec<_> = set.iter().collect();
+    rows.sort();
+    (
+        rows.iter().map(|r| r.0.as_str()).collect(),
+        rows.iter().map(|r| r.1.as_str()).collect(),
+        rows.iter().map(|r| r.2.as_str()).collect(),
+    )
+}
+
+/// Appends count deltas (zero ones left out).
+pub(super) async fn add_counts(
+    tx: &mut Transaction<'static, Postgres>,
+    counts: &HashMap<(String, String, u32, String), i64>,
+) -> Result<(), StoreError> {
+    let rows: Vec<_> = counts.iter().filter(|(_, n)| **n != 0).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO counts (field, value, day, metric, n)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::bytea[], $5::int8[])",
+    )
+    .bind(rows.iter().map(|r| r.0 .0.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.0 .1.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.0 .2 as i32).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.0 .3.as_bytes()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| *r.1).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// When an action may next be claimed: its next attempt while it waits, the end of its lease
+/// while it is in flight (`lease_until`, else at once: a call a backup caught in flight is
+/// simply due again), nothing once it is done.
+fn due_ms(action: &Action, lease_until: Option<i64>) -> Option<i64> {
+    action.target()?;
+    if action.in_flight {
+        return Some(lease_until.unwrap_or_else(|| ms(crate::domain::now())));
+    }
+    action
+        .state
+        .waiting()
+        .then(|| action.next_attempt_at.map(ms))
+        .flatten()
+}
+
+pub(super) async fn insert_actions(
+    tx: &mut Transaction<'static, Postgres>,
+    actions: &[Action],
+    lease_until: Option<i64>,
+) -> Result<(), StoreError> {
+    let bodies = actions
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()?;
+    sqlx::query(
+        "INSERT INTO actions (id, message_id, rule, state, target, due_ms, created_ms, body)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::int8[], $7::int8[], $8::bytea[])",
+    )
+    .bind(actions.iter().map(|a| a.id.as_str()).collect::<Vec<_>>())
+    .bind(
+        actions
+            .iter()
+            .map(|a| a.message_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(actions.iter().map(|a| a.rule.as_str()).collect::<Vec<_>>())
+    .bind(actions.iter().map(|a| a.state.as_str()).collect::<Vec<_>>())
+    .bind(
+        actions
+            .iter()
+            .map(|a| a.target().map(|t| t.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        actions
+            .iter()
+            .map(|a| due_ms(a, lease_until))
+            .collect::<Vec<_>>(),
+    )
+    .bind(actions.iter().map(|a| ms(a.created_at)).collect::<Vec<_>>())
+    .bind(bodies)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes actions over their rows; `lease_until` is the lease of those now in flight.
+pub(super) async fn update_actions(
+    tx: &mut Transaction<'static, Postgres>,
+    actions: &[Action],
+    lease_until: Option<i64>,
+) -> Result<(), StoreError> {
+    let bodies = actions
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()?;
+    sqlx::query(
+        "UPDATE actions SET state = u.state, due_ms = u.due_ms, body = u.body
+         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bytea[]) AS u(id, state, due_ms, body)
+         WHERE actions.id = u.id",
+    )
+    .bind(actions.iter().map(|a| a.id.as_str()).collect::<Vec<_>>())
+    .bind(actions.iter().map(|a| a.state.as_str()).collect::<Vec<_>>())
+    .bind(
+        actions
+            .iter()
+            .map(|a| due_ms(a, lease_until))
+            .collect::<Vec<_>>(),
+    )
+    .bind(bodies)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
