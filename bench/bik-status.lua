@@ -1,7 +1,8 @@
 -- wrk script: one BIK status webhook per request (~700 bytes with callbackData), each with a
 -- fresh message id so every request is a new message, as in production.
 local counter = 0
-local thread_tag = tostring(math.random(1, 1e9))
+-- WRK_TAG tells apart concurrent wrk processes: Lua's unseeded random gives each the same tag.
+local thread_tag = (os.getenv("WRK_TAG") or "") .. tostring(math.random(1, 1e9))
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"

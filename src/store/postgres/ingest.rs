@@ -337,6 +337,8 @@ pub(super) struct Writes {
     pub changed_actions: Vec<Action>,
     /// Fingerprints of events summarized past their message's cap, with when first seen.
     pub overflow: HashMap<Vec<u8>, i64>,
+    /// The end of the lease of the changed actions that are now in flight (claimed).
+    pub lease_until: Option<i64>,
 }
 
 impl Writes {
@@ -390,80 +392,152 @@ impl Writes {
         }
     }
 
-    /// Writes everything gathered, one statement per kind of change.
+    /// Whether there is nothing to write.
+    fn is_empty(&self) -> bool {
+        self.inserted.is_empty()
+            && self.updated.is_empty()
+            && self.unfiled.is_empty()
+            && self.filed.is_empty()
+            && self.counts.values().all(|n| *n == 0)
+            && self.new_actions.is_empty()
+            && self.changed_actions.is_empty()
+            && self.overflow.is_empty()
+    }
+
+    /// Writes everything gathered in one statement (one round trip): a data-modifying `WITH`
+    /// per table, each fed by `UNNEST` of arrays (empty ones write nothing). The parts touch
+    /// different rows, so that they share one snapshot changes nothing.
     pub async fn apply(self, tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
-        for (rows, statement) in [
+        if self.is_empty() {
+            return Ok(());
+        }
+        let message_columns = |rows: &[MessageRow]| {
             (
-                &self.inserted,
-                "INSERT INTO messages (id, record, updated_ms, live)
+                rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+                rows.iter().map(|r| r.record.clone()).collect::<Vec<_>>(),
+                rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>(),
+            )
+        };
+        let (new_ids, new_records, new_times) = message_columns(&self.inserted);
+        let (old_ids, old_records, old_times) = message_columns(&self.updated);
+        let (unfiled_fields, unfiled_values, unfiled_ids) = columns(&self.unfiled);
+        let (filed_fields, filed_values, filed_ids) = columns(&self.filed);
+        let mut counts: Vec<_> = self.counts.iter().filter(|(_, n)| **n != 0).collect();
+        counts.sort();
+        let new_actions = ActionColumns::of(&self.new_actions, self.lease_until)?;
+        let changed_actions = ActionColumns::of(&self.changed_actions, self.lease_until)?;
+        let mut overflow: Vec<_> = self.overflow.iter().collect();
+        overflow.sort();
+        sqlx::query(
+            "WITH
+             new_messages AS (
+                 INSERT INTO messages (id, record, updated_ms, live)
                  SELECT id, record, updated_ms, true
-                 FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) AS m(id, record, updated_ms)",
-            ),
-            (
-                &self.updated,
-                "UPDATE messages SET record = m.record, updated_ms = m.updated_ms, live = true
-                 FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) AS m(id, record, updated_ms)
-                 WHERE messages.id = m.id",
-            ),
-        ] {
-            if rows.is_empty() {
-                continue;
-            }
-            sqlx::query(statement)
-                .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-                .bind(rows.iter().map(|r| r.record.as_slice()).collect::<Vec<_>>())
-                .bind(rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
-                .execute(&mut **tx)
-                .await?;
-        }
-        if !self.unfiled.is_empty() {
-            let (fields, values, ids) = columns(&self.unfiled);
-            sqlx::query(
-                "DELETE FROM lookups USING UNNEST($1::text[], $2::text[], $3::text[])
-                     AS d(field, value, message_id)
+                 FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) AS m(id, record, updated_ms)),
+             old_messages AS (
+                 UPDATE messages SET record = m.record, updated_ms = m.updated_ms, live = true
+                 FROM UNNEST($4::text[], $5::bytea[], $6::int8[]) AS m(id, record, updated_ms)
+                 WHERE messages.id = m.id),
+             unfiled AS (
+                 DELETE FROM lookups
+                 USING UNNEST($7::text[], $8::text[], $9::text[]) AS d(field, value, message_id)
                  WHERE lookups.field = d.field AND lookups.value = d.value
-                   AND lookups.message_id = d.message_id",
-            )
-            .bind(fields)
-            .bind(values)
-            .bind(ids)
-            .execute(&mut **tx)
-            .await?;
-        }
-        if !self.filed.is_empty() {
-            let (fields, values, ids) = columns(&self.filed);
-            sqlx::query(
-                "INSERT INTO lookups (field, value, message_id)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(fields)
-            .bind(values)
-            .bind(ids)
-            .execute(&mut **tx)
-            .await?;
-        }
-        add_counts(tx, &self.counts).await?;
-        if !self.new_actions.is_empty() {
-            insert_actions(tx, &self.new_actions, None).await?;
-        }
-        if !self.changed_actions.is_empty() {
-            update_actions(tx, &self.changed_actions, None).await?;
-        }
-        if !self.overflow.is_empty() {
-            let mut rows: Vec<_> = self.overflow.into_iter().collect();
-            rows.sort();
-            let (keys, seen): (Vec<Vec<u8>>, Vec<i64>) = rows.into_iter().unzip();
-            sqlx::query(
-                "INSERT INTO dedupe (key, seen_s) SELECT * FROM UNNEST($1::bytea[], $2::int8[])
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(keys)
-            .bind(seen)
-            .execute(&mut **tx)
-            .await?;
-        }
+                   AND lookups.message_id = d.message_id),
+             filed AS (
+                 INSERT INTO lookups (field, value, message_id)
+                 SELECT * FROM UNNEST($10::text[], $11::text[], $12::text[])
+                 ON CONFLICT DO NOTHING),
+             counted AS (
+                 INSERT INTO counts (field, value, day, metric, n)
+                 SELECT * FROM UNNEST($13::text[], $14::text[], $15::int4[], $16::bytea[],
+                                      $17::int8[])),
+             new_actions AS (
+                 INSERT INTO actions (id, message_id, rule, state, target, due_ms, created_ms,
+                                      body)
+                 SELECT * FROM UNNEST($18::text[], $19::text[], $20::text[], $21::text[],
+                                      $22::text[], $23::int8[], $24::int8[], $25::bytea[])),
+             old_actions AS (
+                 UPDATE actions SET state = u.state, due_ms = u.due_ms, body = u.body
+                 FROM UNNEST($26::text[], $27::text[], $28::int8[], $29::bytea[])
+                     AS u(id, state, due_ms, body)
+                 WHERE actions.id = u.id),
+             overflow AS (
+                 INSERT INTO dedupe (key, seen_s) SELECT * FROM UNNEST($30::bytea[], $31::int8[])
+                 ON CONFLICT DO NOTHING)
+             SELECT 1",
+        )
+        .bind(new_ids)
+        .bind(new_records)
+        .bind(new_times)
+        .bind(old_ids)
+        .bind(old_records)
+        .bind(old_times)
+        .bind(unfiled_fields)
+        .bind(unfiled_values)
+        .bind(unfiled_ids)
+        .bind(filed_fields)
+        .bind(filed_values)
+        .bind(filed_ids)
+        .bind(counts.iter().map(|c| c.0 .0.as_str()).collect::<Vec<_>>())
+        .bind(counts.iter().map(|c| c.0 .1.as_str()).collect::<Vec<_>>())
+        .bind(counts.iter().map(|c| c.0 .2 as i32).collect::<Vec<_>>())
+        .bind(counts.iter().map(|c| c.0 .3.as_bytes()).collect::<Vec<_>>())
+        .bind(counts.iter().map(|c| *c.1).collect::<Vec<_>>())
+        .bind(new_actions.ids)
+        .bind(new_actions.message_ids)
+        .bind(new_actions.rules)
+        .bind(new_actions.states)
+        .bind(new_actions.targets)
+        .bind(new_actions.due)
+        .bind(new_actions.created)
+        .bind(new_actions.bodies)
+        .bind(changed_actions.ids)
+        .bind(changed_actions.states)
+        .bind(changed_actions.due)
+        .bind(changed_actions.bodies)
+        .bind(
+            overflow
+                .iter()
+                .map(|(k, _)| k.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(overflow.iter().map(|(_, s)| **s).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
         Ok(())
+    }
+}
+
+/// Actions as the columns of their rows.
+struct ActionColumns {
+    ids: Vec<String>,
+    message_ids: Vec<String>,
+    rules: Vec<String>,
+    states: Vec<&'static str>,
+    targets: Vec<Option<&'static str>>,
+    due: Vec<Option<i64>>,
+    created: Vec<i64>,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl ActionColumns {
+    fn of(actions: &[Action], lease_until: Option<i64>) -> Result<Self, StoreError> {
+        Ok(Self {
+            ids: actions.iter().map(|a| a.id.to_string()).collect(),
+            message_ids: actions.iter().map(|a| a.message_id.clone()).collect(),
+            rules: actions.iter().map(|a| a.rule.to_string()).collect(),
+            states: actions.iter().map(|a| a.state.as_str()).collect(),
+            targets: actions
+                .iter()
+                .map(|a| a.target().map(|t| t.as_str()))
+                .collect(),
+            due: actions.iter().map(|a| due_ms(a, lease_until)).collect(),
+            created: actions.iter().map(|a| ms(a.created_at)).collect(),
+            bodies: actions
+                .iter()
+                .map(serde_json::to_vec)
+                .collect::<Result<_, _>>()?,
+        })
     }
 }
 
@@ -476,29 +550,6 @@ fn columns(set: &HashSet<(String, String, String)>) -> (Vec<&str>, Vec<&str>, Ve
         rows.iter().map(|r| r.1.as_str()).collect(),
         rows.iter().map(|r| r.2.as_str()).collect(),
     )
-}
-
-/// Appends count deltas (zero ones left out).
-pub(super) async fn add_counts(
-    tx: &mut Transaction<'static, Postgres>,
-    counts: &HashMap<(String, String, u32, String), i64>,
-) -> Result<(), StoreError> {
-    let rows: Vec<_> = counts.iter().filter(|(_, n)| **n != 0).collect();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO counts (field, value, day, metric, n)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::bytea[], $5::int8[])",
-    )
-    .bind(rows.iter().map(|r| r.0 .0.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.0 .1.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.0 .2 as i32).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.0 .3.as_bytes()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| *r.1).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// When an action may next be claimed: its next attempt while it waits, the end of its lease
@@ -514,75 +565,4 @@ fn due_ms(action: &Action, lease_until: Option<i64>) -> Option<i64> {
         .waiting()
         .then(|| action.next_attempt_at.map(ms))
         .flatten()
-}
-
-pub(super) async fn insert_actions(
-    tx: &mut Transaction<'static, Postgres>,
-    actions: &[Action],
-    lease_until: Option<i64>,
-) -> Result<(), StoreError> {
-    let bodies = actions
-        .iter()
-        .map(serde_json::to_vec)
-        .collect::<Result<Vec<_>, _>>()?;
-    sqlx::query(
-        "INSERT INTO actions (id, message_id, rule, state, target, due_ms, created_ms, body)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::int8[], $7::int8[], $8::bytea[])",
-    )
-    .bind(actions.iter().map(|a| a.id.as_str()).collect::<Vec<_>>())
-    .bind(
-        actions
-            .iter()
-            .map(|a| a.message_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(actions.iter().map(|a| a.rule.as_str()).collect::<Vec<_>>())
-    .bind(actions.iter().map(|a| a.state.as_str()).collect::<Vec<_>>())
-    .bind(
-        actions
-            .iter()
-            .map(|a| a.target().map(|t| t.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        actions
-            .iter()
-            .map(|a| due_ms(a, lease_until))
-            .collect::<Vec<_>>(),
-    )
-    .bind(actions.iter().map(|a| ms(a.created_at)).collect::<Vec<_>>())
-    .bind(bodies)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Writes actions over their rows; `lease_until` is the lease of those now in flight.
-pub(super) async fn update_actions(
-    tx: &mut Transaction<'static, Postgres>,
-    actions: &[Action],
-    lease_until: Option<i64>,
-) -> Result<(), StoreError> {
-    let bodies = actions
-        .iter()
-        .map(serde_json::to_vec)
-        .collect::<Result<Vec<_>, _>>()?;
-    sqlx::query(
-        "UPDATE actions SET state = u.state, due_ms = u.due_ms, body = u.body
-         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bytea[]) AS u(id, state, due_ms, body)
-         WHERE actions.id = u.id",
-    )
-    .bind(actions.iter().map(|a| a.id.as_str()).collect::<Vec<_>>())
-    .bind(actions.iter().map(|a| a.state.as_str()).collect::<Vec<_>>())
-    .bind(
-        actions
-            .iter()
-            .map(|a| due_ms(a, lease_until))
-            .collect::<Vec<_>>(),
-    )
-    .bind(bodies)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }

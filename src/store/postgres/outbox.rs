@@ -8,7 +8,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
-use super::ingest::{add_counts, update_actions, Writes};
+use super::ingest::Writes;
 use super::{ms, retrying, PgStore};
 use crate::observe;
 use crate::rules::lifecycle::{
@@ -214,7 +214,8 @@ impl PgStore {
             }
         }
         let mut write = Writes::default();
-        let (mut claimed, mut claims) = (Vec::new(), Vec::with_capacity(entries.len()));
+        let mut claimed = Vec::new();
+        let mut claims = Vec::with_capacity(entries.len());
         for entry in entries {
             let Some(mut old) = found.remove(entry.id.as_str()) else {
                 claims.push(Claim::Gone);
@@ -246,9 +247,8 @@ impl PgStore {
             claimed.push(new.clone());
             claims.push(Claim::Send(new));
         }
-        if !claimed.is_empty() {
-            update_actions(&mut tx, &claimed, Some(lease_until)).await?;
-        }
+        write.changed_actions.extend(claimed);
+        write.lease_until = Some(lease_until);
         write.apply(&mut tx).await?;
         tx.commit().await?;
         Ok(claims)
@@ -432,9 +432,8 @@ async fn requeue(
         write.count_action(old, -1);
         write.count_action(new, 1);
     }
-    let new: Vec<Action> = changes.iter().map(|(_, n)| n.clone()).collect();
-    update_actions(tx, &new, None).await?;
-    add_counts(tx, &write.counts).await
+    write.changed_actions = changes.iter().map(|(_, n)| n.clone()).collect();
+    write.apply(tx).await
 }
 
 /// The actions a locking `SELECT id, body ... WHERE id = ANY($1) [AND due_ms <= $2]` finds.
