@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::{Postgres, Transaction};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, Postgres, Transaction};
 
 use super::{ms, retrying, PgStore};
 use crate::domain::{Event, IngestItem, MessageId, MessageState, Provider};
@@ -392,118 +393,161 @@ impl Writes {
         }
     }
 
-    /// Whether there is nothing to write.
-    fn is_empty(&self) -> bool {
-        self.inserted.is_empty()
-            && self.updated.is_empty()
-            && self.unfiled.is_empty()
-            && self.filed.is_empty()
-            && self.counts.values().all(|n| *n == 0)
-            && self.new_actions.is_empty()
-            && self.changed_actions.is_empty()
-            && self.overflow.is_empty()
-    }
-
     /// Writes everything gathered in one statement (one round trip): a data-modifying `WITH`
-    /// per table, each fed by `UNNEST` of arrays (empty ones write nothing). The parts touch
-    /// different rows, so that they share one snapshot changes nothing.
+    /// part per kind of change that has rows, each fed by `UNNEST` arrays. The parts touch
+    /// different rows, so that they share one snapshot changes nothing. Leaving out the empty
+    /// parts matters: each costs an executor node even with no rows (see bench/results.md).
     pub async fn apply(self, tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
-        if self.is_empty() {
-            return Ok(());
-        }
-        let message_columns = |rows: &[MessageRow]| {
+        let mut st = Statement::default();
+        for (rows, name, sql) in [
             (
-                rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
-                rows.iter().map(|r| r.record.clone()).collect::<Vec<_>>(),
-                rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>(),
-            )
-        };
-        let (new_ids, new_records, new_times) = message_columns(&self.inserted);
-        let (old_ids, old_records, old_times) = message_columns(&self.updated);
-        let (unfiled_fields, unfiled_values, unfiled_ids) = columns(&self.unfiled);
-        let (filed_fields, filed_values, filed_ids) = columns(&self.filed);
+                &self.inserted,
+                "new_messages",
+                "INSERT INTO messages (id, record, updated_ms, live)
+                 SELECT id, record, updated_ms, true
+                 FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) AS m(id, record, updated_ms)",
+            ),
+            (
+                &self.updated,
+                "old_messages",
+                "UPDATE messages SET record = m.record, updated_ms = m.updated_ms, live = true
+                 FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) AS m(id, record, updated_ms)
+                 WHERE messages.id = m.id",
+            ),
+        ] {
+            if !rows.is_empty() {
+                st.part(name, sql);
+                st.arg(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())?;
+                st.arg(rows.iter().map(|r| r.record.as_slice()).collect::<Vec<_>>())?;
+                st.arg(rows.iter().map(|r| r.updated_ms).collect::<Vec<_>>())?;
+            }
+        }
+        for (set, name, sql) in [
+            (
+                &self.unfiled,
+                "unfiled",
+                "DELETE FROM lookups
+                 USING UNNEST($1::text[], $2::text[], $3::text[]) AS d(field, value, message_id)
+                 WHERE lookups.field = d.field AND lookups.value = d.value
+                   AND lookups.message_id = d.message_id",
+            ),
+            (
+                &self.filed,
+                "filed",
+                "INSERT INTO lookups (field, value, message_id)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
+                 ON CONFLICT DO NOTHING",
+            ),
+        ] {
+            if !set.is_empty() {
+                let (fields, values, ids) = columns(set);
+                st.part(name, sql);
+                st.arg(fields)?;
+                st.arg(values)?;
+                st.arg(ids)?;
+            }
+        }
         let mut counts: Vec<_> = self.counts.iter().filter(|(_, n)| **n != 0).collect();
         counts.sort();
-        let new_actions = ActionColumns::of(&self.new_actions, self.lease_until)?;
-        let changed_actions = ActionColumns::of(&self.changed_actions, self.lease_until)?;
-        let mut overflow: Vec<_> = self.overflow.iter().collect();
-        overflow.sort();
-        sqlx::query(
-            "WITH
-             new_messages AS (
-                 INSERT INTO messages (id, record, updated_ms, live)
-                 SELECT id, record, updated_ms, true
-                 FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) AS m(id, record, updated_ms)),
-             old_messages AS (
-                 UPDATE messages SET record = m.record, updated_ms = m.updated_ms, live = true
-                 FROM UNNEST($4::text[], $5::bytea[], $6::int8[]) AS m(id, record, updated_ms)
-                 WHERE messages.id = m.id),
-             unfiled AS (
-                 DELETE FROM lookups
-                 USING UNNEST($7::text[], $8::text[], $9::text[]) AS d(field, value, message_id)
-                 WHERE lookups.field = d.field AND lookups.value = d.value
-                   AND lookups.message_id = d.message_id),
-             filed AS (
-                 INSERT INTO lookups (field, value, message_id)
-                 SELECT * FROM UNNEST($10::text[], $11::text[], $12::text[])
-                 ON CONFLICT DO NOTHING),
-             counted AS (
-                 INSERT INTO counts (field, value, day, metric, n)
-                 SELECT * FROM UNNEST($13::text[], $14::text[], $15::int4[], $16::bytea[],
-                                      $17::int8[])),
-             new_actions AS (
-                 INSERT INTO actions (id, message_id, rule, state, target, due_ms, created_ms,
-                                      body)
-                 SELECT * FROM UNNEST($18::text[], $19::text[], $20::text[], $21::text[],
-                                      $22::text[], $23::int8[], $24::int8[], $25::bytea[])),
-             old_actions AS (
-                 UPDATE actions SET state = u.state, due_ms = u.due_ms, body = u.body
-                 FROM UNNEST($26::text[], $27::text[], $28::int8[], $29::bytea[])
+        if !counts.is_empty() {
+            st.part(
+                "counted",
+                "INSERT INTO counts (field, value, day, metric, n)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::bytea[], $5::int8[])",
+            );
+            st.arg(counts.iter().map(|c| c.0 .0.as_str()).collect::<Vec<_>>())?;
+            st.arg(counts.iter().map(|c| c.0 .1.as_str()).collect::<Vec<_>>())?;
+            st.arg(counts.iter().map(|c| c.0 .2 as i32).collect::<Vec<_>>())?;
+            st.arg(counts.iter().map(|c| c.0 .3.as_bytes()).collect::<Vec<_>>())?;
+            st.arg(counts.iter().map(|c| *c.1).collect::<Vec<_>>())?;
+        }
+        if !self.new_actions.is_empty() {
+            let a = ActionColumns::of(&self.new_actions, self.lease_until)?;
+            st.part(
+                "new_actions",
+                "INSERT INTO actions (id, message_id, rule, state, target, due_ms, created_ms, body)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                      $6::int8[], $7::int8[], $8::bytea[])",
+            );
+            st.arg(a.ids)?;
+            st.arg(a.message_ids)?;
+            st.arg(a.rules)?;
+            st.arg(a.states)?;
+            st.arg(a.targets)?;
+            st.arg(a.due)?;
+            st.arg(a.created)?;
+            st.arg(a.bodies)?;
+        }
+        if !self.changed_actions.is_empty() {
+            let a = ActionColumns::of(&self.changed_actions, self.lease_until)?;
+            st.part(
+                "old_actions",
+                "UPDATE actions SET state = u.state, due_ms = u.due_ms, body = u.body
+                 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bytea[])
                      AS u(id, state, due_ms, body)
-                 WHERE actions.id = u.id),
-             overflow AS (
-                 INSERT INTO dedupe (key, seen_s) SELECT * FROM UNNEST($30::bytea[], $31::int8[])
-                 ON CONFLICT DO NOTHING)
-             SELECT 1",
-        )
-        .bind(new_ids)
-        .bind(new_records)
-        .bind(new_times)
-        .bind(old_ids)
-        .bind(old_records)
-        .bind(old_times)
-        .bind(unfiled_fields)
-        .bind(unfiled_values)
-        .bind(unfiled_ids)
-        .bind(filed_fields)
-        .bind(filed_values)
-        .bind(filed_ids)
-        .bind(counts.iter().map(|c| c.0 .0.as_str()).collect::<Vec<_>>())
-        .bind(counts.iter().map(|c| c.0 .1.as_str()).collect::<Vec<_>>())
-        .bind(counts.iter().map(|c| c.0 .2 as i32).collect::<Vec<_>>())
-        .bind(counts.iter().map(|c| c.0 .3.as_bytes()).collect::<Vec<_>>())
-        .bind(counts.iter().map(|c| *c.1).collect::<Vec<_>>())
-        .bind(new_actions.ids)
-        .bind(new_actions.message_ids)
-        .bind(new_actions.rules)
-        .bind(new_actions.states)
-        .bind(new_actions.targets)
-        .bind(new_actions.due)
-        .bind(new_actions.created)
-        .bind(new_actions.bodies)
-        .bind(changed_actions.ids)
-        .bind(changed_actions.states)
-        .bind(changed_actions.due)
-        .bind(changed_actions.bodies)
-        .bind(
-            overflow
-                .iter()
-                .map(|(k, _)| k.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(overflow.iter().map(|(_, s)| **s).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
+                 WHERE actions.id = u.id",
+            );
+            st.arg(a.ids)?;
+            st.arg(a.states)?;
+            st.arg(a.due)?;
+            st.arg(a.bodies)?;
+        }
+        if !self.overflow.is_empty() {
+            let mut overflow: Vec<_> = self.overflow.iter().collect();
+            overflow.sort();
+            st.part(
+                "overflow",
+                "INSERT INTO dedupe (key, seen_s) SELECT * FROM UNNEST($1::bytea[], $2::int8[])
+                 ON CONFLICT DO NOTHING",
+            );
+            st.arg(
+                overflow
+                    .iter()
+                    .map(|(k, _)| k.as_slice())
+                    .collect::<Vec<_>>(),
+            )?;
+            st.arg(overflow.iter().map(|(_, s)| **s).collect::<Vec<_>>())?;
+        }
+        st.execute(tx).await
+    }
+}
+
+/// One write statement built from parts: `WITH <name> AS (<part>), ... SELECT 1`. A part's SQL
+/// numbers its own parameters from `$1`; they are renumbered after the earlier parts'. Each
+/// distinct combination of parts is one statement text, prepared once per connection.
+#[derive(Default)]
+struct Statement {
+    parts: Vec<String>,
+    args: PgArguments,
+    params: usize,
+}
+
+impl Statement {
+    fn part(&mut self, name: &str, sql: &str) {
+        let count = sql.matches('$').count();
+        let mut body = sql.to_owned();
+        // Highest first, so that `$1` does not match the start of `$10`.
+        for i in (1..=count).rev() {
+            body = body.replace(&format!("${i}:"), &format!("#{}:", self.params + i));
+        }
+        self.params += count;
+        self.parts
+            .push(format!("{name} AS ({})", body.replace('#', "$")));
+    }
+
+    fn arg<'q, T>(&mut self, value: T) -> Result<(), StoreError>
+    where
+        T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
+    {
+        self.args.add(value).map_err(StoreError::Backend)
+    }
+
+    async fn execute(self, tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
+        if self.parts.is_empty() {
+            return Ok(());
+        }
+        let sql = format!("WITH {} SELECT 1", self.parts.join(",\n"));
+        sqlx::query_with(&sql, self.args).execute(&mut **tx).await?;
         Ok(())
     }
 }
