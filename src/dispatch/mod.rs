@@ -153,10 +153,10 @@ pub async fn run_once(
     limit: usize,
 ) -> Result<Vec<Action>, StoreError> {
     let now_ms = now.timestamp_millis().max(0) as u64;
+    let lease = Duration::from_secs(crate::config::DispatchSettings::default().lease_seconds);
     let mut done = Vec::new();
     for target in Target::all() {
         let due = store.due_actions(target, now_ms, limit).await?;
-        let lease = Duration::from_secs(crate::config::DispatchSettings::default().lease_seconds);
         for action in store.claim_many(&due, lease).await?.into_iter().flatten() {
             let attempt = sender.send(&action).await;
             done.push((action.claim_token(), attempt));

@@ -8,8 +8,8 @@ use std::fmt;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{ActionKind, Outbound, Target};
-use crate::domain::Status;
+use super::{reached, ActionKind, Outbound, Target};
+use crate::domain::{MessageState, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -326,6 +326,13 @@ impl Action {
         new.completed_at = Some(now);
         new.last_error = Some(reason);
         new
+    }
+
+    /// A timer found due whose message has meanwhile reached a status it awaits: the action
+    /// cancelled instead of fired. `None` when it awaits nothing, or nothing it awaits came.
+    pub fn overtaken(&self, state: Option<&MessageState>, now: DateTime<Utc>) -> Option<Action> {
+        let status = state.and_then(|s| self.until.iter().find(|u| reached(s, u).is_some()))?;
+        Some(self.cancelled(now, format!("cancelled: message reached {status}")))
     }
 
     /// Whether a timer can still be cancelled: it has not fired and is not firing.

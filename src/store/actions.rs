@@ -29,13 +29,28 @@ pub use crate::rules::lifecycle::{
 use crate::rules::Target;
 
 impl Action {
-    /// The outbox key while the action waits for an attempt.
-    pub(super) fn outbox_key(&self) -> Option<Vec<u8>> {
+    /// Where and when its next attempt goes while it waits for one (not in flight): what
+    /// both backends file in their outbox.
+    pub(super) fn waits_for(&self) -> Option<(Target, i64)> {
         if !self.state.waiting() || self.in_flight {
             return None;
         }
-        let due = self.next_attempt_at?.timestamp_millis().max(0) as u64;
-        Some(outbox_key(self.target()?, due, &self.id))
+        Some((self.target()?, self.next_attempt_at?.timestamp_millis()))
+    }
+
+    /// The counters it counts in, while in its state: `action:<state>` per counted callback
+    /// value and day (its facets, its bucket).
+    pub(super) fn counters(&self) -> impl Iterator<Item = (&str, &str, u32, String)> + '_ {
+        let metric = format!("action:{}", self.state);
+        self.facets
+            .iter()
+            .map(move |(f, v)| (f.as_str(), v.as_str(), self.bucket, metric.clone()))
+    }
+
+    /// The outbox key while the action waits for an attempt.
+    pub(super) fn outbox_key(&self) -> Option<Vec<u8>> {
+        let (target, due) = self.waits_for()?;
+        Some(outbox_key(target, due.max(0) as u64, &self.id))
     }
 
     /// The action's index entries: by state, and by rule and state (listing all actions, or a
@@ -157,9 +172,8 @@ impl ActionTx<'_> {
     /// Actions by state (`action:<state>`): per callback value and day for the stats, and
     /// overall (under the empty field, which no indexed field can be) for the metrics.
     fn count(&self, action: &Action, delta: i64) -> TxResult<()> {
-        let metric = format!("action:{}", action.state);
-        for (field, value) in &action.facets {
-            let k = super::stats::stats_key(field, value, action.bucket, &metric);
+        for (field, value, day, metric) in action.counters() {
+            let k = super::stats::stats_key(field, value, day, &metric);
             super::stats::add(self.aggregates, k, delta)?;
         }
         super::stats::add(self.aggregates, overall_key(action.state), delta)
@@ -174,6 +188,12 @@ pub struct ActionFilter {
 }
 
 impl ActionFilter {
+    /// Whether a bulk retry of this filter requeues `action`: in the filter's state (a bulk
+    /// retry always names one) and not in flight.
+    pub(super) fn requeues(&self, action: &Action) -> bool {
+        !action.in_flight && Some(action.state) == self.state
+    }
+
     /// The index prefixes whose entries (`<created><id>` after the prefix) together list the
     /// matching actions: one for a given state, else one per state.
     fn prefixes(&self) -> Vec<Vec<u8>> {
@@ -365,7 +385,7 @@ impl SledStore {
                 let mut done = Vec::new();
                 for id in &ids {
                     let Some(old) = tx.load(id)? else { continue };
-                    if old.in_flight || Some(old.state) != filter.state {
+                    if !filter.requeues(&old) {
                         continue;
                     }
                     tx.update(&old, &old.requeued(crate::domain::now()))?;

@@ -355,7 +355,12 @@ impl Store {
         policy: &(dyn RetryPolicy + Sync),
         now: DateTime<Utc>,
     ) -> Result<Option<Action>, StoreError> {
-        call!(self, async complete(claim, attempt, policy, now))
+        let done = [(claim.clone(), attempt.clone())];
+        Ok(self
+            .complete_many(&done, policy, now)
+            .await?
+            .pop()
+            .flatten())
     }
 
     /// [`Store::complete`] for several attempts at once. `now` is when they finished: the

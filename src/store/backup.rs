@@ -35,6 +35,43 @@ pub struct Moved {
     pub skipped: u64,
 }
 
+impl Moved {
+    /// Counts a line moved.
+    pub(super) fn count(&mut self, line: &Line) {
+        match line {
+            Line::Message { actions, .. } => {
+                self.messages += 1;
+                self.actions += actions.len() as u64;
+            }
+            Line::Rejected { .. } => self.rejected += 1,
+        }
+    }
+
+    /// Writes a line of an export, and counts it.
+    pub(super) fn write(&mut self, out: &mut dyn Write, line: &Line) -> Result<(), BackupError> {
+        serde_json::to_writer(&mut *out, line).map_err(StoreError::from)?;
+        out.write_all(b"\n")?;
+        self.count(line);
+        Ok(())
+    }
+}
+
+/// The lines of an export, parsed (blank lines skipped); an error names its line.
+pub(super) fn lines(
+    input: &mut dyn BufRead,
+) -> impl Iterator<Item = Result<Line, BackupError>> + '_ {
+    input
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.as_ref().is_ok_and(|l| l.trim().is_empty()))
+        .map(|(i, line)| {
+            serde_json::from_str(&line?).map_err(|e| BackupError::BadLine {
+                line: i + 1,
+                error: e.to_string(),
+            })
+        })
+}
+
 /// What `flowhook check-store` found.
 #[derive(Debug, Default)]
 pub struct Checked {
@@ -92,14 +129,11 @@ impl SledStore {
                 }
             }
             actions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-            moved.messages += 1;
-            moved.actions += actions.len() as u64;
             let line = Line::Message {
                 message: Box::new(message),
                 actions,
             };
-            serde_json::to_writer(&mut *out, &line).map_err(StoreError::from)?;
-            out.write_all(b"\n")?;
+            moved.write(out, &line)?;
         }
         for entry in self.inner.trees.rejected.iter() {
             let (k, v) = entry.map_err(StoreError::from)?;
@@ -111,10 +145,7 @@ impl SledStore {
                     continue;
                 }
             };
-            moved.rejected += 1;
-            serde_json::to_writer(&mut *out, &Line::Rejected { rejected })
-                .map_err(StoreError::from)?;
-            out.write_all(b"\n")?;
+            moved.write(out, &Line::Rejected { rejected })?;
         }
         out.flush()?;
         Ok(moved)
@@ -160,21 +191,11 @@ impl SledStore {
             return Err(BackupError::NotEmpty);
         }
         let mut moved = Moved::default();
-        for (i, line) in input.lines().enumerate() {
+        for line in lines(input) {
             let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed: Line = serde_json::from_str(&line).map_err(|e| BackupError::BadLine {
-                line: i + 1,
-                error: e.to_string(),
-            })?;
-            match parsed {
-                Line::Message { message, actions } => {
-                    self.restore(&message, &actions)?;
-                    moved.messages += 1;
-                    moved.actions += actions.len() as u64;
-                }
+            moved.count(&line);
+            match line {
+                Line::Message { message, actions } => self.restore(&message, &actions)?,
                 Line::Rejected { rejected } => {
                     t.rejected
                         .insert(
@@ -182,7 +203,6 @@ impl SledStore {
                             serde_json::to_vec(&rejected).map_err(StoreError::from)?,
                         )
                         .map_err(StoreError::from)?;
-                    moved.rejected += 1;
                 }
             }
         }

@@ -53,7 +53,20 @@ impl Derived {
         })
     }
 
-    pub(super) fn metrics(&self) -> Vec<String> {
+    /// The counters it counts in: each counted callback value, on its day, per metric.
+    pub(super) fn counters(&self) -> Vec<(&str, &str, u32, String)> {
+        let metrics = self.metrics();
+        self.stats
+            .iter()
+            .flat_map(|(f, v)| {
+                metrics
+                    .iter()
+                    .map(move |m| (f.as_str(), v.as_str(), self.day, m.clone()))
+            })
+            .collect()
+    }
+
+    fn metrics(&self) -> Vec<String> {
         let mut metrics = vec!["messages".to_owned()];
         metrics.extend(self.status.as_ref().map(|s| format!("status:{s}")));
         if self.clicked {
@@ -104,14 +117,9 @@ impl Filing<'_> {
                 key(&[field.as_bytes(), value.as_bytes(), id]),
             ));
         }
-        for (field, value) in &d.stats {
-            for metric in d.metrics() {
-                super::stats::add(
-                    self.aggregates,
-                    super::stats::stats_key(field, value, d.day, &metric),
-                    delta,
-                )?;
-            }
+        for (field, value, day, metric) in d.counters() {
+            let k = super::stats::stats_key(field, value, day, &metric);
+            super::stats::add(self.aggregates, k, delta)?;
         }
         for (tree, k) in entries {
             if delta > 0 {

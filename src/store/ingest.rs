@@ -73,14 +73,7 @@ impl SledStore {
         }
         let mut queued = false;
         for report in &reports {
-            for (kind, status) in &report.events {
-                metrics::counter!(observe::EVENTS, "kind" => kind.as_str(), "status" => status.clone())
-                    .increment(1);
-            }
-            for (rule, action, outcome) in &report.actions {
-                observe::action(rule, *action, *outcome);
-            }
-            queued |= report.actions.iter().any(|a| a.2 == ActionOutcome::Queued);
+            queued |= report.publish();
         }
         if queued {
             self.notify_outbox();
@@ -95,27 +88,53 @@ impl SledStore {
         items: Vec<IngestItem>,
         received_at: DateTime<Utc>,
     ) -> Result<Pending, StoreError> {
-        let mut pending = Pending {
-            provider,
-            events: Vec::new(),
-            rejected: Vec::new(),
-            ignored: 0,
-            received_at,
-        };
-        for item in items {
-            match item {
-                IngestItem::Event(e) => pending.events.push(*e),
-                IngestItem::Ignored => pending.ignored += 1,
-                IngestItem::Rejected { reason, raw } => pending.rejected.push(RejectedEvent {
+        let sorted = Sorted::of(items);
+        let rejected = sorted
+            .rejected
+            .into_iter()
+            .map(|(reason, raw)| {
+                Ok(RejectedEvent {
                     id: self.inner.db.generate_id()?,
                     provider,
                     received_at,
                     reason,
                     raw,
-                }),
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Pending {
+            provider,
+            events: sorted.events,
+            rejected,
+            ignored: sorted.ignored,
+            received_at,
+        })
+    }
+}
+
+/// A request's items by kind, as both backends write them.
+pub(super) struct Sorted {
+    pub events: Vec<Event>,
+    /// Quarantined items: reason, raw text.
+    pub rejected: Vec<(String, String)>,
+    pub ignored: u32,
+}
+
+impl Sorted {
+    pub(super) fn of(items: Vec<IngestItem>) -> Self {
+        let mut sorted = Sorted {
+            events: Vec::new(),
+            rejected: Vec::new(),
+            ignored: 0,
+        };
+        for item in items {
+            match item {
+                IngestItem::Event(e) => sorted.events.push(*e),
+                IngestItem::Ignored => sorted.ignored += 1,
+                IngestItem::Rejected { reason, raw } => sorted.rejected.push((reason, raw)),
             }
         }
-        Ok(pending)
+        sorted
     }
 }
 
@@ -231,10 +250,7 @@ pub(super) fn commit(
                     for event in &p.events {
                         if batch.apply((messages, dedupe), event.clone(), request, context)? {
                             outcome.accepted += 1;
-                            report.events.push((
-                                event.kind,
-                                event.status.as_ref().map_or("", |s| s.as_str()).to_owned(),
-                            ));
+                            report.accepted(event);
                         } else {
                             outcome.duplicates += 1;
                         }
@@ -262,7 +278,7 @@ pub(super) fn commit(
                         after,
                         facets,
                         pending[change.request].received_at,
-                        &mut results[change.request].1.actions,
+                        &mut results[change.request].1,
                     )?;
                     change.after.actions.extend(created);
                     let record = change
@@ -291,13 +307,44 @@ pub(super) fn commit(
         .map_err(super::abort)
 }
 
-/// What one request's commit did, for the metrics once it is durable.
+/// What one request's commit did, for the metrics once it is durable (either backend).
 #[derive(Default)]
 pub(super) struct Report {
     /// Accepted events: kind and status.
     events: Vec<(EventKind, String)>,
     /// Actions queued, skipped or cancelled: rule, action, outcome.
     actions: Vec<(String, ActionKind, ActionOutcome)>,
+}
+
+impl Report {
+    pub(super) fn accepted(&mut self, event: &Event) {
+        let status = event.status.as_ref().map_or("", |s| s.as_str());
+        self.events.push((event.kind, status.to_owned()));
+    }
+
+    pub(super) fn planned(&mut self, planned: &Planned) {
+        let action = planned.action();
+        self.actions
+            .push((action.rule.to_string(), action.action, planned.outcome()));
+    }
+
+    pub(super) fn extend(&mut self, other: Report) {
+        self.events.extend(other.events);
+        self.actions.extend(other.actions);
+    }
+
+    /// Counts it in the metrics, once the commit is durable; whether an action was queued
+    /// (the dispatcher is then woken).
+    pub(super) fn publish(&self) -> bool {
+        for (kind, status) in &self.events {
+            metrics::counter!(observe::EVENTS, "kind" => kind.as_str(), "status" => status.clone())
+                .increment(1);
+        }
+        for (rule, action, outcome) in &self.actions {
+            observe::action(rule, *action, *outcome);
+        }
+        self.actions.iter().any(|a| a.2 == ActionOutcome::Queued)
+    }
 }
 
 /// Queues what the rules ask for a message that just changed (see [`Rules::plan`]): each
@@ -309,7 +356,7 @@ fn queue_actions(
     state: &MessageState,
     facets: Vec<(String, String)>,
     now: DateTime<Utc>,
-    report: &mut Vec<(String, ActionKind, ActionOutcome)>,
+    report: &mut Report,
 ) -> TxResult<Vec<String>> {
     let mut created = Vec::new();
     for planned in rules.plan(state, &facets, now, |id| tx.load(id))? {
@@ -320,8 +367,7 @@ fn queue_actions(
             }
             Planned::Cancel { old, new } => tx.update(old, new)?,
         }
-        let action = planned.action();
-        report.push((action.rule.to_string(), action.action, planned.outcome()));
+        report.planned(&planned);
     }
     Ok(created)
 }

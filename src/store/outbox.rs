@@ -13,7 +13,7 @@ use crate::observe;
 use crate::rules::lifecycle::{
     Action, ActionOutcome, ActionState, Attempt, ClaimToken, RetryPolicy,
 };
-use crate::rules::{reached, Target};
+use crate::rules::Target;
 
 /// A due outbox entry.
 #[derive(Debug, Clone)]
@@ -124,23 +124,6 @@ impl SledStore {
             .collect())
     }
 
-    /// Records how a claimed action's attempt went, and returns once that is on disk (so a
-    /// crash can repeat only calls still in flight).
-    pub async fn complete(
-        &self,
-        claim: &ClaimToken,
-        attempt: &Attempt,
-        policy: &(dyn RetryPolicy + Sync),
-        now: DateTime<Utc>,
-    ) -> Result<Option<Action>, StoreError> {
-        let done = [(claim.clone(), attempt.clone())];
-        Ok(self
-            .complete_many(&done, policy, now)
-            .await?
-            .pop()
-            .flatten())
-    }
-
     /// [`Store::complete`] for several attempts in one transaction and one flush, answers in
     /// order.
     pub async fn complete_many(
@@ -229,12 +212,7 @@ fn claim_one(tx: &ActionTx<'_>, messages: &TransactionalTree, entry: &DueEntry) 
             }
             None => None,
         };
-        if let Some(status) = state
-            .as_ref()
-            .and_then(|s| old.until.iter().find(|u| reached(s, u).is_some()))
-        {
-            let reason = format!("cancelled: message reached {status}");
-            let new = old.cancelled(crate::domain::now(), reason);
+        if let Some(new) = old.overtaken(state.as_ref(), crate::domain::now()) {
             tx.update(&old, &new)?;
             return Ok(Claim::Cancelled(new));
         }
@@ -315,6 +293,14 @@ mod tests {
         store
     }
 
+    /// Records one attempt, as `Store::complete` does.
+    async fn complete(store: &SledStore, claim: &ClaimToken, attempt: &Attempt) -> Action {
+        let done = [(claim.clone(), attempt.clone())];
+        let now = crate::domain::now();
+        let recorded = store.complete_many(&done, &Steps, now).await.unwrap();
+        recorded.into_iter().next().flatten().unwrap()
+    }
+
     #[tokio::test]
     async fn an_outcome_is_recorded_once_per_claim() {
         let store = store_with_one_due_action().await;
@@ -329,26 +315,14 @@ mod tests {
             body: None,
             retry_after: None,
         };
-        let first = store
-            .complete(&claim, &busy, &Steps, crate::domain::now())
-            .await
-            .unwrap()
-            .unwrap();
+        let first = complete(&store, &claim, &busy).await;
         assert_eq!(first.state, ActionState::Retrying);
         // The same outcome again (as after a flush that failed although the write stayed):
         // nothing moves, not the schedule, not the counts.
-        let again = store
-            .complete(&claim, &busy, &Steps, crate::domain::now())
-            .await
-            .unwrap()
-            .unwrap();
+        let again = complete(&store, &claim, &busy).await;
         assert_eq!(again, first);
         let delivered = Attempt::Delivered { status: 200 };
-        let late = store
-            .complete(&claim, &delivered, &Steps, crate::domain::now())
-            .await
-            .unwrap()
-            .unwrap();
+        let late = complete(&store, &claim, &delivered).await;
         assert_eq!(
             late.state,
             ActionState::Retrying,

@@ -10,11 +10,10 @@ use sqlx::{Arguments, Postgres, Transaction};
 
 use super::{ms, retrying, PgStore};
 use crate::domain::{Event, IngestItem, MessageId, MessageState, Provider};
-use crate::observe;
-use crate::rules::lifecycle::{Action, ActionOutcome};
+use crate::rules::lifecycle::Action;
 use crate::rules::plan::Planned;
 use crate::store::filing::Derived;
-use crate::store::ingest::overflow_key;
+use crate::store::ingest::{overflow_key, Report, Sorted};
 use crate::store::record::{self, Record};
 use crate::store::{key, IngestOutcome, StoreError};
 
@@ -30,17 +29,16 @@ impl PgStore {
         items: Vec<IngestItem>,
         received_at: DateTime<Utc>,
     ) -> Result<IngestOutcome, StoreError> {
-        let mut outcome = IngestOutcome::default();
-        let mut events = Vec::new();
-        let mut rejected = Vec::new();
-        for item in items {
-            match item {
-                IngestItem::Event(e) => events.push(*e),
-                IngestItem::Ignored => outcome.ignored += 1,
-                IngestItem::Rejected { reason, raw } => rejected.push((reason, raw)),
-            }
-        }
-        outcome.rejected = rejected.len() as u32;
+        let Sorted {
+            events,
+            rejected,
+            ignored,
+        } = Sorted::of(items);
+        let mut outcome = IngestOutcome {
+            ignored,
+            rejected: rejected.len() as u32,
+            ..Default::default()
+        };
         if !rejected.is_empty() {
             retrying("quarantine", || {
                 self.quarantine(provider, &rejected, received_at)
@@ -53,19 +51,9 @@ impl PgStore {
                 retrying("ingest", || self.write_part(part, received_at)).await?;
             outcome.accepted += accepted;
             outcome.duplicates += duplicates;
-            report.events.extend(part_report.events);
-            report.actions.extend(part_report.actions);
+            report.extend(part_report);
         }
-        for (kind, status) in &report.events {
-            metrics::counter!(observe::EVENTS, "kind" => *kind, "status" => status.clone())
-                .increment(1);
-        }
-        let mut queued = false;
-        for (rule, action, outcome) in &report.actions {
-            observe::action(rule, *action, *outcome);
-            queued |= *outcome == ActionOutcome::Queued;
-        }
-        if queued {
+        if report.publish() {
             self.notify_outbox();
         }
         Ok(outcome)
@@ -157,10 +145,7 @@ impl PgStore {
         for event in events {
             if self.fold(&mut tx, &mut changes, &mut write, event).await? {
                 accepted += 1;
-                report.events.push((
-                    event.kind.as_str(),
-                    event.status.as_ref().map_or("", |s| s.as_str()).to_owned(),
-                ));
+                report.accepted(event);
             } else {
                 duplicates += 1;
             }
@@ -189,10 +174,7 @@ impl PgStore {
                         write.changed_actions.push(new.as_ref().clone());
                     }
                 }
-                let action = planned.action();
-                report
-                    .actions
-                    .push((action.rule.to_string(), action.action, planned.outcome()));
+                report.planned(&planned);
             }
             let row = MessageRow {
                 id: id.as_str().to_owned(),
@@ -311,13 +293,6 @@ struct Change {
     changed: bool,
 }
 
-/// What a commit reports once it is in: accepted events (kind, status) and action outcomes.
-#[derive(Default)]
-struct Report {
-    events: Vec<(&'static str, String)>,
-    actions: Vec<(String, crate::targets::ActionKind, ActionOutcome)>,
-}
-
 pub(super) struct MessageRow {
     pub id: String,
     pub record: Vec<u8>,
@@ -370,27 +345,22 @@ impl Writes {
         self.filed
             .extend(new_entries.difference(&old_entries).cloned());
         for (d, delta) in [(old, -1), (new, 1)] {
-            let Some(d) = d else { continue };
-            for (field, value) in &d.stats {
-                for metric in d.metrics() {
-                    *self
-                        .counts
-                        .entry((field.clone(), value.clone(), d.day, metric))
-                        .or_default() += delta;
-                }
+            for (field, value, day, metric) in d.map(Derived::counters).unwrap_or_default() {
+                self.count(field, value, day, metric, delta);
             }
         }
     }
 
     /// Counts an action in (`delta = 1`) or out of (`-1`) its state, per counted value.
     pub fn count_action(&mut self, action: &Action, delta: i64) {
-        let metric = format!("action:{}", action.state);
-        for (field, value) in &action.facets {
-            *self
-                .counts
-                .entry((field.clone(), value.clone(), action.bucket, metric.clone()))
-                .or_default() += delta;
+        for (field, value, day, metric) in action.counters() {
+            self.count(field, value, day, metric, delta);
         }
+    }
+
+    fn count(&mut self, field: &str, value: &str, day: u32, metric: String, delta: i64) {
+        let key = (field.to_owned(), value.to_owned(), day, metric);
+        *self.counts.entry(key).or_default() += delta;
     }
 
     /// Writes everything gathered in one statement (one round trip): a data-modifying `WITH`
@@ -600,13 +570,8 @@ fn columns(set: &HashSet<(String, String, String)>) -> (Vec<&str>, Vec<&str>, Ve
 /// while it is in flight (`lease_until`, else at once: a call a backup caught in flight is
 /// simply due again), nothing once it is done.
 fn due_ms(action: &Action, lease_until: Option<i64>) -> Option<i64> {
-    action.target()?;
-    if action.in_flight {
+    if action.in_flight && action.target().is_some() {
         return Some(lease_until.unwrap_or_else(|| ms(crate::domain::now())));
     }
-    action
-        .state
-        .waiting()
-        .then(|| action.next_attempt_at.map(ms))
-        .flatten()
+    action.waits_for().map(|(_, due)| due)
 }

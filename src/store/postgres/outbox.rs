@@ -3,18 +3,17 @@
 
 use std::collections::HashMap;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::ingest::Writes;
+use super::reads::{decode_position, encode_position};
 use super::{ms, retrying, PgStore};
 use crate::observe;
 use crate::rules::lifecycle::{
     Action, ActionOutcome, ActionState, Attempt, ClaimToken, RetryPolicy,
 };
-use crate::rules::{reached, Target};
+use crate::rules::Target;
 use crate::store::record::Record;
 use crate::store::{ActionFilter, DueEntry, Page, RetryOutcome, StoreError};
 
@@ -233,10 +232,7 @@ impl PgStore {
                 continue;
             }
             let state = states.get(&old.message_id).and_then(Option::as_ref);
-            if let Some(status) =
-                state.and_then(|s| old.until.iter().find(|u| reached(s, u).is_some()))
-            {
-                let new = old.cancelled(now, format!("cancelled: message reached {status}"));
+            if let Some(new) = old.overtaken(state, now) {
                 write.count_action(&old, -1);
                 write.count_action(&new, 1);
                 write.changed_actions.push(new.clone());
@@ -252,22 +248,6 @@ impl PgStore {
         write.apply(&mut tx).await?;
         tx.commit().await?;
         Ok(claims)
-    }
-
-    /// Records how a claimed action's attempt went (see [`PgStore::complete_many`]).
-    pub async fn complete(
-        &self,
-        claim: &ClaimToken,
-        attempt: &Attempt,
-        policy: &(dyn RetryPolicy + Sync),
-        now: DateTime<Utc>,
-    ) -> Result<Option<Action>, StoreError> {
-        let done = [(claim.clone(), attempt.clone())];
-        Ok(self
-            .complete_many(&done, policy, now)
-            .await?
-            .pop()
-            .flatten())
     }
 
     /// Records how claimed actions' attempts went, once per claim, in one transaction;
@@ -395,7 +375,7 @@ impl PgStore {
                 let now = crate::domain::now();
                 let changes: Vec<(Action, Action)> = found
                     .into_values()
-                    .filter(|old| !old.in_flight && Some(old.state) == filter.state)
+                    .filter(|old| filter.requeues(old))
                     .map(|old| {
                         let new = old.requeued(now);
                         (old, new)
@@ -464,26 +444,6 @@ fn decode_listed(bodies: Vec<Vec<u8>>) -> Result<Vec<Action>, StoreError> {
         }
     }
     Ok(out)
-}
-
-fn encode_position(created_ms: i64, id: &str) -> String {
-    let mut k = (created_ms.max(0) as u64).to_be_bytes().to_vec();
-    k.extend_from_slice(id.as_bytes());
-    URL_SAFE_NO_PAD.encode(k)
-}
-
-fn decode_position(cursor: &str) -> Result<(i64, String), StoreError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| StoreError::BadCursor)?;
-    let (created, id) = bytes
-        .split_first_chunk::<8>()
-        .ok_or(StoreError::BadCursor)?;
-    let id = String::from_utf8(id.to_vec())
-        .ok()
-        .filter(|id| !id.contains('\0'))
-        .ok_or(StoreError::BadCursor)?;
-    Ok((u64::from_be_bytes(*created).min(i64::MAX as u64) as i64, id))
 }
 
 enum Claim {

@@ -88,19 +88,7 @@ impl PgStore {
     ) -> Result<Page<MessageState>, StoreError> {
         let before = match cursor {
             None => (i64::MAX, String::new()),
-            Some(c) => {
-                let bytes = URL_SAFE_NO_PAD
-                    .decode(c)
-                    .map_err(|_| StoreError::BadCursor)?;
-                let (time, id) = bytes
-                    .split_first_chunk::<8>()
-                    .ok_or(StoreError::BadCursor)?;
-                let id = String::from_utf8(id.to_vec())
-                    .ok()
-                    .filter(|id| !id.contains('\0'))
-                    .ok_or(StoreError::BadCursor)?;
-                (i64::from_be_bytes(*time), id)
-            }
+            Some(c) => decode_position(c)?,
         };
         let rows: Vec<(String, Vec<u8>, i64)> = sqlx::query_as(
             "SELECT id, record, updated_ms FROM messages
@@ -112,11 +100,7 @@ impl PgStore {
         .bind(limit as i64 + 1)
         .fetch_all(&mut *self.conn().await?)
         .await?;
-        let (rows, next) = page(rows, limit, |(id, _, time)| {
-            let mut k = time.to_be_bytes().to_vec();
-            k.extend_from_slice(id.as_bytes());
-            URL_SAFE_NO_PAD.encode(k)
-        });
+        let (rows, next) = page(rows, limit, |(id, _, time)| encode_position(*time, id));
         Ok(Page {
             items: listed(rows.into_iter().map(|(id, r, _)| (id, r)).collect()),
             next_cursor: next,
@@ -239,4 +223,26 @@ fn decode_text(cursor: &str) -> Result<String, StoreError> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or(StoreError::BadCursor)
+}
+
+/// A keyset cursor: `<ms, u64 BE><id>` in base64, as the sled store's action and time-index
+/// cursors are.
+pub(super) fn encode_position(created_ms: i64, id: &str) -> String {
+    let mut k = (created_ms.max(0) as u64).to_be_bytes().to_vec();
+    k.extend_from_slice(id.as_bytes());
+    URL_SAFE_NO_PAD.encode(k)
+}
+
+pub(super) fn decode_position(cursor: &str) -> Result<(i64, String), StoreError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::BadCursor)?;
+    let (created, id) = bytes
+        .split_first_chunk::<8>()
+        .ok_or(StoreError::BadCursor)?;
+    let id = String::from_utf8(id.to_vec())
+        .ok()
+        .filter(|id| !id.contains('\0'))
+        .ok_or(StoreError::BadCursor)?;
+    Ok((u64::from_be_bytes(*created).min(i64::MAX as u64) as i64, id))
 }

@@ -10,7 +10,7 @@ use super::reads::{rejected_event, RejectedRow};
 use super::{ms, PgStore, RETENTION_LOCK};
 use crate::domain::{MessageId, MessageState};
 use crate::rules::lifecycle::Action;
-use crate::store::backup::Line;
+use crate::store::backup::{lines, Line};
 use crate::store::filing::Derived;
 use crate::store::record::Record;
 use crate::store::{BackupError, Checked, Moved, Purged, StoreError};
@@ -193,13 +193,12 @@ impl PgStore {
         let mut checked = Checked::default();
         let mut after = String::new();
         loop {
-            let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-                "SELECT id, record FROM messages WHERE id > $1 ORDER BY id LIMIT $2",
-            )
-            .bind(&after)
-            .bind(BATCH)
-            .fetch_all(&mut *self.conn().await?)
-            .await?;
+            let rows = self
+                .after_id(
+                    "SELECT id, record FROM messages WHERE id > $1 ORDER BY id LIMIT $2",
+                    &after,
+                )
+                .await?;
             let Some((last, _)) = rows.last() else { break };
             after = last.clone();
             for (id, bytes) in rows {
@@ -211,12 +210,12 @@ impl PgStore {
         }
         let mut after = String::new();
         loop {
-            let rows: Vec<(String, Vec<u8>)> =
-                sqlx::query_as("SELECT id, body FROM actions WHERE id > $1 ORDER BY id LIMIT $2")
-                    .bind(&after)
-                    .bind(BATCH)
-                    .fetch_all(&mut *self.conn().await?)
-                    .await?;
+            let rows = self
+                .after_id(
+                    "SELECT id, body FROM actions WHERE id > $1 ORDER BY id LIMIT $2",
+                    &after,
+                )
+                .await?;
             let Some((last, _)) = rows.last() else { break };
             after = last.clone();
             for (id, body) in rows {
@@ -246,6 +245,20 @@ impl PgStore {
         Ok(checked)
     }
 
+    /// One page of (id, bytes) rows of `query`, which takes the id to start after and
+    /// [`BATCH`].
+    async fn after_id(
+        &self,
+        query: &str,
+        after: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(sqlx::query_as(query)
+            .bind(after)
+            .bind(BATCH)
+            .fetch_all(&mut *self.conn().await?)
+            .await?)
+    }
+
     async fn rejected_after(&self, after: i64) -> Result<Vec<RejectedRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, provider, received_ms, reason, raw FROM rejected
@@ -263,14 +276,12 @@ impl PgStore {
         let mut moved = Moved::default();
         let mut after = String::new();
         loop {
-            let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-                "SELECT id, record FROM messages WHERE live AND id > $1 ORDER BY id LIMIT $2",
-            )
-            .bind(&after)
-            .bind(BATCH)
-            .fetch_all(&mut *self.conn().await?)
-            .await
-            .map_err(StoreError::from)?;
+            let rows = self
+                .after_id(
+                    "SELECT id, record FROM messages WHERE live AND id > $1 ORDER BY id LIMIT $2",
+                    &after,
+                )
+                .await?;
             let Some((last, _)) = rows.last() else { break };
             after = last.clone();
             let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
@@ -305,15 +316,11 @@ impl PgStore {
                         continue;
                     }
                 };
-                let actions = by_message.remove(&id).unwrap_or_default();
-                moved.messages += 1;
-                moved.actions += actions.len() as u64;
                 let line = Line::Message {
                     message: Box::new(message),
-                    actions,
+                    actions: by_message.remove(&id).unwrap_or_default(),
                 };
-                serde_json::to_writer(&mut *out, &line).map_err(StoreError::from)?;
-                out.write_all(b"\n")?;
+                moved.write(out, &line)?;
             }
         }
         let mut after = i64::MIN;
@@ -326,10 +333,7 @@ impl PgStore {
                     moved.skipped += 1;
                     continue;
                 };
-                moved.rejected += 1;
-                serde_json::to_writer(&mut *out, &Line::Rejected { rejected })
-                    .map_err(StoreError::from)?;
-                out.write_all(b"\n")?;
+                moved.write(out, &Line::Rejected { rejected })?;
             }
         }
         out.flush()?;
@@ -351,23 +355,10 @@ impl PgStore {
         }
         let mut moved = Moved::default();
         let mut batch = Vec::new();
-        for (i, line) in input.lines().enumerate() {
+        for line in lines(input) {
             let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed: Line = serde_json::from_str(&line).map_err(|e| BackupError::BadLine {
-                line: i + 1,
-                error: e.to_string(),
-            })?;
-            match &parsed {
-                Line::Message { actions, .. } => {
-                    moved.messages += 1;
-                    moved.actions += actions.len() as u64;
-                }
-                Line::Rejected { .. } => moved.rejected += 1,
-            }
-            batch.push(parsed);
+            moved.count(&line);
+            batch.push(line);
             if batch.len() as i64 == BATCH {
                 self.restore(std::mem::take(&mut batch)).await?;
             }
