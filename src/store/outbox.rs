@@ -111,17 +111,7 @@ impl SledStore {
                 .collect::<TxResult<Vec<_>>>()
         })?;
         // Counted once the transaction is in (its closure may run more than once).
-        Ok(claimed
-            .into_iter()
-            .map(|claim| match claim {
-                Claim::Send(action) => Some(action),
-                Claim::Cancelled(action) => {
-                    observe::action(&action.rule, action.action, ActionOutcome::Cancelled);
-                    None
-                }
-                Claim::Gone => None,
-            })
-            .collect())
+        Ok(claimed.into_iter().map(Claim::into_sendable).collect())
     }
 
     /// [`Store::complete`] for several attempts in one transaction and one flush, answers in
@@ -247,10 +237,27 @@ fn record_attempt(
     Ok((Some(new), true))
 }
 
-enum Claim {
+/// What claiming one due entry found (either backend).
+pub(super) enum Claim {
     Send(Action),
+    /// A timer whose awaited status had arrived.
     Cancelled(Action),
+    /// No longer waiting (or, with Postgres, taken by another instance).
     Gone,
+}
+
+impl Claim {
+    /// The action to call for, if any; a cancellation is counted, once the claim is in.
+    pub(super) fn into_sendable(self) -> Option<Action> {
+        match self {
+            Claim::Send(action) => Some(action),
+            Claim::Cancelled(action) => {
+                observe::action(&action.rule, action.action, ActionOutcome::Cancelled);
+                None
+            }
+            Claim::Gone => None,
+        }
+    }
 }
 
 /// `now` in unix ms, the outbox's clock.

@@ -14,6 +14,7 @@ use crate::rules::lifecycle::{
     Action, ActionOutcome, ActionState, Attempt, ClaimToken, RetryPolicy,
 };
 use crate::rules::Target;
+use crate::store::outbox::Claim;
 use crate::store::record::Record;
 use crate::store::{ActionFilter, DueEntry, Page, RetryOutcome, StoreError};
 
@@ -165,17 +166,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let claims = retrying("claim", || self.claim_tx(entries, lease)).await?;
-        Ok(claims
-            .into_iter()
-            .map(|claim| match claim {
-                Claim::Send(action) => Some(action),
-                Claim::Cancelled(action) => {
-                    observe::action(&action.rule, action.action, ActionOutcome::Cancelled);
-                    None
-                }
-                Claim::Gone => None,
-            })
-            .collect())
+        Ok(claims.into_iter().map(Claim::into_sendable).collect())
     }
 
     async fn claim_tx(
@@ -444,10 +435,4 @@ fn decode_listed(bodies: Vec<Vec<u8>>) -> Result<Vec<Action>, StoreError> {
         }
     }
     Ok(out)
-}
-
-enum Claim {
-    Send(Action),
-    Cancelled(Action),
-    Gone,
 }

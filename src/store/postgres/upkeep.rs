@@ -191,40 +191,26 @@ impl PgStore {
     /// Reads every stored record and reports the ones that cannot be read.
     pub async fn check(&self) -> Result<Checked, StoreError> {
         let mut checked = Checked::default();
-        let mut after = String::new();
-        loop {
-            let rows = self
-                .after_id(
-                    "SELECT id, record FROM messages WHERE id > $1 ORDER BY id LIMIT $2",
-                    &after,
-                )
-                .await?;
-            let Some((last, _)) = rows.last() else { break };
-            after = last.clone();
-            for (id, bytes) in rows {
-                checked.messages += 1;
-                if let Err(error) = Record::decode(&id, &bytes) {
-                    checked.unreadable.push(("message", id, error.to_string()));
-                }
-            }
-        }
-        let mut after = String::new();
-        loop {
-            let rows = self
-                .after_id(
-                    "SELECT id, body FROM actions WHERE id > $1 ORDER BY id LIMIT $2",
-                    &after,
-                )
-                .await?;
-            let Some((last, _)) = rows.last() else { break };
-            after = last.clone();
-            for (id, body) in rows {
-                checked.actions += 1;
-                if let Err(error) = serde_json::from_slice::<Action>(&body) {
-                    checked.unreadable.push(("action", id, error.to_string()));
-                }
-            }
-        }
+        checked.messages = self
+            .check_rows(
+                "SELECT id, record FROM messages WHERE id > $1 ORDER BY id LIMIT $2",
+                "message",
+                |id, bytes| Record::decode(id, bytes).err().map(|e| e.to_string()),
+                &mut checked.unreadable,
+            )
+            .await?;
+        checked.actions = self
+            .check_rows(
+                "SELECT id, body FROM actions WHERE id > $1 ORDER BY id LIMIT $2",
+                "action",
+                |_, body| {
+                    serde_json::from_slice::<Action>(body)
+                        .err()
+                        .map(|e| e.to_string())
+                },
+                &mut checked.unreadable,
+            )
+            .await?;
         let mut after = i64::MIN;
         loop {
             let rows = self.rejected_after(after).await?;
@@ -243,6 +229,31 @@ impl PgStore {
             }
         }
         Ok(checked)
+    }
+
+    /// Reads every (id, bytes) row of `query` (see [`PgStore::after_id`]) and adds those
+    /// `unreadable_why` finds fault with to `unreadable`, as `kind`; how many it read.
+    async fn check_rows(
+        &self,
+        query: &str,
+        kind: &'static str,
+        unreadable_why: impl Fn(&str, &[u8]) -> Option<String>,
+        unreadable: &mut Vec<(&'static str, String, String)>,
+    ) -> Result<u64, StoreError> {
+        let (mut read, mut after) = (0, String::new());
+        loop {
+            let rows = self.after_id(query, &after).await?;
+            let Some((last, _)) = rows.last() else {
+                return Ok(read);
+            };
+            after = last.clone();
+            for (id, bytes) in rows {
+                read += 1;
+                if let Some(why) = unreadable_why(&id, &bytes) {
+                    unreadable.push((kind, id, why));
+                }
+            }
+        }
     }
 
     /// One page of (id, bytes) rows of `query`, which takes the id to start after and
