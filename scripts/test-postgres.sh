@@ -39,10 +39,10 @@ fi
 echo "==> Postgres $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (throwaway, $dir)"
 
 export FLOWHOOK_TEST_POSTGRES="postgres://flowhook@127.0.0.1:$port/postgres"
-# Left out, being about sled's own files, and run by the sled pass: damage (damaged sled
-# files), disk_full (sled on a full tmpfs), upgrade (sled store formats), crash (SIGKILL
-# against sled's group commit and flush interval) and /readyz's free-disk floor (the disk
-# sled writes to).
+# Left out, being about the embedded engines' own files, and run by the sled and fjall
+# passes: damage (damaged files), loss (a log cut short), disk_full (the engine on a full
+# tmpfs), upgrade (sled store formats), crash (SIGKILL against the group commit and flush
+# interval) and /readyz's free-disk floor (the disk the engine writes to).
 cargo test --locked --test api --test metrics -- --include-ignored \
-    --skip damage:: --skip disk_full:: --skip upgrade:: --skip crash:: \
+    --skip damage:: --skip loss:: --skip disk_full:: --skip upgrade:: --skip crash:: \
     --skip retention::readyz_reports_a_disk_below_the_floor "$@"

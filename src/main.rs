@@ -27,7 +27,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service (the default).
-    Serve,
+    Serve {
+        /// Serve an embedded store that opened with fewer acknowledged writes than it had
+        /// (a damaged or truncated file), and record it as it is now. Without it such a
+        /// store is refused; see README, "No silent loss".
+        #[arg(long)]
+        accept_loss: bool,
+    },
     /// Load and validate the configuration, then exit.
     CheckConfig,
     /// Print the signature headers for the body on stdin, to send signed requests by hand.
@@ -45,14 +51,15 @@ enum Command {
         timestamp: Option<i64>,
     },
     /// Write every message (state, events, actions) and quarantined event to stdout as JSON
-    /// lines. With sled, stop the service first: the store allows one process at a time.
+    /// lines. With sled or fjall, stop the service first: the store allows one process at a
+    /// time. A damaged store is exported as far as it can be read.
     Export,
     /// Restore an export (from either backend) from stdin into an empty store.
     Import,
     /// Create or upgrade the Postgres schema (`store.backend = "postgres"`), then exit.
     Migrate,
-    /// Read every stored record and report those that cannot be read (exit 1 if any). Stop
-    /// the service first.
+    /// Read every stored record and report those that cannot be read, and acknowledged writes
+    /// a damaged store lost (exit 1 if any). Stop the service first.
     CheckStore,
 }
 
@@ -82,9 +89,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    match cli.command.unwrap_or(Command::Serve { accept_loss: false }) {
         Command::CheckConfig => check_config(&settings),
-        Command::Serve => serve(settings),
+        Command::Serve { accept_loss } => {
+            let mut settings = settings;
+            settings.store.accept_loss |= accept_loss;
+            serve(settings)
+        }
         Command::Export => backup(&settings, Direction::Export),
         Command::Import => backup(&settings, Direction::Import),
         Command::CheckStore => check_store(&settings),
@@ -137,8 +148,9 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a runtime for the command")
 }
 
+/// Opens the store for a command; a damaged embedded store opens too, to read what it holds.
 async fn open_store(settings: &Settings) -> Option<Store> {
-    match Store::open(&settings.store, Default::default()).await {
+    match Store::open_to_inspect(&settings.store).await {
         Ok(store) => Some(store),
         Err(e) => {
             eprintln!("flowhook: {e}");
@@ -151,8 +163,8 @@ fn migrate(settings: &Settings) -> ExitCode {
     flowhook::telemetry::init(&settings.log);
     if settings.store.backend != flowhook::config::StoreBackend::Postgres {
         eprintln!(
-            "flowhook: store.backend is \"sled\", which has no schema to migrate (set \
-             store.backend = \"postgres\" and store.postgres.url)"
+            "flowhook: store.backend is an embedded engine, which has no schema to \
+             migrate (set store.backend = \"postgres\" and store.postgres.url)"
         );
         return ExitCode::from(2);
     }
@@ -175,10 +187,21 @@ fn check_store(settings: &Settings) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let checked = runtime.block_on(store.check());
+    let loss = store.loss();
     if let Err(e) = runtime.block_on(store.close()) {
         eprintln!("flowhook: {e}");
     }
+    if let Some(loss) = &loss {
+        println!(
+            "{} acknowledged commits are missing (the engine recovered up to commit {} of {}): \
+             {loss}",
+            loss.missing(),
+            loss.recovered,
+            loss.acknowledged
+        );
+    }
     match checked {
+        Ok(_) if loss.is_some() => ExitCode::FAILURE,
         Ok(c) if c.unreadable.is_empty() => {
             println!(
                 "store is readable: {} messages, {} actions, {} quarantined events",
@@ -222,6 +245,13 @@ fn backup(settings: &Settings, direction: Direction) -> ExitCode {
     let Some(store) = runtime.block_on(open_store(settings)) else {
         return ExitCode::FAILURE;
     };
+    if let Some(loss) = store.loss() {
+        eprintln!("flowhook: {loss}");
+        if matches!(direction, Direction::Import) {
+            return ExitCode::FAILURE;
+        }
+        eprintln!("flowhook: exporting what can be read");
+    }
     let result = runtime.block_on(async {
         match direction {
             Direction::Export => {
@@ -276,7 +306,9 @@ fn check_config(settings: &Settings) -> ExitCode {
     }
     let weak = settings.placeholder_secrets();
     let store = match settings.store.backend {
-        flowhook::config::StoreBackend::Sled => settings.store.path.display().to_string(),
+        flowhook::config::StoreBackend::Sled | flowhook::config::StoreBackend::Fjall => {
+            settings.store.path.display().to_string()
+        }
         flowhook::config::StoreBackend::Postgres => "postgres".into(),
     };
     println!(

@@ -77,10 +77,14 @@ pub enum Durability {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
-    /// Where state is kept: the embedded sled store (default) or a shared Postgres database.
+    /// Where state is kept: an embedded engine (sled, the default, or fjall) or a shared
+    /// Postgres database.
     pub backend: StoreBackend,
-    /// The sled directory (`backend = "sled"`).
+    /// The embedded engine's directory (`backend = "sled"` or `"fjall"`).
     pub path: PathBuf,
+    /// Serve an embedded store that opened with fewer acknowledged writes than it had (a
+    /// damaged or truncated file), recording it as it is now; set by `serve --accept-loss`.
+    pub accept_loss: bool,
     pub durability: Durability,
     /// Messages whose last event is older than this are purged (fractions allowed).
     pub retention_days: f64,
@@ -90,7 +94,8 @@ pub struct StoreSettings {
     /// campaign: each value costs counters).
     pub stats_callback_fields: Vec<String>,
     pub max_callback_bytes: usize,
-    /// sled's page cache; its default (1 GiB) is far more than flowhook needs.
+    /// The embedded engine's cache (sled's page cache, fjall's block cache); sled's own
+    /// default (1 GiB) is far more than flowhook needs.
     pub cache_capacity_bytes: u64,
     /// How often `durability = "relaxed"` flushes.
     pub relaxed_flush_ms: u64,
@@ -111,6 +116,9 @@ pub enum StoreBackend {
     /// The embedded sled store in `store.path`: one binary, nothing else to run.
     #[default]
     Sled,
+    /// The embedded fjall store (an LSM tree) in `store.path`: for many millions of messages on
+    /// one machine, with far less memory and disk than sled (contract section 7).
+    Fjall,
     /// A Postgres database shared by any number of instances (contract section 6).
     Postgres,
 }
@@ -150,6 +158,7 @@ impl Default for StoreSettings {
         Self {
             backend: StoreBackend::Sled,
             path: "data".into(),
+            accept_loss: false,
             durability: Durability::Sync,
             retention_days: 30.0,
             dedupe_days: 8,

@@ -8,9 +8,10 @@
 //! outbox is [`Rules::plan`](crate::rules::Rules::plan), and every action transition is in
 //! [`crate::rules::lifecycle`]. A backend persists what those decide, atomically per request.
 //!
-//! Two backends: the embedded sled store ([`SledStore`], the default) and a Postgres database
-//! that several instances share ([`PgStore`]). sled's calls are synchronous and quick (the
-//! writes that wait for the disk are async); the long scans run on the blocking pool.
+//! Two backends: the embedded store ([`EmbeddedStore`], on sled by default or on fjall) and a
+//! Postgres database that several instances share ([`PgStore`]). The embedded store's reads
+//! are synchronous and quick, its writes go through its writer thread (async); the long scans
+//! run on the blocking pool.
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::Ordering;
@@ -20,9 +21,9 @@ use chrono::{DateTime, Utc};
 
 use super::postgres::{PgStore, Schema};
 use super::{
-    Action, ActionFilter, ActionState, Attempt, BackupError, Checked, ClaimToken, DueEntry, Group,
-    IngestItem, IngestOutcome, Lookup, Moved, Page, Purged, RejectedEvent, RetryOutcome,
-    RetryPolicy, SledStore, StoreError,
+    Action, ActionFilter, ActionState, Attempt, BackupError, Checked, ClaimToken, DueEntry,
+    EmbeddedStore, Group, IngestItem, IngestOutcome, Lookup, Moved, Opening, Page, Purged,
+    RejectedEvent, RetryOutcome, RetryPolicy, StoreError,
 };
 use crate::config::{StoreBackend, StoreSettings};
 use crate::domain::{MessageState, Provider};
@@ -38,6 +39,12 @@ pub struct Store {
     fields: Arc<(Vec<String>, Vec<String>)>,
     /// What the store was opened with, to open it again.
     opened_with: Option<Arc<(StoreSettings, Arc<Rules>)>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
 }
 
 /// Whether writes are being made durable, so that a failing disk is logged once when writes
@@ -72,7 +79,8 @@ impl WriteHealth {
 
 #[derive(Clone)]
 enum Backend {
-    Sled(SledStore),
+    /// sled or fjall, one process per store.
+    Embedded(EmbeddedStore),
     Postgres(PgStore),
     /// Between dropping a failed store and opening it again (see [`Store::reopen`]), or after
     /// opening it again failed: every call answers [`StoreError::Closed`].
@@ -80,29 +88,29 @@ enum Backend {
 }
 
 /// Calls `$method($args)` on the current backend (a cheap clone, so no lock is held across
-/// the call). `sync` for a method that is synchronous on sled, `async` for one that is async
-/// on both; Postgres's are all async. A closed store answers `Err(StoreError::Closed)`.
+/// the call). `sync` for a method that is synchronous on the embedded store, `async` for one
+/// that is async on both; Postgres's are all async. A closed store answers `Err(StoreError::Closed)`.
 macro_rules! call {
     ($self:ident, sync $method:ident($($arg:expr),*)) => {
         match $self.current() {
-            Backend::Sled(b) => b.$method($($arg),*),
+            Backend::Embedded(b) => b.$method($($arg),*),
             Backend::Postgres(b) => b.$method($($arg),*).await,
             Backend::Closed => Err(StoreError::Closed.into()),
         }
     };
     ($self:ident, async $method:ident($($arg:expr),*)) => {
         match $self.current() {
-            Backend::Sled(b) => b.$method($($arg),*).await,
+            Backend::Embedded(b) => b.$method($($arg),*).await,
             Backend::Postgres(b) => b.$method($($arg),*).await,
             Backend::Closed => Err(StoreError::Closed.into()),
         }
     };
 }
 
-/// Runs a long sled scan on the blocking pool, so that it holds up no request's thread.
+/// Runs a long embedded scan on the blocking pool, so that it holds up no request's thread.
 async fn blocking<T: Send + 'static>(
-    store: SledStore,
-    f: impl FnOnce(&SledStore) -> Result<T, StoreError> + Send + 'static,
+    store: EmbeddedStore,
+    f: impl FnOnce(&EmbeddedStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(move || f(&store))
         .await
@@ -121,11 +129,11 @@ impl From<PgStore> for Store {
     }
 }
 
-impl From<SledStore> for Store {
-    fn from(store: SledStore) -> Self {
+impl From<EmbeddedStore> for Store {
+    fn from(store: EmbeddedStore) -> Self {
         let fields = (store.index_fields().to_vec(), store.stats_fields().to_vec());
         Self {
-            backend: Arc::new(RwLock::new(Backend::Sled(store))),
+            backend: Arc::new(RwLock::new(Backend::Embedded(store))),
             writes: Default::default(),
             fields: Arc::new(fields),
             opened_with: None,
@@ -141,6 +149,20 @@ impl Store {
     /// A Postgres database gets its pending migrations first, unless
     /// `store.postgres.migrate = false` (then its schema must be this build's).
     pub async fn open(settings: &StoreSettings, rules: Arc<Rules>) -> Result<Self, StoreError> {
+        Self::open_as(settings, rules, Opening::Serve).await
+    }
+
+    /// Opens the store to read what it holds (`export`, `check-store`): an embedded store
+    /// that lost acknowledged writes opens anyway, with [`Store::loss`] saying what is missing.
+    pub async fn open_to_inspect(settings: &StoreSettings) -> Result<Self, StoreError> {
+        Self::open_as(settings, Arc::default(), Opening::Inspect).await
+    }
+
+    async fn open_as(
+        settings: &StoreSettings,
+        rules: Arc<Rules>,
+        opening: Opening,
+    ) -> Result<Self, StoreError> {
         if settings.backend == StoreBackend::Postgres {
             let schema = if settings.postgres.migrate {
                 Schema::Migrate
@@ -149,7 +171,11 @@ impl Store {
             };
             return Ok(PgStore::open(settings, rules, schema).await?.into());
         }
-        let store = SledStore::open(settings, Arc::clone(&rules))?;
+        let (owned, shared) = (settings.clone(), Arc::clone(&rules));
+        let store =
+            tokio::task::spawn_blocking(move || EmbeddedStore::open(&owned, shared, opening))
+                .await
+                .map_err(|e| StoreError::Backend(Box::new(e)))??;
         Ok(Self {
             opened_with: Some(Arc::new((settings.clone(), rules))),
             ..store.into()
@@ -164,6 +190,15 @@ impl Store {
         version
     }
 
+    /// Acknowledged writes an embedded store opened without (only with
+    /// [`Store::open_to_inspect`]; such a store is refused otherwise).
+    pub fn loss(&self) -> Option<super::Loss> {
+        match self.current() {
+            Backend::Embedded(b) => b.loss().cloned(),
+            _ => None,
+        }
+    }
+
     fn current(&self) -> Backend {
         self.backend.read().expect("store lock").clone()
     }
@@ -173,21 +208,22 @@ impl Store {
     pub fn storage_failing(&self) -> bool {
         self.writes.failing.load(Ordering::Acquire)
             || match self.current() {
-                Backend::Sled(b) => !b.flushes_healthy(),
+                Backend::Embedded(b) => !b.flushes_healthy(),
                 Backend::Postgres(_) => false,
                 Backend::Closed => true,
             }
     }
 
     /// Opens the store again in place, after its storage failed: sled 0.34 refuses every write
-    /// after its first I/O error until the store is opened again.
+    /// after its first I/O error until the store is opened again, and a fjall handle takes no
+    /// more writes after a failed one (part of the batch may be left in its journal's buffer).
     ///
     /// From the first moment every call answers [`StoreError::Closed`] (503 for webhooks).
     /// The failed store's writer and flusher stop, requests still using it get up to
     /// [`REOPEN_WAIT`] to finish with it, and it is dropped (sled locks its files). Then the
-    /// directory is opened again: sled recovers it up to its last complete write, which holds
-    /// everything acknowledged, and calls a crash or the failure left in flight are queued
-    /// again. If opening fails (the old store is still held, the disk is still full), the
+    /// directory is opened again: the engine recovers it up to its last complete write, which
+    /// holds everything acknowledged, and calls a crash or the failure left in flight are
+    /// queued again. If opening fails (the old store is still held, the disk is still full), the
     /// store stays closed; call it again later.
     pub fn reopen(&self) -> Result<(), StoreError> {
         let (settings, rules) = &**self
@@ -198,16 +234,16 @@ impl Store {
             &mut *self.backend.write().expect("store lock"),
             Backend::Closed,
         );
-        if let Backend::Sled(old) = old {
+        if let Backend::Embedded(old) = old {
             old.stop_background();
             let deadline = std::time::Instant::now() + REOPEN_WAIT;
             while !old.sole_handle() && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
-        let fresh = SledStore::open(settings, Arc::clone(rules))?;
+        let fresh = EmbeddedStore::open(settings, Arc::clone(rules), Opening::Serve)?;
         let recovered = fresh.recover_in_flight()?;
-        *self.backend.write().expect("store lock") = Backend::Sled(fresh);
+        *self.backend.write().expect("store lock") = Backend::Embedded(fresh);
         self.writes.failing.store(false, Ordering::Release);
         tracing::warn!(
             calls_resent = recovered,
@@ -271,7 +307,7 @@ impl Store {
         to: Option<u32>,
     ) -> Result<Vec<Group>, StoreError> {
         match self.current() {
-            Backend::Sled(b) => {
+            Backend::Embedded(b) => {
                 let field = field.to_owned();
                 blocking(b, move |b| b.stats(&field, from, to)).await
             }
@@ -339,7 +375,7 @@ impl Store {
         lease: std::time::Duration,
     ) -> Result<Vec<Option<Action>>, StoreError> {
         match self.current() {
-            Backend::Sled(b) => b.claim_many(entries),
+            Backend::Embedded(b) => b.claim_many(entries).await,
             Backend::Postgres(b) => b.claim_many(entries, lease).await,
             Backend::Closed => Err(StoreError::Closed),
         }
@@ -379,14 +415,14 @@ impl Store {
     /// ends, whichever instance claims it.
     pub async fn recover_in_flight(&self) -> Result<usize, StoreError> {
         match self.current() {
-            Backend::Sled(b) => b.recover_in_flight(),
+            Backend::Embedded(b) => blocking(b, |b| b.recover_in_flight()).await,
             Backend::Postgres(_) => Ok(0),
             Backend::Closed => Err(StoreError::Closed),
         }
     }
 
     pub async fn retry_action(&self, id: &str) -> Result<RetryOutcome, StoreError> {
-        call!(self, sync retry_action(id))
+        call!(self, async retry_action(id))
     }
 
     pub async fn retry_actions(
@@ -395,7 +431,7 @@ impl Store {
         batch: usize,
     ) -> Result<u64, StoreError> {
         match self.current() {
-            Backend::Sled(b) => {
+            Backend::Embedded(b) => {
                 let filter = filter.clone();
                 blocking(b, move |b| b.retry_actions(&filter, batch)).await
             }
@@ -407,7 +443,7 @@ impl Store {
     /// Wakes when something was added to the outbox.
     pub async fn outbox_changed(&self) {
         match self.current() {
-            Backend::Sled(b) => b.outbox_changed().await,
+            Backend::Embedded(b) => b.outbox_changed().await,
             Backend::Postgres(b) => b.outbox_changed().await,
             Backend::Closed => std::future::pending().await,
         }
@@ -423,7 +459,9 @@ impl Store {
         dedupe_before: DateTime<Utc>,
     ) -> Result<Purged, StoreError> {
         match self.current() {
-            Backend::Sled(b) => blocking(b, move |b| b.purge(messages_before, dedupe_before)).await,
+            Backend::Embedded(b) => {
+                blocking(b, move |b| b.purge(messages_before, dedupe_before)).await
+            }
             Backend::Postgres(b) => b.purge(messages_before, dedupe_before).await,
             Backend::Closed => Err(StoreError::Closed),
         }
@@ -439,13 +477,13 @@ impl Store {
     }
 
     pub async fn import(&self, input: &mut (dyn BufRead + Send)) -> Result<Moved, BackupError> {
-        call!(self, sync import(input))
+        call!(self, async import(input))
     }
 
     /// Ready to accept writes, or why not.
     pub async fn readiness(&self) -> Result<(), String> {
         match self.current() {
-            Backend::Sled(b) => b.readiness(),
+            Backend::Embedded(b) => b.readiness().await,
             Backend::Postgres(b) => b.readiness().await,
             Backend::Closed => {
                 Err("the store is being opened again after a storage failure".into())
@@ -481,7 +519,7 @@ impl Store {
         );
         match backend {
             // Joins the writer and flushes: blocking work.
-            Backend::Sled(b) => blocking(b, |b| b.close()).await,
+            Backend::Embedded(b) => blocking(b, |b| b.close()).await,
             Backend::Postgres(b) => {
                 b.close().await;
                 Ok(())

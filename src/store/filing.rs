@@ -1,11 +1,10 @@
-//! Filing a message besides its record: the secondary indexes it is found by (callback
-//! values, recipient) and the aggregates it counts in, moved as its derived values change.
+//! What a message is filed under besides its record: the secondary indexes it is found by
+//! (callback values, recipient) and the aggregates it counts in. Each backend moves its
+//! entries as these change (the embedded one in [`super::embedded`]'s `filing`).
 
-use sled::transaction::TransactionalTree;
-
-use super::{index_value, key, TxResult};
+use super::index_value;
 use crate::domain::recipient::lookup_key;
-use crate::domain::{MessageId, MessageState};
+use crate::domain::MessageState;
 
 /// What a message contributes to the secondary indexes and aggregates.
 #[derive(PartialEq)]
@@ -48,8 +47,8 @@ impl Derived {
             stats: values(&fields.stats),
             status: state.status.as_ref().map(|s| s.as_str().to_owned()),
             clicked: !state.clicks.is_empty(),
-            day: super::stats::day_of(state.first_seen_at),
-            failure: super::stats::failure_metric(state),
+            day: crate::store::stats::day_of(state.first_seen_at),
+            failure: crate::store::stats::failure_metric(state),
         })
     }
 
@@ -74,60 +73,5 @@ impl Derived {
         }
         metrics.extend(self.failure.clone());
         metrics
-    }
-}
-
-/// The trees a message is filed in besides `messages`.
-pub(super) struct Filing<'a> {
-    pub callback: &'a TransactionalTree,
-    pub recipient: &'a TransactionalTree,
-    pub aggregates: &'a TransactionalTree,
-}
-
-impl Filing<'_> {
-    /// Moves a message's index entries and aggregate counts from its old to its new state.
-    pub(super) fn refile(
-        &self,
-        id: &MessageId,
-        old: Option<&Derived>,
-        new: Option<&Derived>,
-    ) -> TxResult<()> {
-        if old == new {
-            return Ok(());
-        }
-        if let Some(old) = old {
-            self.file(id, old, -1)?;
-        }
-        if let Some(new) = new {
-            self.file(id, new, 1)?;
-        }
-        Ok(())
-    }
-
-    /// Files (`delta = 1`) or unfiles (`delta = -1`) one state.
-    fn file(&self, id: &MessageId, d: &Derived, delta: i64) -> TxResult<()> {
-        let id = id.as_str().as_bytes();
-        let mut entries: Vec<(&TransactionalTree, Vec<u8>)> = Vec::new();
-        for r in &d.recipients {
-            entries.push((self.recipient, key(&[r.as_bytes(), id])));
-        }
-        for (field, value) in &d.callback {
-            entries.push((
-                self.callback,
-                key(&[field.as_bytes(), value.as_bytes(), id]),
-            ));
-        }
-        for (field, value, day, metric) in d.counters() {
-            let k = super::stats::stats_key(field, value, day, &metric);
-            super::stats::add(self.aggregates, k, delta)?;
-        }
-        for (tree, k) in entries {
-            if delta > 0 {
-                tree.insert(k, &[])?;
-            } else {
-                tree.remove(k)?;
-            }
-        }
-        Ok(())
     }
 }

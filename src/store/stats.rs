@@ -11,10 +11,6 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use sled::transaction::TransactionalTree;
-
-use super::{SledStore, StoreError, TxResult};
-
 pub use crate::domain::{day_date, day_of};
 
 pub(super) fn stats_key(field: &str, value: &str, day: u32, metric: &str) -> Vec<u8> {
@@ -99,47 +95,6 @@ pub(super) fn failure_metric(state: &crate::domain::MessageState) -> Option<Stri
 /// Failure reasons listed per group.
 const TOP_REASONS: usize = 5;
 
-impl SledStore {
-    /// Counts per value of an indexed callback field, for messages first seen on days
-    /// `from..=to` (inclusive; `None` is open). Reads only counters.
-    pub fn stats(
-        &self,
-        field: &str,
-        from: Option<u32>,
-        to: Option<u32>,
-    ) -> Result<Vec<Group>, StoreError> {
-        let mut prefix = field.as_bytes().to_vec();
-        prefix.push(0);
-        let mut sums: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-        for entry in self.inner.trees.aggregates.scan_prefix(&prefix) {
-            let (k, v) = entry?;
-            let rest = &k[prefix.len()..];
-            let Some(split) = rest.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            let (value, rest) = (&rest[..split], &rest[split + 1..]);
-            let Some((day, metric)) = rest.split_first_chunk::<4>() else {
-                continue;
-            };
-            let day = u32::from_be_bytes(*day);
-            if from.is_some_and(|f| day < f) || to.is_some_and(|t| day > t) {
-                continue;
-            }
-            let n = super::read_i64(Some(&v));
-            *sums
-                .entry(String::from_utf8_lossy(value).into_owned())
-                .or_default()
-                .entry(String::from_utf8_lossy(metric).into_owned())
-                .or_default() += n;
-        }
-        Ok(sums
-            .into_iter()
-            .map(|(value, metrics)| group(value, &metrics))
-            .filter(|g| g.messages != 0 || g.actions_delivered != 0 || g.actions_dead != 0)
-            .collect())
-    }
-}
-
 pub(super) fn group(value: String, m: &BTreeMap<String, i64>) -> Group {
     let get = |k: &str| m.get(k).copied().unwrap_or(0);
     let (sent_now, delivered_now) = (get("status:sent"), get("status:delivered"));
@@ -211,30 +166,4 @@ fn top_failure_reasons(m: &BTreeMap<String, i64>) -> Vec<FailureReason> {
     });
     reasons.truncate(TOP_REASONS);
     reasons
-}
-
-pub(super) fn add(tree: &TransactionalTree, k: Vec<u8>, delta: i64) -> TxResult<()> {
-    let current = super::read_i64(tree.get(&k)?.as_deref());
-    match current + delta {
-        0 => tree.remove(k)?,
-        n => tree.insert(k, &n.to_be_bytes())?,
-    };
-    Ok(())
-}
-
-#[cfg(test)]
-impl SledStore {
-    /// One metric of one value, summed over every day.
-    pub(crate) fn stat_total(&self, field: &str, value: &str, metric: &str) -> i64 {
-        let mut prefix = stats_key(field, value, 0, "");
-        prefix.truncate(prefix.len() - 4);
-        self.inner
-            .trees
-            .aggregates
-            .scan_prefix(&prefix)
-            .map(|e| e.unwrap())
-            .filter(|(k, _)| &k[prefix.len() + 4..] == metric.as_bytes())
-            .map(|(_, v)| super::read_i64(Some(&v)))
-            .sum()
-    }
 }

@@ -36,15 +36,13 @@ async fn an_unreadable_record_fails_only_its_own_message() {
     }
     let (settings, dir) = app.stop().await;
     let store = settings.store.path.clone();
-    {
-        // Damage one message's record, as a flipped byte on disk would.
-        let db = sled::open(&store).unwrap();
-        let messages = db.open_tree("messages").unwrap();
-        messages
-            .insert(BAD, &[0xF1, 2, 0xFF, 0xFF, 0xFF][..])
-            .unwrap();
-        db.flush().unwrap();
-    }
+    // Damage one message's record, as a flipped byte on disk would.
+    write_raw(
+        &store,
+        "messages",
+        BAD.as_bytes(),
+        &[0xF1, 2, 0xFF, 0xFF, 0xFF],
+    );
     let app = start(settings, dir).await;
 
     // Its neighbours are served, listed and counted; it alone answers an error that says why.

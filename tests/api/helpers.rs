@@ -1,6 +1,7 @@
-//! `spawn_app()` starts the real application on port 0 over a temporary sled directory, or,
-//! when `FLOWHOOK_TEST_POSTGRES` names a Postgres server (`scripts/test-postgres.sh` sets it),
-//! over a database of its own there: the same suite runs on both backends. The `post_*`
+//! `spawn_app()` starts the real application on port 0 over a temporary sled directory (a
+//! fjall one when `FLOWHOOK__STORE__BACKEND=fjall`, which the binaries the tests start read
+//! too), or, when `FLOWHOOK_TEST_POSTGRES` names a Postgres server (`scripts/test-postgres.sh`
+//! sets it), over a database of its own there: the same suite runs on every backend. The `post_*`
 //! helpers authenticate and sign like the real providers do.
 
 use std::path::Path;
@@ -37,6 +38,7 @@ pub fn test_settings(store: &Path) -> Settings {
     s.server.bind = "127.0.0.1:0".into();
     s.server.workers = 2;
     s.server.max_body_bytes = 64 * 1024;
+    s.store.backend = embedded_engine();
     s.store.path = store.to_owned();
     s.store.durability = Durability::Sync;
     s.store.cache_capacity_bytes = 8 * 1024 * 1024;
@@ -46,6 +48,35 @@ pub fn test_settings(store: &Path) -> Settings {
     s.providers.meta.verify_token = Secret::new(META_VERIFY_TOKEN);
     s.providers.generic.secrets = vec![Secret::new(GENERIC_SECRET)];
     s
+}
+
+/// The embedded engine this pass runs on: fjall when `FLOWHOOK__STORE__BACKEND=fjall`
+/// (`.ci/run`'s fjall pass), else sled.
+pub fn embedded_engine() -> flowhook::config::StoreBackend {
+    match std::env::var("FLOWHOOK__STORE__BACKEND").as_deref() {
+        Ok("fjall") => flowhook::config::StoreBackend::Fjall,
+        _ => flowhook::config::StoreBackend::Sled,
+    }
+}
+
+/// Writes one key straight into a stopped embedded store's engine, past flowhook (as damage
+/// on disk would): `keyspace` is a tree (sled) or keyspace (fjall) name.
+pub fn write_raw(store: &Path, keyspace: &str, key: &[u8], value: &[u8]) {
+    match embedded_engine() {
+        flowhook::config::StoreBackend::Fjall => {
+            let db = fjall::Database::builder(store).open().unwrap();
+            let space = db
+                .keyspace(keyspace, fjall::KeyspaceCreateOptions::default)
+                .unwrap();
+            space.insert(key, value).unwrap();
+            db.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
+        _ => {
+            let db = sled::open(store).unwrap();
+            db.open_tree(keyspace).unwrap().insert(key, value).unwrap();
+            db.flush().unwrap();
+        }
+    }
 }
 
 pub async fn spawn_app() -> TestApp {

@@ -14,6 +14,7 @@ mod generic;
 mod helpers;
 mod hostile;
 mod logs;
+mod loss;
 mod messages;
 mod meta;
 mod openapi;

@@ -5,18 +5,21 @@
 //! The store's format is the `format` key of `meta` (absent before records were versioned,
 //! which is format 0). A store from a newer flowhook is refused.
 
-use super::record::{Record, VERSION};
-use super::{key, StoreError, Trees};
+use super::engine::{all, prefixed, Engine, Space, WriteSet};
+use super::writer::{commit_writes, Sequence};
+use crate::store::key;
+use crate::store::record::{Record, VERSION};
+use crate::store::StoreError;
 
 /// The `meta` key holding the store's format, one byte.
 const FORMAT: &str = "format";
 /// Entries rewritten per batch.
 const BATCH: usize = 10_000;
 
-pub(super) fn run(trees: &Trees) -> Result<(), StoreError> {
-    let format = trees
-        .meta
-        .get(FORMAT)?
+pub(super) fn run(engine: &dyn Engine, sequence: &Sequence) -> Result<(), StoreError> {
+    let up = Upgrade { engine, sequence };
+    let format = engine
+        .get(Space::Meta, FORMAT.as_bytes())?
         .and_then(|v| v.first().copied())
         .unwrap_or(0);
     if format > VERSION {
@@ -26,21 +29,32 @@ pub(super) fn run(trees: &Trees) -> Result<(), StoreError> {
              export` and this one's `flowhook import`"
         )));
     }
-    refile_recipients(trees)?;
+    refile_recipients(&up)?;
     if format < 1 {
-        to_records(trees)?;
+        to_records(&up)?;
     }
     if format < 2 {
-        actions_into_records(trees)?;
+        actions_into_records(&up)?;
     }
-    trees.meta.insert(FORMAT, &[VERSION])?;
+    if format != VERSION {
+        let mut writes = WriteSet::default();
+        writes.insert(Space::Meta, FORMAT, [VERSION]);
+        commit_writes(engine, sequence, writes)?;
+    }
     Ok(())
+}
+
+/// What an upgrade step works on: the engine, before the writer starts, and the commit
+/// sequence its writes are numbered in.
+struct Upgrade<'a> {
+    engine: &'a dyn Engine,
+    sequence: &'a Sequence,
 }
 
 /// Format 0 to 1: each message's JSON state becomes a compact record, and the dedupe keys of
 /// events (now checked against the message's own record) go.
-fn to_records(trees: &Trees) -> Result<(), StoreError> {
-    if trees.messages.first()?.is_none() {
+fn to_records(up: &Upgrade<'_>) -> Result<(), StoreError> {
+    if up.engine.is_empty(Space::Messages)? {
         return Ok(());
     }
     tracing::warn!(
@@ -49,8 +63,8 @@ fn to_records(trees: &Trees) -> Result<(), StoreError> {
          `flowhook import` into an empty store"
     );
     let started = std::time::Instant::now();
-    let mut messages = Batches::new(&trees.messages);
-    for entry in trees.messages.iter() {
+    let mut messages = Batches::new(up, Space::Messages);
+    for entry in all(up.engine, Space::Messages) {
         let (k, v) = entry?;
         if v.first() == Some(&b'{') {
             let id = String::from_utf8_lossy(&k).into_owned();
@@ -58,9 +72,9 @@ fn to_records(trees: &Trees) -> Result<(), StoreError> {
         }
     }
     let converted = messages.finish()?;
-    let mut dedupe = Batches::new(&trees.dedupe);
+    let mut dedupe = Batches::new(up, Space::Dedupe);
     for prefix in [&b"n\0"[..], b"i\0"] {
-        for entry in trees.dedupe.scan_prefix(prefix) {
+        for entry in prefixed(up.engine, Space::Dedupe, prefix) {
             dedupe.remove(entry?.0)?;
         }
     }
@@ -77,8 +91,8 @@ fn to_records(trees: &Trees) -> Result<(), StoreError> {
 /// Format 1 to 2: a message's actions, listed under `m\0<message>\0<action>` in
 /// `action_idx`, move into its record, and the `a` (all actions) and `r` (by rule) entries go:
 /// listings merge the per-state entries instead. Three fewer keys per action.
-fn actions_into_records(trees: &Trees) -> Result<(), StoreError> {
-    if trees.action_idx.first()?.is_none() {
+fn actions_into_records(up: &Upgrade<'_>) -> Result<(), StoreError> {
+    if up.engine.is_empty(Space::ActionIdx)? {
         return Ok(());
     }
     tracing::warn!(
@@ -87,9 +101,9 @@ fn actions_into_records(trees: &Trees) -> Result<(), StoreError> {
          be restored with `flowhook import` into an empty store"
     );
     let started = std::time::Instant::now();
-    let mut records = Batches::new(&trees.messages);
+    let mut records = Batches::new(up, Space::Messages);
     let mut current: Option<(Vec<u8>, Vec<String>)> = None;
-    for entry in trees.action_idx.scan_prefix(b"m\0") {
+    for entry in prefixed(up.engine, Space::ActionIdx, b"m\0") {
         let (k, _) = entry?;
         let Some(split) = k.iter().rposition(|b| *b == 0).filter(|at| *at > 2) else {
             continue;
@@ -100,18 +114,18 @@ fn actions_into_records(trees: &Trees) -> Result<(), StoreError> {
             Some((m, ids)) if m.as_slice() == message => ids.push(action),
             _ => {
                 if let Some((m, ids)) = current.replace((message.to_vec(), vec![action])) {
-                    list_actions(trees, &mut records, m, ids)?;
+                    list_actions(up, &mut records, m, ids)?;
                 }
             }
         }
     }
     if let Some((m, ids)) = current {
-        list_actions(trees, &mut records, m, ids)?;
+        list_actions(up, &mut records, m, ids)?;
     }
     let records = records.finish()?;
-    let mut index = Batches::new(&trees.action_idx);
+    let mut index = Batches::new(up, Space::ActionIdx);
     for prefix in [&b"m\0"[..], b"a\0", b"r\0"] {
-        for entry in trees.action_idx.scan_prefix(prefix) {
+        for entry in prefixed(up.engine, Space::ActionIdx, prefix) {
             index.remove(entry?.0)?;
         }
     }
@@ -127,12 +141,12 @@ fn actions_into_records(trees: &Trees) -> Result<(), StoreError> {
 
 /// Adds action ids to a message's record (each once, so that repeating it changes nothing).
 fn list_actions(
-    trees: &Trees,
+    up: &Upgrade<'_>,
     records: &mut Batches<'_>,
     message: Vec<u8>,
     ids: Vec<String>,
 ) -> Result<(), StoreError> {
-    let Some(bytes) = trees.messages.get(&message)? else {
+    let Some(bytes) = up.engine.get(Space::Messages, &message)? else {
         return Ok(());
     };
     let mut record = Record::decode(&String::from_utf8_lossy(&message), &bytes)?;
@@ -152,12 +166,17 @@ const RECIPIENT_INDEX_E164: &[u8] = b"e164";
 
 /// Refiles an older store's recipient index under normalized keys, once, in bounded batches.
 /// Each batch is atomic and the rewrite is idempotent, so a crash part way only repeats work.
-fn refile_recipients(trees: &Trees) -> Result<(), StoreError> {
-    if trees.meta.get(RECIPIENT_INDEX)?.as_deref() == Some(RECIPIENT_INDEX_E164) {
+fn refile_recipients(up: &Upgrade<'_>) -> Result<(), StoreError> {
+    let engine = up.engine;
+    if engine
+        .get(Space::Meta, RECIPIENT_INDEX.as_bytes())?
+        .as_deref()
+        == Some(RECIPIENT_INDEX_E164)
+    {
         return Ok(());
     }
-    let mut refiled = Batches::new(&trees.idx_recipient);
-    for entry in trees.idx_recipient.iter() {
+    let mut refiled = Batches::new(up, Space::IdxRecipient);
+    for entry in all(engine, Space::IdxRecipient) {
         let (k, _) = entry?;
         let Some(split) = k.iter().rposition(|b| *b == 0) else {
             continue;
@@ -170,70 +189,74 @@ fn refile_recipients(trees: &Trees) -> Result<(), StoreError> {
         }
     }
     let moved = refiled.finish()?;
-    trees.meta.insert(RECIPIENT_INDEX, RECIPIENT_INDEX_E164)?;
+    let mut writes = WriteSet::default();
+    writes.insert(Space::Meta, RECIPIENT_INDEX, RECIPIENT_INDEX_E164);
+    commit_writes(engine, up.sequence, writes)?;
     if moved > 0 {
         tracing::info!(moved, "recipient index refiled under E.164 numbers");
     }
     Ok(())
 }
 
-/// Writes to one tree in atomic batches of [`BATCH`] changes, so that an upgrade of a large
-/// store holds a bounded amount in memory; counts the changes.
+/// Writes to one keyspace in atomic batches of [`BATCH`] changes, so that an upgrade of a
+/// large store holds a bounded amount in memory; counts the changes.
 struct Batches<'a> {
-    tree: &'a sled::Tree,
-    batch: sled::Batch,
-    pending: usize,
+    up: &'a Upgrade<'a>,
+    space: Space,
+    batch: WriteSet,
     total: u64,
 }
 
 impl<'a> Batches<'a> {
-    fn new(tree: &'a sled::Tree) -> Self {
+    fn new(up: &'a Upgrade<'a>, space: Space) -> Self {
         Self {
-            tree,
-            batch: sled::Batch::default(),
-            pending: 0,
+            up,
+            space,
+            batch: WriteSet::default(),
             total: 0,
         }
     }
 
-    fn insert(
-        &mut self,
-        k: impl Into<sled::IVec>,
-        v: impl Into<sled::IVec>,
-    ) -> Result<(), StoreError> {
-        self.batch.insert(k, v);
+    fn insert(&mut self, k: impl Into<Vec<u8>>, v: impl Into<Vec<u8>>) -> Result<(), StoreError> {
+        self.batch.insert(self.space, k, v);
         self.counted()
     }
 
-    fn remove(&mut self, k: impl Into<sled::IVec>) -> Result<(), StoreError> {
-        self.batch.remove(k);
+    fn remove(&mut self, k: impl Into<Vec<u8>>) -> Result<(), StoreError> {
+        self.batch.remove(self.space, k);
         self.counted()
     }
 
     /// Moves an empty-valued entry to a new key, both in the same batch.
     fn rename(
         &mut self,
-        old: impl Into<sled::IVec>,
-        new: impl Into<sled::IVec>,
+        old: impl Into<Vec<u8>>,
+        new: impl Into<Vec<u8>>,
     ) -> Result<(), StoreError> {
-        self.batch.remove(old);
-        self.batch.insert(new, Vec::new());
+        self.batch.remove(self.space, old);
+        self.batch.insert(self.space, new, Vec::new());
         self.counted()
     }
 
     fn counted(&mut self) -> Result<(), StoreError> {
-        self.pending += 1;
         self.total += 1;
-        if self.pending == BATCH {
-            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
-            self.pending = 0;
+        if self.batch.len() >= BATCH {
+            self.apply()?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self) -> Result<(), StoreError> {
+        let writes = std::mem::take(&mut self.batch);
+        if !writes.is_empty() {
+            commit_writes(self.up.engine, self.up.sequence, writes)?;
         }
         Ok(())
     }
 
     /// Applies what is left; the number of changes made.
-    fn finish(self) -> Result<u64, StoreError> {
-        self.tree.apply_batch(self.batch)?;
+    fn finish(mut self) -> Result<u64, StoreError> {
+        self.apply()?;
         Ok(self.total)
     }
 }

@@ -1,0 +1,133 @@
+//! No silent loss (contract section 7), on the engine of this pass (sled, or fjall with
+//! `FLOWHOOK__STORE__BACKEND=fjall`): a store whose file was cut short after a clean stop is
+//! not served as if it were whole. `serve` refuses it naming the damage and the ways out,
+//! `check-store` exits 1 saying how much is missing, `export` writes what can be read, and
+//! `serve --accept-loss` serves what is left.
+
+use std::io::Write;
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn cli_config(store: &std::path::Path) -> tempfile::NamedTempFile {
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    writeln!(config, "[store]\npath = \"{}\"", store.display()).unwrap();
+    config
+}
+
+fn flowhook(config: &tempfile::NamedTempFile, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_flowhook"))
+        .args(["--config", config.path().to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The store's largest file (sled's log, fjall's journal): where the acknowledged writes of a
+/// small store are.
+fn largest_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !path.ends_with("flowhook.mark") {
+                files.push((entry.metadata().unwrap().len(), path));
+            }
+        }
+    }
+    files.sort();
+    files.pop().expect("the store has files").1
+}
+
+#[tokio::test]
+async fn a_store_cut_short_is_refused_until_exported_or_accepted() {
+    let app = spawn_app().await;
+    let now = chrono::Utc::now();
+    for n in 0..200 {
+        let body = bik_status(&format!("wamid.LOSS-{n}=="), "read", now, &json!({}));
+        assert_eq!(counts(app.post_bik(body).await).await.0, 1);
+    }
+    let (settings, _dir) = app.stop().await;
+    let store = settings.store.path.clone();
+    let config = cli_config(&store);
+
+    // A clean stop is not damage.
+    let checked = flowhook(&config, &["check-store"]);
+    assert_eq!(
+        checked.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+
+    // Cut the engine's log to a tenth, as a torn copy or a damaged disk would.
+    let log = largest_file(&store);
+    let length = std::fs::metadata(&log).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(length / 10)
+        .unwrap();
+
+    let refused = flowhook::store::Store::open(&settings.store, Default::default()).await;
+    let Err(error) = refused else {
+        panic!(
+            "a store cut short was opened for serving ({})",
+            log.display()
+        );
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("flowhook export") || text.contains("flowhook import"),
+        "the ways out: {text}"
+    );
+    if let flowhook::store::StoreError::Damaged(loss) = &error {
+        assert!(loss.missing() > 0);
+        assert!(text.contains("acknowledged commits are missing"), "{text}");
+        assert!(text.contains("--accept-loss"), "{text}");
+
+        let checked = flowhook(&config, &["check-store"]);
+        assert_eq!(checked.status.code(), Some(1));
+        let report = String::from_utf8_lossy(&checked.stdout);
+        assert!(
+            report.contains("acknowledged commits are missing"),
+            "{report}"
+        );
+
+        let exported = flowhook(&config, &["export"]);
+        let stderr = String::from_utf8_lossy(&exported.stderr);
+        assert!(stderr.contains("exporting what can be read"), "{stderr}");
+        let lines = String::from_utf8_lossy(&exported.stdout).lines().count();
+        assert!(lines < 200, "what was cut off is not there: {lines}");
+
+        // Accepting the loss serves what is left, and records it: the next start is clean.
+        let accepted = flowhook::store::Store::open(
+            &flowhook::config::StoreSettings {
+                accept_loss: true,
+                ..settings.store.clone()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        accepted.close().await.unwrap();
+        drop(accepted);
+        let checked = flowhook(&config, &["check-store"]);
+        assert_eq!(
+            checked.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&checked.stdout)
+        );
+    } else {
+        // The engine itself could not read what is left: refused too, with the way out.
+        let checked = flowhook(&config, &["check-store"]);
+        assert_eq!(checked.status.code(), Some(1));
+    }
+}
