@@ -4,10 +4,11 @@
 //! (its follow-ups stay queued: nothing dispatches here). 1,000 events per commit.
 //!
 //! `cargo run --release --example preload -- <store path> [messages, default 1000000]`
+//! The engine is `FLOWHOOK__STORE__BACKEND` (`sled`, the default, or `fjall`), as for the service.
 
 use std::time::Instant;
 
-use flowhook::config::{BikSettings, Durability, StoreSettings};
+use flowhook::config::{BikSettings, Durability, StoreBackend, StoreSettings};
 use flowhook::domain::Provider;
 use flowhook::providers::{bik, ParseContext};
 use flowhook::rules::Target;
@@ -61,7 +62,13 @@ async fn main() -> anyhow::Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("usage: preload <store path> [n]"))?;
     let total: usize = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
+    let backend = match std::env::var("FLOWHOOK__STORE__BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("sled") => StoreBackend::Sled,
+        Ok("fjall") => StoreBackend::Fjall,
+        Ok(other) => anyhow::bail!("FLOWHOOK__STORE__BACKEND={other}: preload takes sled or fjall"),
+    };
     let settings = StoreSettings {
+        backend,
         path: path.into(),
         durability: Durability::Relaxed,
         ..StoreSettings::default()

@@ -260,3 +260,187 @@ impl<'a> Batches<'a> {
         Ok(self.total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::engine::all;
+    use super::super::sled::SledEngine;
+    use super::super::{on_engine, EmbeddedStore};
+    use super::*;
+    use crate::config::StoreSettings;
+    use crate::domain::{Event, IngestItem, Provider, Status};
+    use crate::rules::Rules;
+    use crate::store::Lookup;
+
+    /// The store over a sled database the test filled by hand.
+    fn open(db: sled::Db, settings: &StoreSettings) -> EmbeddedStore {
+        on_engine(
+            Arc::new(SledEngine::with_db(db).unwrap()),
+            settings,
+            Rules::default(),
+        )
+    }
+
+    /// A message as the release before failure codes and normalized recipients stored it:
+    /// no `recipient_e164`, `recipient_user_id` or `failure_code`, Meta's recipient without
+    /// `+`, and equal-time events in the old (alphabetical) order.
+    const OLD_STATE: &str = r#"{"message_id":"wamid.OLD==","provider":"meta","channel":"whatsapp",
+        "recipient":"16505551234","status":"read","failure_reason":null,"callback_data":null,
+        "callback_data_raw":null,"callback_data_error":null,
+        "first_seen_at":"2026-11-21T10:00:00Z","updated_at":"2026-11-21T10:00:00Z",
+        "sent_at":"2026-11-21T10:00:00Z","delivered_at":null,"read_at":"2026-11-21T10:00:00Z",
+        "failed_at":null,"clicks":[],"events":[
+        {"kind":"status","status":"read","url":null,"at":"2026-11-21T10:00:00Z",
+         "received_at":"2026-11-21T10:00:00Z","event_id":null,"provider":"meta",
+         "recipient":"16505551234","channel":"whatsapp","failure_reason":null,"callback":null},
+        {"kind":"status","status":"sent","url":null,"at":"2026-11-21T10:00:00Z",
+         "received_at":"2026-11-21T10:00:00Z","event_id":null,"provider":"meta",
+         "recipient":"16505551234","channel":"whatsapp","failure_reason":null,"callback":null}]}"#;
+
+    #[tokio::test]
+    async fn a_store_written_before_normalized_recipients_reads_and_is_found() {
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let settings = StoreSettings::default();
+        db.open_tree("messages")
+            .unwrap()
+            .insert("wamid.OLD==", OLD_STATE.as_bytes())
+            .unwrap();
+        db.open_tree("idx_recipient")
+            .unwrap()
+            .insert(key(&[b"16505551234", b"wamid.OLD=="]), &[])
+            .unwrap();
+        let dedupe = db.open_tree("dedupe").unwrap();
+        for status in ["read", "sent"] {
+            let natural = format!("wamid.OLD==|status|2026-11-21T10:00:00Z|{status}");
+            // Format 0 kept a dedupe key per event; the upgrade removes them.
+            let k = key(&[b"n", natural.as_bytes()]);
+            dedupe.insert(k, &1_795_255_200u64.to_be_bytes()).unwrap();
+        }
+        let store = open(db, &settings);
+
+        let old = store.message("wamid.OLD==").unwrap().unwrap();
+        assert_eq!(old.recipient.as_deref(), Some("16505551234"));
+        assert_eq!(old.recipient_e164.as_deref(), Some("+16505551234"));
+        assert_eq!(old.failure_code, None);
+        for written in ["16505551234", "+1 650 555 1234", "+16505551234"] {
+            let page = store
+                .lookup(&Lookup::Recipient(written.into()), 10, None)
+                .unwrap();
+            assert_eq!(page.items.len(), 1, "{written}");
+        }
+
+        // New events fold into the old timeline; the old `sent` is still a duplicate.
+        let event = |status: &str| {
+            let mut e = Event::test_status("wamid.OLD==", status, 0);
+            e.provider = Provider::Meta;
+            e.event_id = None;
+            e.at = old.events[0].at;
+            IngestItem::Event(Box::new(e))
+        };
+        let outcome = store
+            .ingest(
+                Provider::Meta,
+                vec![event("sent"), event("delivered")],
+                crate::domain::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!((outcome.accepted, outcome.duplicates), (1, 1));
+        let after = store.message("wamid.OLD==").unwrap().unwrap();
+        let order: Vec<&str> = after
+            .events
+            .iter()
+            .filter_map(|e| e.status.as_ref().map(Status::as_str))
+            .collect();
+        assert_eq!(order, ["sent", "delivered", "read"]);
+        let page = store
+            .lookup(&Lookup::Recipient("16505551234".into()), 10, None)
+            .unwrap();
+        assert_eq!(page.items.len(), 1, "refiled, not filed twice");
+        assert!(
+            store.engine().is_empty(Space::Dedupe).unwrap(),
+            "format 0's event dedupe keys are gone"
+        );
+        assert_eq!(
+            store
+                .engine()
+                .get(Space::Messages, b"wamid.OLD==")
+                .unwrap()
+                .unwrap()[0],
+            0xF1,
+            "the message is a versioned record now"
+        );
+    }
+
+    #[tokio::test]
+    async fn format_1_action_entries_move_into_the_records_and_go() {
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("format", &[1]).unwrap();
+        meta.insert("recipient_index", "e164").unwrap();
+        let record = Record::decode("wamid.OLD==", OLD_STATE.as_bytes()).unwrap();
+        let mut v1 = record.encode().unwrap();
+        v1.pop(); // format 1 had no action list
+        v1[1] = 1;
+        db.open_tree("messages")
+            .unwrap()
+            .insert("wamid.OLD==", v1)
+            .unwrap();
+        let index = db.open_tree("action_idx").unwrap();
+        let created = 5u64.to_be_bytes();
+        for id in ["act_b", "act_a"] {
+            for k in [
+                key(&[b"m", b"wamid.OLD==", id.as_bytes()]),
+                [key(&[b"a", b""]), created.to_vec(), id.as_bytes().to_vec()].concat(),
+                [
+                    key(&[b"r", b"rule", b""]),
+                    created.to_vec(),
+                    id.as_bytes().to_vec(),
+                ]
+                .concat(),
+                [
+                    key(&[b"s", b"dead", b""]),
+                    created.to_vec(),
+                    id.as_bytes().to_vec(),
+                ]
+                .concat(),
+            ] {
+                index.insert(k, &[]).unwrap();
+            }
+        }
+        let settings = StoreSettings::default();
+        let store = open(db, &settings);
+        let bytes = store
+            .engine()
+            .get(Space::Messages, b"wamid.OLD==")
+            .unwrap()
+            .unwrap();
+        let upgraded = Record::decode("wamid.OLD==", &bytes).unwrap();
+        assert_eq!(bytes[1], VERSION);
+        assert_eq!(upgraded.actions, ["act_a", "act_b"]);
+        assert_eq!(upgraded.state, record.state);
+        let left: Vec<u8> = all(store.engine(), Space::ActionIdx)
+            .map(|e| e.unwrap().0[0])
+            .collect();
+        assert_eq!(left, b"ss", "only the state entries stay");
+        // Opening again changes nothing.
+        assert_eq!(
+            store
+                .engine()
+                .get(Space::Meta, b"format")
+                .unwrap()
+                .as_deref(),
+            Some(&[VERSION][..])
+        );
+    }
+}
