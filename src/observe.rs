@@ -31,7 +31,7 @@ pub const OUTBOX_OLDEST_DUE: &str = "flowhook_outbox_oldest_due_seconds";
 pub const DISPATCH_SECONDS: &str = "flowhook_dispatch_duration_seconds";
 /// What the background purge removed, by kind.
 pub const PURGED: &str = "flowhook_purged_total";
-/// The sled directory's size.
+/// The embedded store's size on disk (sled or fjall).
 pub const STORE_BYTES: &str = "flowhook_store_size_bytes";
 /// Stored records (messages, actions, quarantined events) that could not be read.
 pub const UNREADABLE: &str = "flowhook_unreadable_records_total";

@@ -18,7 +18,7 @@ pub struct Application {
     store: Store,
     dispatcher: Dispatcher,
     janitor: Janitor,
-    /// sled only.
+    /// The embedded engines only (sled, fjall).
     healer: Option<Healer>,
 }
 
@@ -49,7 +49,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let dispatcher = Dispatcher::start(store.clone(), &settings, rules)?;
         let janitor = Janitor::start(store.clone(), &settings.store)?;
-        // Reopening in place is for sled's files; a database reconnects by itself.
+        // Reopening in place is for the embedded engines' files; a database reconnects by itself.
         let healer = match store.is_shared() {
             false => Some(Healer::start(store.clone(), &settings.store)?),
             true => None,

@@ -220,7 +220,7 @@ impl Store {
     ///
     /// From the first moment every call answers [`StoreError::Closed`] (503 for webhooks).
     /// The failed store's writer and flusher stop, requests still using it get up to
-    /// [`REOPEN_WAIT`] to finish with it, and it is dropped (sled locks its files). Then the
+    /// [`REOPEN_WAIT`] to finish with it, and it is dropped (the engine locks its files). Then the
     /// directory is opened again: the engine recovers it up to its last complete write, which
     /// holds everything acknowledged, and calls a crash or the failure left in flight are
     /// queued again. If opening fails (the old store is still held, the disk is still full), the
@@ -367,8 +367,8 @@ impl Store {
 
     /// Takes due actions for sending: `None` for an entry no longer waiting (or, with
     /// Postgres, claimed by another instance). With Postgres the claim holds for `lease`
-    /// (`dispatch.lease_seconds`); then another instance may claim the action again. sled,
-    /// with one process per store, needs no lease.
+    /// (`dispatch.lease_seconds`); then another instance may claim the action again. An
+    /// embedded store, with one process per store, needs no lease.
     pub async fn claim_many(
         &self,
         entries: &[DueEntry],
@@ -495,7 +495,7 @@ impl Store {
         call!(self, sync size_on_disk())
     }
 
-    /// The Postgres pool's connections, open and idle; `None` on sled.
+    /// The Postgres pool's connections, open and idle; `None` on an embedded store.
     pub fn database_connections(&self) -> Option<(u32, usize)> {
         match self.current() {
             Backend::Postgres(b) => Some(b.pool_state()),
@@ -503,7 +503,7 @@ impl Store {
         }
     }
 
-    /// Whether the store is shared by several instances (Postgres): the sled-only background
+    /// Whether the store is shared by several instances (Postgres): the embedded-only background
     /// work (reopening after a disk failure) is not started.
     pub fn is_shared(&self) -> bool {
         matches!(self.current(), Backend::Postgres(_))

@@ -1,7 +1,7 @@
-//! Bringing the store back after its storage failed (a full disk, an I/O error): sled 0.34
-//! refuses every write after its first I/O error until the store is opened again, so once the
-//! disk has room again the healer opens it again in place ([`Store::reopen`]), without a
-//! restart.
+//! Bringing an embedded store back after its storage failed (a full disk, an I/O error): sled
+//! 0.34 refuses every write after its first I/O error until the store is opened again, and a
+//! fjall handle takes none after a failed write, so once the disk has room again the healer
+//! opens it again in place ([`Store::reopen`]), without a restart.
 
 use std::time::Duration;
 

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use super::engine::{Engine, Space, WriteSet};
 use crate::store::StoreError;
 
-type Changes = HashMap<(Space, Vec<u8>), Option<Vec<u8>>>;
+/// Per keyspace (by [`Space::index`]): key to new value, `None` for a removal. Looked up by
+/// `&[u8]`, so a read allocates nothing.
+type Changes = [HashMap<Vec<u8>, Option<Vec<u8>>>; Space::ALL.len()];
 
 pub(crate) struct Tx<'e> {
     engine: &'e dyn Engine,
@@ -29,28 +31,23 @@ impl<'e> Tx<'e> {
     }
 
     pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        // The pair is the map key: build it once for both maps.
-        let probe = (space, key.to_vec());
-        if let Some(value) = self.job.borrow().get(&probe) {
+        let at = space.index();
+        if let Some(value) = self.job.borrow()[at].get(key) {
             return Ok(value.clone());
         }
-        if let Some(value) = self.batch.borrow().get(&probe) {
+        if let Some(value) = self.batch.borrow()[at].get(key) {
             return Ok(value.clone());
         }
         self.engine.get(space, key)
     }
 
     pub fn insert(&self, space: Space, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.job.borrow_mut().insert(
-            (space, key.as_ref().to_vec()),
-            Some(value.as_ref().to_vec()),
-        );
+        self.job.borrow_mut()[space.index()]
+            .insert(key.as_ref().to_vec(), Some(value.as_ref().to_vec()));
     }
 
     pub fn remove(&self, space: Space, key: impl AsRef<[u8]>) {
-        self.job
-            .borrow_mut()
-            .insert((space, key.as_ref().to_vec()), None);
+        self.job.borrow_mut()[space.index()].insert(key.as_ref().to_vec(), None);
     }
 
     /// One keyspace, for code that works on a few of them.
@@ -62,25 +59,27 @@ impl<'e> Tx<'e> {
     pub fn end_job(&self, keep: bool) {
         let job = std::mem::take(&mut *self.job.borrow_mut());
         if keep {
-            self.batch.borrow_mut().extend(job);
+            let mut batch = self.batch.borrow_mut();
+            for (space, changes) in job.into_iter().enumerate() {
+                batch[space].extend(changes);
+            }
         }
     }
 
     /// Whether the batch (its finished jobs) writes anything.
     pub fn is_empty(&self) -> bool {
-        self.batch.borrow().is_empty()
+        self.batch.borrow().iter().all(HashMap::is_empty)
     }
 
     /// The batch's writes (the running job's are not included: end it first).
     pub fn into_write_set(self) -> WriteSet {
-        WriteSet {
-            changes: self
-                .batch
-                .into_inner()
-                .into_iter()
-                .map(|((space, key), value)| (space, key, value))
-                .collect(),
+        let mut writes = WriteSet::default();
+        for (space, changes) in Space::ALL.into_iter().zip(self.batch.into_inner()) {
+            for (key, value) in changes {
+                writes.changes.push((space, key, value));
+            }
         }
+        writes
     }
 }
 
