@@ -41,3 +41,19 @@ params = { url = "http://127.0.0.1:$6/hook", body = { message = "{{message_id}}"
 ${7:-}
 TOML
 }
+
+# wait_up_for URL SECONDS [PID]: waits up to SECONDS for a 2xx from a GET, polling every 50 ms;
+# fails (returns 1, without exiting) on timeout or as soon as PID has exited.
+wait_up_for() {
+    local deadline; deadline=$(( $(date +%s) + $2 ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        curl -sf -o /dev/null "$1" && return 0
+        if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then
+            echo "exited before answering: $1" >&2
+            return 1
+        fi
+        sleep 0.05
+    done
+    echo "not up after $2 s: $1" >&2
+    return 1
+}

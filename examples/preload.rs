@@ -114,8 +114,10 @@ params = { url = "http://127.0.0.1:9/hook", body = { order = "{{callback.order_i
         let items = bik::parse(body.as_bytes(), &BikSettings::default(), ctx)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         store.ingest(Provider::Bik, items, ctx.received_at).await?;
+        // Batches are 333 messages: report on crossing each 100,000.
+        let crossed = (done + n) / 100_000 > done / 100_000;
         done += n;
-        if done % 100_000 == 0 {
+        if crossed {
             eprintln!(
                 "{done} messages, {:.0}/s",
                 done as f64 / started.elapsed().as_secs_f64()
