@@ -26,7 +26,8 @@ impl CallbackData {
             Value::Null => None,
             Value::String(text) => Some(Self::decode_text(text, max_bytes)),
             Value::Object(map) => {
-                let raw = Value::Object(map.clone()).to_string();
+                // The same text as the object as a `Value`, without copying the map for it.
+                let raw = serde_json::to_string(map).expect("a JSON object always serializes");
                 if raw.len() > max_bytes {
                     return Some(Self::too_large(raw, max_bytes));
                 }

@@ -194,21 +194,23 @@ impl MessageState {
     /// can still recognize it as a duplicate.
     pub fn apply_bounded(
         state: Option<MessageState>,
-        event: Event,
+        mut event: Event,
         cap: usize,
     ) -> (MessageState, bool, Option<TimelineEvent>) {
         let message_id = event.message_id.clone();
-        let incoming_e164 = event.recipient.clone().zip(event.recipient_e164.clone());
+        // A recipient's E.164 form already worked out, by the state or where the event was
+        // parsed, is reused rather than normalized again. Only a found form is reused: `None`
+        // may come from a state stored before the field.
+        let from_event = event
+            .recipient_e164
+            .take()
+            .and_then(|e164| Some((event.recipient.clone()?, e164)));
         let incoming = TimelineEvent::from(event);
-        // Normalizing a number is the costliest step of a fold, and most events repeat it.
-        // Only a found form is reused: `None` may come from a state stored before the field.
-        let from_event = incoming_e164;
-        let known_e164 = state
-            .as_ref()
-            .and_then(|s| Some((s.recipient.clone()?, s.recipient_e164.clone()?)))
-            .or(from_event);
-        let (mut events, mut summary) =
-            state.map_or_else(Default::default, |s| (s.events, s.summary));
+        let (from_state, mut events, mut summary) = match state {
+            Some(s) => (s.recipient.zip(s.recipient_e164), s.events, s.summary),
+            None => Default::default(),
+        };
+        let known_e164 = from_state.or(from_event);
         // Timelines stored before `played` and participants existed were sorted by an older key.
         if !events.is_sorted_by(|a, b| a.sort_key() <= b.sort_key()) {
             events.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
@@ -260,7 +262,7 @@ impl MessageState {
         let first_with = |pick: fn(&TimelineEvent) -> Option<&String>| {
             events.iter().find_map(|e| pick(e)).cloned()
         };
-        let callback = events.iter().find_map(|e| e.callback.clone());
+        let callback = events.iter().find_map(|e| e.callback.as_ref());
         let status = events
             .iter()
             .filter_map(|e| e.status.as_ref())
@@ -314,9 +316,9 @@ impl MessageState {
             recipient_user_id: first_with(|e| e.recipient_user_id.as_ref()),
             failure_code: latest_failure.and_then(|e| e.failure_code.clone()),
             failure_reason: latest_failure.and_then(|e| e.failure_reason.clone()),
-            callback_data: callback.as_ref().and_then(|c| c.value.clone()),
-            callback_data_raw: callback.as_ref().map(|c| c.raw.clone()),
-            callback_data_error: callback.and_then(|c| c.error),
+            callback_data: callback.and_then(|c| c.value.clone()),
+            callback_data_raw: callback.map(|c| c.raw.clone()),
+            callback_data_error: callback.and_then(|c| c.error.clone()),
             first_seen_at,
             updated_at,
             sent_at: first_at(Status::Sent),

@@ -199,15 +199,19 @@ async fn store(
         metrics::counter!(observe::WEBHOOKS, "provider" => provider.as_str(), "outcome" => outcome_name)
             .increment(u64::from(n));
     }
-    tracing::info!(
-        provider = provider.as_str(),
-        accepted = outcome.accepted,
-        duplicates = outcome.duplicates,
-        ignored = outcome.ignored,
-        rejected = outcome.rejected,
-        "webhook stored"
-    );
-    Ok(HttpResponse::Ok().json(outcome))
+    let mut response = HttpResponse::Ok().json(outcome);
+    response
+        .extensions_mut()
+        .insert(Stored { provider, outcome });
+    Ok(response)
+}
+
+/// What a webhook stored, left on its response for the request's access line
+/// ([`super::request_id`]): one log line per webhook rather than two.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stored {
+    pub provider: Provider,
+    pub outcome: IngestOutcome,
 }
 
 /// Logs a refused webhook (never its headers or body) and turns it into its error answer.

@@ -13,6 +13,7 @@ use crate::config::{BikSettings, ProviderSettings};
 use crate::domain::{failure_text, EventKind, IngestItem, Provider};
 
 const STATUS_EVENT: &str = "message-status-update";
+const BASIC: &[u8] = b"Basic ";
 
 pub struct Bik;
 
@@ -46,9 +47,11 @@ impl Source for Bik {
 /// Compares the whole `Authorization` header with `Basic <key>` for each configured key.
 pub fn verify(authorization: Option<&[u8]>, settings: &BikSettings) -> Result<(), Refusal> {
     let header = authorization.ok_or(Refusal::Unauthorized("missing Authorization header"))?;
+    // The scheme and the key compared apart, so that no `Basic <key>` is built per request.
+    let (scheme, credential) = header.split_at(header.len().min(BASIC.len()));
+    let basic = constant_time_eq(scheme, BASIC);
     let matched = settings.basic_auth.iter().fold(false, |found, key| {
-        let expected = format!("Basic {}", key.expose());
-        found | constant_time_eq(header, expected.as_bytes())
+        found | (basic & constant_time_eq(credential, key.expose().as_bytes()))
     });
     if matched {
         Ok(())
@@ -145,6 +148,9 @@ mod tests {
             Some(b"Basic "),
             Some(b"new-key"),
             Some(b"Bearer new-key"),
+            Some(b"basic new-key"),
+            Some(b"Basic"),
+            Some(b""),
             None,
         ] {
             assert!(verify(header, &settings()).is_err(), "{header:?}");

@@ -157,15 +157,30 @@ event_properties = {{ marker = "{{{{callback.marker}}}}" }}
             .filter(|l| l["span"]["request_id"] == rid)
             .collect()
     };
-    let stored = of_request("caller-chosen-id");
+    // A stored webhook writes one line at info: the access line, with what was stored.
+    let at_info = |rid: &str| -> Vec<&Value> {
+        of_request(rid)
+            .into_iter()
+            .filter(|l| l["level"] == "INFO")
+            .collect()
+    };
+    let stored = at_info("caller-chosen-id");
     assert!(
-        stored.iter().any(|l| l["message"] == "webhook stored")
-            && stored
-                .iter()
-                .any(|l| l["message"] == "request done" && l["status"] == 200),
-        "lines of the request: {stored:#?}"
+        matches!(stored[..], [line] if line["message"] == "request done"
+            && line["status"] == 200
+            && line["provider"] == "bik"
+            && line["accepted"] == 1
+            && line["duplicates"] == 0
+            && line["ignored"] == 0
+            && line["rejected"] == 0),
+        "lines of the request at info: {stored:#?}"
     );
     let refusal = of_request(&generated);
     assert!(refusal.iter().any(|l| l["message"] == "webhook refused"));
+    assert!(
+        matches!(at_info(&generated)[..], [line] if line["status"] == 401
+            && line.get("provider").is_none()),
+        "lines of the refused request: {refusal:#?}"
+    );
     assert!(lines.iter().any(|l| l["message"] == "follow-up delivered"));
 }
