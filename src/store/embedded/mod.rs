@@ -51,6 +51,7 @@ mod sled;
 mod stats;
 mod tx;
 mod upgrade;
+mod waiting;
 mod writer;
 
 use std::path::PathBuf;
@@ -60,7 +61,8 @@ use std::time::Duration;
 
 use self::engine::{Engine, Space};
 use self::mark::{Loss, Mark};
-use self::writer::{Sequence, Writer};
+use self::waiting::Waiting;
+use self::writer::{Committer, Sequence, Writer};
 use super::{Fields, StoreError};
 use crate::config::{StoreBackend, StoreSettings};
 use crate::rules::Rules;
@@ -87,6 +89,8 @@ pub struct EmbeddedStore {
 struct Inner {
     engine: Arc<dyn Engine>,
     writer: Writer,
+    /// The outbox's keys, kept in step by the writer (see [`waiting`]).
+    waiting: Arc<Waiting>,
     flusher: Arc<Flusher>,
     context: Arc<Context>,
     outbox_changed: tokio::sync::Notify,
@@ -187,12 +191,19 @@ impl EmbeddedStore {
             sequence.last(),
             marking,
         ));
-        let writer = Writer::start(Arc::clone(&engine), sequence, Arc::clone(&flusher));
+        let waiting = Arc::new(Waiting::load(&*engine)?);
+        let writer = Writer::start(Committer {
+            engine: Arc::clone(&engine),
+            sequence,
+            flusher: Arc::clone(&flusher),
+            waiting: Arc::clone(&waiting),
+        });
         let last_rejected_id = last_key_u64(&*engine, Space::Rejected)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 writer,
+                waiting,
                 flusher,
                 context: Arc::new(Context {
                     fields: Fields::of(settings),

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::actions::{outbox_prefix, overall_key, ActionTx};
-use super::engine::{all, prefixed, Space};
+use super::engine::{all, Space};
 use super::EmbeddedStore;
 use crate::domain::MessageState;
 use crate::observe;
@@ -29,21 +29,14 @@ impl EmbeddedStore {
         let mut end = prefix.clone();
         end.extend_from_slice(&(now_ms + 1).to_be_bytes());
         let mut out = Vec::new();
-        let range = self.engine().range(
-            Space::Outbox,
-            std::ops::Bound::Included(&prefix),
-            std::ops::Bound::Excluded(&end),
-            false,
-        );
-        for entry in range.take(limit) {
-            let (k, _) = entry?;
+        for k in self.inner.waiting.range(&prefix, &end, limit) {
             let Some(rest) = k.get(prefix.len()..).filter(|r| r.len() >= 8) else {
                 continue;
             };
             out.push(DueEntry {
                 id: String::from_utf8_lossy(&rest[8..]).into_owned(),
                 due_ms: u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")),
-                key: k.to_vec(),
+                key: k.clone(),
                 target,
             });
         }
@@ -53,10 +46,8 @@ impl EmbeddedStore {
     /// When a target's earliest waiting action is due (unix ms), if any waits.
     pub fn next_due_ms(&self, target: Target) -> Result<Option<u64>, StoreError> {
         let prefix = outbox_prefix(target);
-        let first = prefixed(self.engine(), Space::Outbox, &prefix)
-            .next()
-            .transpose()?;
-        Ok(first.and_then(|(k, _)| {
+        let first = self.inner.waiting.first(&prefix);
+        Ok(first.and_then(|k| {
             let due = k.get(prefix.len()..prefix.len() + 8)?;
             Some(u64::from_be_bytes(due.try_into().ok()?))
         }))

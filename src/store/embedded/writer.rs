@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use super::durability::{Flusher, Ticket};
 use super::engine::{Engine, Space, WriteSet};
 use super::tx::Tx;
+use super::waiting::Waiting;
 use crate::background::Background;
 use crate::observe;
 use crate::store::StoreError;
@@ -119,17 +120,24 @@ pub(crate) fn recovered_seq(engine: &dyn Engine) -> Result<u64, StoreError> {
 
 /// Commits a batch's writes with the next sequence number; the ticket to wait for (the last
 /// commit's, when there was nothing to write).
-pub(crate) fn commit(
-    engine: &dyn Engine,
-    sequence: &Sequence,
-    flusher: &Flusher,
-    tx: Tx<'_>,
-) -> Result<Ticket, StoreError> {
+pub(crate) fn commit(context: &Committer, tx: Tx<'_>) -> Result<Ticket, StoreError> {
     if tx.is_empty() {
-        return Ok(Ticket(sequence.last()));
+        return Ok(Ticket(context.sequence.last()));
     }
-    let seq = commit_writes(engine, sequence, tx.into_write_set())?;
-    Ok(flusher.committed(seq))
+    let writes = tx.into_write_set();
+    let waiting = Waiting::changes(&writes);
+    let seq = commit_writes(&*context.engine, &context.sequence, writes)?;
+    context.waiting.apply(waiting);
+    Ok(context.flusher.committed(seq))
+}
+
+/// What the writer commits to and keeps in step.
+pub(crate) struct Committer {
+    pub engine: Arc<dyn Engine>,
+    pub sequence: Arc<Sequence>,
+    pub flusher: Arc<Flusher>,
+    /// The outbox's keys in memory (see [`super::waiting`]).
+    pub waiting: Arc<Waiting>,
 }
 
 /// Commits a write set stamped with the next sequence number; that number.
@@ -153,7 +161,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn start(engine: Arc<dyn Engine>, sequence: Arc<Sequence>, flusher: Arc<Flusher>) -> Self {
+    pub fn start(committer: Committer) -> Self {
         let (tx, rx) = mpsc::channel();
         let stop = tx.clone();
         let worker = Background::spawn(
@@ -161,7 +169,7 @@ impl Writer {
             move || {
                 let _ = stop.send(Message::Stop);
             },
-            move |_| run(&*engine, &sequence, &flusher, &rx),
+            move |_| run(&committer, &rx),
         )
         .expect("spawn the writer thread");
         Self { jobs: tx, worker }
@@ -212,12 +220,7 @@ impl Writer {
 }
 
 /// Writes batches until told to stop; what was queued before the stop is written first.
-fn run(
-    engine: &dyn Engine,
-    sequence: &Sequence,
-    flusher: &Flusher,
-    queue: &mpsc::Receiver<Message>,
-) {
+fn run(committer: &Committer, queue: &mpsc::Receiver<Message>) {
     let mut stopping = false;
     while !stopping {
         let Ok(first) = queue.recv() else { return };
@@ -238,7 +241,7 @@ fn run(
             }
         }
         metrics::histogram!(observe::WRITE_BATCH).record(batch.len() as f64);
-        write_batch(engine, sequence, flusher, batch);
+        write_batch(committer, batch);
     }
     // Jobs that raced the stop are written too.
     let late: Vec<Box<dyn Job>> = queue
@@ -249,17 +252,12 @@ fn run(
         })
         .collect();
     if !late.is_empty() {
-        write_batch(engine, sequence, flusher, late);
+        write_batch(committer, late);
     }
 }
 
-fn write_batch(
-    engine: &dyn Engine,
-    sequence: &Sequence,
-    flusher: &Flusher,
-    batch: Vec<Box<dyn Job>>,
-) {
-    let tx = Tx::new(engine);
+fn write_batch(committer: &Committer, batch: Vec<Box<dyn Job>>) {
+    let tx = Tx::new(&*committer.engine);
     let mut written = Vec::with_capacity(batch.len());
     for mut job in batch {
         let result = unpanicked(|| job.write(&tx));
@@ -270,7 +268,7 @@ fn write_batch(
             Err(_) => job.answer(Err(StoreError::WriterPanicked)),
         }
     }
-    match commit(engine, sequence, flusher, tx) {
+    match commit(committer, tx) {
         Ok(ticket) => {
             for job in written {
                 job.answer(Ok(ticket));
