@@ -122,6 +122,12 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// Makes every commit so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 
+    /// Makes every commit durable before the store is closed; an engine may also leave its
+    /// files so that the next open has less to replay.
+    fn close(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
+
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 
     /// False once this handle can take no more writes (fjall after a failed commit or

@@ -303,7 +303,7 @@ impl EmbeddedStore {
     pub fn close(&self) -> Result<(), StoreError> {
         self.inner.writer.stop();
         self.inner.flusher.stop();
-        self.engine().flush()
+        self.engine().close()
     }
 
     pub fn index_fields(&self) -> &[String] {
