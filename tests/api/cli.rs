@@ -10,17 +10,25 @@ use flowhook::config::{Settings, StoreBackend};
 
 use crate::helpers::*;
 
-/// Runs `flowhook args...` with `stdin`; returns stdout, asserting success.
-fn flowhook(args: &[&str], stdin: &[u8]) -> Vec<u8> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowhook"))
+/// Runs the binary with `stdin` (and `FLOWHOOK__STORE__BACKEND` when `engine` is given).
+fn run(args: &[&str], engine: Option<&str>, stdin: &[u8]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flowhook"));
+    command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    if let Some(engine) = engine {
+        command.env("FLOWHOOK__STORE__BACKEND", engine);
+    }
+    let mut child = command.spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let output = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `flowhook args...` with `stdin`; returns stdout, asserting success.
+fn flowhook(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let output = run(args, None, stdin);
     assert!(
         output.status.success(),
         "flowhook {args:?}: {}",
@@ -207,17 +215,9 @@ fn on_engine(
     args: &[&str],
     stdin: &[u8],
 ) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowhook"))
-        .args(["--config", config.path().to_str().unwrap()])
-        .args(args)
-        .env("FLOWHOOK__STORE__BACKEND", engine)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
+    let path = config.path().to_str().unwrap();
+    let args: Vec<&str> = ["--config", path].iter().chain(args).copied().collect();
+    run(&args, Some(engine), stdin)
 }
 
 fn path_config(path: &std::path::Path) -> tempfile::NamedTempFile {

@@ -201,26 +201,18 @@ fn run(
     loop {
         {
             let mut pending = shared.pending.lock().expect("flusher lock");
-            match mode {
-                // Woken by a commit, or once per MARK_EVERY to bring the mark up to date.
-                Durability::Sync => {
-                    if !*pending {
-                        pending = shared
-                            .wake
-                            .wait_timeout(pending, MARK_EVERY)
-                            .expect("flusher lock")
-                            .0;
-                    }
-                }
-                Durability::Relaxed => {
-                    if !*pending {
-                        pending = shared
-                            .wake
-                            .wait_timeout(pending, relaxed_interval)
-                            .expect("flusher lock")
-                            .0;
-                    }
-                }
+            // Sync: woken by a commit, or once per MARK_EVERY to bring the mark up to date.
+            // Relaxed: every relaxed_interval.
+            let interval = match mode {
+                Durability::Sync => MARK_EVERY,
+                Durability::Relaxed => relaxed_interval,
+            };
+            if !*pending {
+                pending = shared
+                    .wake
+                    .wait_timeout(pending, interval)
+                    .expect("flusher lock")
+                    .0;
             }
             *pending = false;
         }

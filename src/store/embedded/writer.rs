@@ -182,21 +182,29 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let job = Call {
-            write: Some(write),
-            weight,
-            result: None,
-            reply,
-        };
-        if self.jobs.send(Message::Job(Box::new(job))).is_err() {
-            return Err(StoreError::Closed);
+        match self.queue(weight, write) {
+            Ok(answer) => answer.await.unwrap_or(Err(StoreError::Closed)),
+            Err(error) => Err(error),
         }
-        answer.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// [`Writer::write`] from a thread that is not in an async context (the blocking pool).
     pub fn write_blocking<T, F>(&self, weight: usize, write: F) -> Result<(T, Ticket), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let answer = self.queue(weight, write)?;
+        answer.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Queues a job; the channel its answer comes on.
+    #[allow(clippy::type_complexity)]
+    fn queue<T, F>(
+        &self,
+        weight: usize,
+        write: F,
+    ) -> Result<oneshot::Receiver<Result<(T, Ticket), StoreError>>, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -208,10 +216,10 @@ impl Writer {
             result: None,
             reply,
         };
-        if self.jobs.send(Message::Job(Box::new(job))).is_err() {
-            return Err(StoreError::Closed);
-        }
-        answer.blocking_recv().unwrap_or(Err(StoreError::Closed))
+        self.jobs
+            .send(Message::Job(Box::new(job)))
+            .map_err(|_| StoreError::Closed)?;
+        Ok(answer)
     }
 
     pub fn stop(&self) {
