@@ -94,9 +94,10 @@ pub struct StoreSettings {
     /// campaign: each value costs counters).
     pub stats_callback_fields: Vec<String>,
     pub max_callback_bytes: usize,
-    /// The embedded engine's cache (sled's page cache, fjall's block cache); sled's own
-    /// default (1 GiB) is far more than flowhook needs.
-    pub cache_capacity_bytes: u64,
+    /// The embedded engine's cache (sled's page cache, fjall's block cache); unset, 64 MiB
+    /// on sled (its own default, 1 GiB, is far more than flowhook needs) and 32 MiB on fjall
+    /// (measured: the same ingest as 64 MiB, and 44 MB less RSS at a million messages).
+    pub cache_capacity_bytes: Option<u64>,
     /// How often `durability = "relaxed"` flushes.
     pub relaxed_flush_ms: u64,
     /// How often the background purge runs (fractions allowed).
@@ -153,6 +154,17 @@ impl Default for PostgresSettings {
     }
 }
 
+impl StoreSettings {
+    /// `cache_capacity_bytes`, or the engine's default when it is unset.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_capacity_bytes
+            .unwrap_or(match self.backend {
+                StoreBackend::Fjall => 32 * 1024 * 1024,
+                _ => 64 * 1024 * 1024,
+            })
+    }
+}
+
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
@@ -165,7 +177,7 @@ impl Default for StoreSettings {
             index_callback_fields: vec!["order_id".into(), "campaign".into()],
             stats_callback_fields: vec!["campaign".into()],
             max_callback_bytes: 4096,
-            cache_capacity_bytes: 64 * 1024 * 1024,
+            cache_capacity_bytes: None,
             relaxed_flush_ms: 5,
             purge_interval_seconds: 60.0,
             min_free_disk_bytes: 100 * 1024 * 1024,

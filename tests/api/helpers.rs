@@ -41,7 +41,7 @@ pub fn test_settings(store: &Path) -> Settings {
     s.store.backend = embedded_engine();
     s.store.path = store.to_owned();
     s.store.durability = Durability::Sync;
-    s.store.cache_capacity_bytes = 8 * 1024 * 1024;
+    s.store.cache_capacity_bytes = Some(8 * 1024 * 1024);
     s.api.token = Secret::new(API_TOKEN);
     s.providers.bik.basic_auth = vec![Secret::new(BIK_OLD_KEY), Secret::new(BIK_KEY)];
     s.providers.meta.app_secrets = vec![Secret::new(META_SECRET)];

@@ -12,7 +12,7 @@
 //! keyspaces, and reopening replays unflushed journals into memtables. The memtables here are
 //! small (16 MiB for records, 4 MiB for indexes and actions, 2 MiB for the rest; 50 MiB at
 //! most), a clean close writes them out so the next open replays nothing, the block cache is
-//! `store.cache_capacity_bytes`, and at most [`MAX_CACHED_FILES`] table files are kept open.
+//! `store.cache_capacity_bytes` (32 MiB when unset), and at most [`MAX_CACHED_FILES`] table files are kept open.
 
 use std::ops::Bound;
 use std::path::Path;

@@ -129,9 +129,9 @@ impl EmbeddedStore {
         let engine: Arc<dyn Engine> = match settings.backend {
             StoreBackend::Fjall => Arc::new(fjall::FjallEngine::open(
                 dir,
-                settings.cache_capacity_bytes,
+                settings.cache_bytes(),
             )?),
-            _ => Arc::new(sled::SledEngine::open(dir, settings.cache_capacity_bytes)?),
+            _ => Arc::new(sled::SledEngine::open(dir, settings.cache_bytes())?),
         };
         Self::with_engine(engine, settings, rules, Some(dir.clone()), opening)
     }
