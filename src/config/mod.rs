@@ -157,11 +157,10 @@ impl Default for PostgresSettings {
 impl StoreSettings {
     /// `cache_capacity_bytes`, or the engine's default when it is unset.
     pub fn cache_bytes(&self) -> u64 {
-        self.cache_capacity_bytes
-            .unwrap_or(match self.backend {
-                StoreBackend::Fjall => 32 * 1024 * 1024,
-                _ => 64 * 1024 * 1024,
-            })
+        self.cache_capacity_bytes.unwrap_or(match self.backend {
+            StoreBackend::Fjall => 32 * 1024 * 1024,
+            _ => 64 * 1024 * 1024,
+        })
     }
 }
 

@@ -127,10 +127,7 @@ impl EmbeddedStore {
         }
         std::fs::create_dir_all(dir).map_err(|e| mark::unopenable(dir, &e.to_string()))?;
         let engine: Arc<dyn Engine> = match settings.backend {
-            StoreBackend::Fjall => Arc::new(fjall::FjallEngine::open(
-                dir,
-                settings.cache_bytes(),
-            )?),
+            StoreBackend::Fjall => Arc::new(fjall::FjallEngine::open(dir, settings.cache_bytes())?),
             _ => Arc::new(sled::SledEngine::open(dir, settings.cache_bytes())?),
         };
         Self::with_engine(engine, settings, rules, Some(dir.clone()), opening)
