@@ -59,9 +59,13 @@ load() { # tag seconds
         "http://127.0.0.1:$PORT"
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+scrape() { curl -sf "http://127.0.0.1:$PORT/metrics" >"$1" || : >"$1"; }
+# metric SCRAPE NAME: a sample's value in a scrape (0 if absent).
+metric() { awk -v m="$2" '$1 == m {v = $2} END {print v + 0}' "$1"; }
 
 echo "warming up for 2 s..."
 load warm 2 >/dev/null
+scrape "$work/before.prom"
 log_before=$(stat -c %s "$work/flowhook.log")
 ticks_before=$(cpu_ticks "$flowhook_pid")
 echo "profiling for $DURATION s..."
@@ -69,8 +73,14 @@ taskset -c "$LOAD_CPU" perf record -q -F "$FREQ" --call-graph dwarf -p "$flowhoo
     -o "$work/perf.data" -- sleep "$DURATION" 2>"$work/perf.log" &
 perf_pid=$!
 load run "$DURATION" >"$work/wrk.out"
+if ! kill -0 "$flowhook_pid" 2>/dev/null; then
+    echo "flowhook is gone before the end of the run (stopped from outside?); its log ends:" >&2
+    tail -n 5 "$work/flowhook.log" >&2
+    exit 1
+fi
 ticks_after=$(cpu_ticks "$flowhook_pid")
 log_after=$(stat -c %s "$work/flowhook.log")
+scrape "$work/after.prom"
 wait "$perf_pid" || { cat "$work/perf.log" >&2; exit 1; }
 kill -TERM "$flowhook_pid"; wait "$flowhook_pid" 2>/dev/null || true
 [ -n "${PERF_DATA:-}" ] && cp "$work/perf.data" "$PERF_DATA"
@@ -82,6 +92,15 @@ errors=$(awk '/Non-2xx/ {n+=$NF} /Socket errors/ {n+=1} END {print n+0}' "$work/
 cpu_seconds=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t/hz}')
 us_per_request=$(awk -v s="$cpu_seconds" -v n="$requests" 'BEGIN {printf "%.1f", s*1e6/n}')
 log_per_request=$(( (log_after - log_before) / requests ))
+# How the writer grouped the requests (the engine's cost per request depends on it).
+delta() { awk -v a="$(metric "$work/before.prom" "$1")" -v b="$(metric "$work/after.prom" "$1")" 'BEGIN {print b - a}'; }
+batches=$(delta flowhook_write_batch_size_count)
+flushes=$(delta flowhook_flush_duration_seconds_count)
+grouping=$(awk -v r="$(delta flowhook_write_batch_size_sum)" -v b="$batches" -v f="$flushes" \
+    -v fs="$(delta flowhook_flush_duration_seconds_sum)" -v n="$requests" 'BEGIN {
+        if (b == 0 || f == 0) { print "no writer metrics"; exit }
+        printf "%.1f requests per write transaction, %.1f per flush (%.2f ms per flush)", r / b, n / f, fs * 1000 / f
+    }')
 
 echo "classifying the samples..."
 # One sample: a "comm tid" line, then its frames from the leaf up ("address symbol"), then a
@@ -169,7 +188,7 @@ git diff --quiet HEAD -- src Cargo.toml Cargo.lock || commit="$commit with uncom
     echo "\`bench/profile.sh\`: flowhook on CPU $FLOWHOOK_CPU (1 HTTP worker, durability sync, log level info, JSON),"
     echo "wrk -t1 -c64 on CPU $LOAD_CPU, $DURATION s; \`perf record -F $FREQ --call-graph dwarf\` on flowhook."
     echo "$rps req/s, p99 $p99, errors $errors; flowhook used $cpu_seconds s of CPU, $us_per_request µs per request;"
-    echo "$log_per_request bytes of log per request."
+    echo "$log_per_request bytes of log per request; $grouping."
     echo
     cat "$work/table.md"
 } | tee -a bench/results.md
