@@ -164,6 +164,8 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
     text_of(&c, "#recent tbody", |t| t.contains(FIXTURE_MESSAGE_ID)).await;
     let screenshot = c.screenshot().await.unwrap();
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    // CARGO_TARGET_DIR may put the build elsewhere: the screenshot still goes here.
+    std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join("ui-dashboard.png"), screenshot).unwrap();
 
     // Search by order id finds both messages of the order; by message id opens the timeline.
