@@ -27,6 +27,10 @@ use crate::store::StoreError;
 /// everything but inbound connections ([`crate::fd_limit::RESERVED`]).
 pub(crate) const MAX_CACHED_FILES: usize = 128;
 
+// The open table files, with a margin for the journal, the lock and the mark, fit in the
+// descriptors kept beside inbound connections.
+const _: () = assert!(MAX_CACHED_FILES as u64 + 32 <= crate::fd_limit::RESERVED);
+
 const MIB: u64 = 1024 * 1024;
 
 pub(crate) struct FjallEngine {
