@@ -68,9 +68,24 @@ async fn a_store_cut_short_is_refused_until_exported_or_accepted() {
         let resp = crate::process::post_bik_to(&client, &address, body).await;
         assert_eq!(counts(resp).await.0, 1);
     }
-    // The mark follows the flushes about once a second; then the process is killed, with
-    // what it acknowledged only in the engine's log.
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    // The mark follows the flushes about once a second: wait until it covers the last
+    // acknowledged webhook (each of the 200, posted one after another, was a commit of its
+    // own), then kill the process, with what it acknowledged only in the engine's log.
+    let mark = store.join("flowhook.mark");
+    let marked = || -> u64 {
+        std::fs::read_to_string(&mark)
+            .ok()
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("seq=")?.parse().ok()))
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while marked() < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mark did not follow the flushes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     process.0.kill().unwrap();
     process.0.wait().unwrap();
     let config = cli_config(&store);
