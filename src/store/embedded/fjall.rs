@@ -167,6 +167,19 @@ impl Engine for FjallEngine {
             let keyspace = self.keyspace(space);
             match value {
                 Some(value) => batch.insert(keyspace, key, value),
+                // An outbox entry or an in-flight mark is written once and removed once, within
+                // seconds. A single-delete tombstone and its insert cancel out when the
+                // memtable is flushed, so scans of those keyspaces (the in-flight marks and the
+                // outbox's keys are read in full at every open) do not step over a tombstone
+                // per call made, and compaction has less to do: measured on a 1M-message store
+                // just after a bulk load, RSS after opening 116 -> 70 MB, after 2,000 reads
+                // 130 -> 96 MB, the open itself 2.2 -> 0.6 s. Were a key ever written twice
+                // before its removal, its older write could come back; every outbox entry and
+                // in-flight mark is checked against its action when read and dropped when stale,
+                // so that is harmless.
+                None if matches!(space, Space::Outbox | Space::Inflight) => {
+                    batch.remove_weak(keyspace, key)
+                }
                 None => batch.remove(keyspace, key),
             }
         }
@@ -247,5 +260,42 @@ mod tests {
             })
             .collect();
         assert_eq!(scanned, model);
+    }
+
+    /// Outbox keys come and go (written, then removed with a single-delete tombstone), some
+    /// written again after their removal; across memtable flushes and compactions a scan shows
+    /// exactly the keys the model holds.
+    #[test]
+    fn keys_written_and_removed_in_turn_scan_as_the_model_says() {
+        let engine = FjallEngine::temporary();
+        let mut model = std::collections::BTreeSet::new();
+        for round in 0..4_000u64 {
+            let key = (round * 7919 % 300).to_be_bytes().to_vec();
+            let mut writes = WriteSet::default();
+            if model.contains(&key) {
+                writes.remove(Space::Outbox, key.clone());
+                model.remove(&key);
+            } else {
+                writes.insert(Space::Outbox, key.clone(), []);
+                model.insert(key);
+            }
+            engine.commit(writes).unwrap();
+            if round % 500 == 0 {
+                engine
+                    .keyspace(Space::Outbox)
+                    .rotate_memtable_and_wait()
+                    .unwrap();
+            }
+            if round % 1_500 == 1_499 {
+                engine.keyspace(Space::Outbox).major_compact().unwrap();
+            }
+            if round % 100 == 0 {
+                let scanned: std::collections::BTreeSet<Vec<u8>> = engine
+                    .range(Space::Outbox, Bound::Unbounded, Bound::Unbounded, false)
+                    .map(|e| e.unwrap().0)
+                    .collect();
+                assert_eq!(scanned, model, "round {round}");
+            }
+        }
     }
 }
