@@ -220,12 +220,6 @@ fn on_engine(
     run(&args, Some(engine), stdin)
 }
 
-fn path_config(path: &std::path::Path) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(file, "[store]\npath = \"{}\"", path.display()).unwrap();
-    file
-}
-
 /// sled to fjall and back through export and import: byte-identical; and a directory of one
 /// engine is refused by the other, naming both.
 #[tokio::test]
@@ -244,9 +238,9 @@ async fn an_export_moves_between_sled_and_fjall_unchanged() {
     counts(app.post_generic("wh_move", no_id.to_string()).await).await;
     app.stop().await;
 
-    let sled = path_config(&dir.path().join("sled"));
-    let fjall = path_config(&dir.path().join("fjall"));
-    let back = path_config(&dir.path().join("sled-again"));
+    let sled = cli_config(&dir.path().join("sled"));
+    let fjall = cli_config(&dir.path().join("fjall"));
+    let back = cli_config(&dir.path().join("sled-again"));
     let exported = on_engine("sled", &sled, &["export"], b"");
     assert!(exported.status.success());
     assert_eq!(

@@ -2,29 +2,12 @@
 //! served, listed and exported; `flowhook check-store` names it; and a store sled cannot open
 //! is refused with the directory and the way out.
 
-use std::io::Write;
-use std::process::Command;
-
 use serde_json::{json, Value};
 
 use crate::helpers::*;
 
 const GOOD: [&str; 2] = ["wamid.DMG-A==", "wamid.DMG-C=="];
 const BAD: &str = "wamid.DMG-B==";
-
-/// A config file for the CLI on `store`.
-fn cli_config(store: &std::path::Path) -> tempfile::NamedTempFile {
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    writeln!(config, "[store]\npath = \"{}\"", store.display()).unwrap();
-    config
-}
-
-fn flowhook(config: &tempfile::NamedTempFile, command: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_flowhook"))
-        .args(["--config", config.path().to_str().unwrap(), command])
-        .output()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn an_unreadable_record_fails_only_its_own_message() {
@@ -80,14 +63,14 @@ async fn an_unreadable_record_fails_only_its_own_message() {
     let config = cli_config(&settings.store.path);
 
     // check-store names it and fails.
-    let checked = flowhook(&config, "check-store");
+    let checked = run_cli(&config, &["check-store"]);
     assert_eq!(checked.status.code(), Some(1));
     let report = String::from_utf8_lossy(&checked.stdout);
     assert!(report.contains("1 unreadable records"), "{report}");
     assert!(report.contains(&format!("message {BAD}")), "{report}");
 
     // export writes everything else, says what it skipped, and fails.
-    let exported = flowhook(&config, "export");
+    let exported = run_cli(&config, &["export"]);
     assert_eq!(exported.status.code(), Some(1));
     let lines = String::from_utf8_lossy(&exported.stdout);
     let written: Vec<Value> = lines
@@ -108,7 +91,7 @@ fn a_store_that_cannot_be_opened_is_refused_with_the_way_out() {
     std::fs::write(&store, b"not a directory").unwrap();
     let config = cli_config(&store);
     for command in ["check-store", "export"] {
-        let out = flowhook(&config, command);
+        let out = run_cli(&config, &[command]);
         assert_eq!(out.status.code(), Some(1), "{command}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -179,7 +162,7 @@ async fn damaged_snapshot(damage: impl Fn(&mut Vec<u8>)) {
     std::fs::write(&snapshot, &bytes).unwrap();
 
     let config = cli_config(&store);
-    let refused = flowhook(&config, "check-store");
+    let refused = run_cli(&config, &["check-store"]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -190,7 +173,7 @@ async fn damaged_snapshot(damage: impl Fn(&mut Vec<u8>)) {
     );
     // The way out it names: move the snapshot out, and everything is there.
     std::fs::rename(&snapshot, store.with_extension("snap-damaged")).unwrap();
-    let checked = flowhook(&config, "check-store");
+    let checked = run_cli(&config, &["check-store"]);
     let report = String::from_utf8_lossy(&checked.stdout);
     assert_eq!(checked.status.code(), Some(0), "{report}");
     assert!(report.contains("store is readable: 2 messages"), "{report}");

@@ -474,3 +474,21 @@ pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
     }
     out
 }
+
+/// A config file for the CLI naming only `store` as `store.path` (the engine comes from
+/// `FLOWHOOK__STORE__BACKEND`, as for the rest of the pass).
+pub fn cli_config(store: &Path) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    writeln!(config, "[store]\npath = \"{}\"", store.display()).unwrap();
+    config
+}
+
+/// Runs `flowhook --config <config> args...` to the end.
+pub fn run_cli(config: &tempfile::NamedTempFile, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flowhook"))
+        .args(["--config", config.path().to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap()
+}

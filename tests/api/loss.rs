@@ -4,26 +4,9 @@
 //! `check-store` exits 1 saying how much is missing, `export` writes what can be read, and
 //! `serve --accept-loss` serves what is left.
 
-use std::io::Write;
-use std::process::Command;
-
 use serde_json::json;
 
 use crate::helpers::*;
-
-fn cli_config(store: &std::path::Path) -> tempfile::NamedTempFile {
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    writeln!(config, "[store]\npath = \"{}\"", store.display()).unwrap();
-    config
-}
-
-fn flowhook(config: &tempfile::NamedTempFile, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_flowhook"))
-        .args(["--config", config.path().to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// The store's largest file (sled's log; fjall's journal, as nothing was flushed to a table
 /// before the kill): where the acknowledged writes of a small store are.
@@ -125,7 +108,7 @@ async fn a_store_cut_short_is_refused_until_exported_or_accepted() {
         assert!(text.contains("acknowledged commits are missing"), "{text}");
         assert!(text.contains("--accept-loss"), "{text}");
 
-        let checked = flowhook(&config, &["check-store"]);
+        let checked = run_cli(&config, &["check-store"]);
         assert_eq!(checked.status.code(), Some(1));
         let report = String::from_utf8_lossy(&checked.stdout);
         assert!(
@@ -133,7 +116,7 @@ async fn a_store_cut_short_is_refused_until_exported_or_accepted() {
             "{report}"
         );
 
-        let exported = flowhook(&config, &["export"]);
+        let exported = run_cli(&config, &["export"]);
         let stderr = String::from_utf8_lossy(&exported.stderr);
         assert!(stderr.contains("exporting what can be read"), "{stderr}");
         let lines = String::from_utf8_lossy(&exported.stdout).lines().count();
@@ -151,7 +134,7 @@ async fn a_store_cut_short_is_refused_until_exported_or_accepted() {
         .unwrap();
         accepted.close().await.unwrap();
         drop(accepted);
-        let checked = flowhook(&config, &["check-store"]);
+        let checked = run_cli(&config, &["check-store"]);
         assert_eq!(
             checked.status.code(),
             Some(0),
@@ -160,7 +143,7 @@ async fn a_store_cut_short_is_refused_until_exported_or_accepted() {
         );
     } else {
         // The engine itself could not read what is left: refused too, with the way out.
-        let checked = flowhook(&config, &["check-store"]);
+        let checked = run_cli(&config, &["check-store"]);
         assert_eq!(checked.status.code(), Some(1));
     }
 }

@@ -52,14 +52,9 @@ impl FjallEngine {
             .max_cached_files(Some(MAX_CACHED_FILES))
             .temporary(temporary)
             .open()
-            .map_err(|error| {
-                let shown = path.display();
-                StoreError::Unopenable(match error {
-                    fjall::Error::Locked => {
-                        format!("the store at {shown} is in use by another process; stop it first")
-                    }
-                    error => return super::mark::unopenable(path, &format!("fjall: {error}")),
-                })
+            .map_err(|error| match error {
+                fjall::Error::Locked => super::mark::in_use(path, ""),
+                error => super::mark::unopenable(path, &format!("fjall: {error}")),
             })?;
         let keyspaces = Space::ALL
             .iter()

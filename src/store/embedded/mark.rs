@@ -110,11 +110,24 @@ pub(crate) fn check_engine(dir: &Path, engine: &str) -> Result<(), StoreError> {
 
 /// A store directory that cannot be opened, with the way out.
 pub(crate) fn unopenable(dir: &Path, error: &str) -> StoreError {
+    unopenable_with(dir, error, "")
+}
+
+/// [`unopenable`] with an engine's own advice first (it ends with a space, or is empty).
+pub(crate) fn unopenable_with(dir: &Path, error: &str, advice: &str) -> StoreError {
     let shown = dir.display();
     StoreError::Unopenable(format!(
-        "the store at {shown} cannot be opened: {error}. Restore a backup with `flowhook \
-         import` into an empty directory (set store.path to it), or move {shown} aside to \
-         start empty"
+        "the store at {shown} cannot be opened: {error}. {advice}Restore a backup with \
+         `flowhook import` into an empty directory (set store.path to it), or move {shown} \
+         aside to start empty"
+    ))
+}
+
+/// A store directory another process holds.
+pub(crate) fn in_use(dir: &Path, detail: &str) -> StoreError {
+    StoreError::Unopenable(format!(
+        "the store at {} is in use by another process{detail}; stop it first",
+        dir.display()
     ))
 }
 

@@ -118,18 +118,22 @@ impl EmbeddedStore {
         opening: Opening,
     ) -> Result<Self, StoreError> {
         let dir = &settings.path;
-        let name = match settings.backend {
-            StoreBackend::Fjall => "fjall",
-            _ => "sled",
+        type Open = fn(&std::path::Path, u64) -> Result<Arc<dyn Engine>, StoreError>;
+        let (name, open): (&str, Open) = match settings.backend {
+            StoreBackend::Fjall => ("fjall", |dir, cache| {
+                Ok(Arc::new(fjall::FjallEngine::open(dir, cache)?))
+            }),
+            _ => ("sled", |dir, cache| {
+                Ok(Arc::new(sled::SledEngine::open(dir, cache)?))
+            }),
         };
+        // Checked before the engine opens: it would create its own files in the other's
+        // directory.
         if dir.exists() {
             mark::check_engine(dir, name)?;
         }
         std::fs::create_dir_all(dir).map_err(|e| mark::unopenable(dir, &e.to_string()))?;
-        let engine: Arc<dyn Engine> = match settings.backend {
-            StoreBackend::Fjall => Arc::new(fjall::FjallEngine::open(dir, settings.cache_bytes())?),
-            _ => Arc::new(sled::SledEngine::open(dir, settings.cache_bytes())?),
-        };
+        let engine = open(dir, settings.cache_bytes())?;
         Self::with_engine(engine, settings, rules, Some(dir.clone()), opening)
     }
 

@@ -69,11 +69,8 @@ impl SledEngine {
 
 /// Why sled could not open `path`, with what to do.
 fn unopenable(path: &Path, error: &str) -> StoreError {
-    let shown = path.display();
     if error.contains("lock") {
-        return StoreError::Unopenable(format!(
-            "the store at {shown} is in use by another process ({error}); stop it first"
-        ));
+        return super::mark::in_use(path, &format!(" ({error})"));
     }
     // sled says "corrupted data" without naming the file; a snapshot is the one file that can
     // simply be removed (sled rebuilds it from its log).
@@ -83,17 +80,13 @@ fn unopenable(path: &Path, error: &str) -> StoreError {
                 dir.flatten()
                     .any(|f| f.file_name().to_string_lossy().starts_with("snap."))
             }));
-    StoreError::Unopenable(format!(
-        "the store at {shown} cannot be opened: {error}. {}Restore a backup with `flowhook \
-         import` into an empty directory (set store.path to it), or move {shown} aside to \
-         start empty",
-        if snapshot {
-            "If a snapshot file (snap.* in that directory) is what is damaged, move it out of \
-             the directory: sled rebuilds it from its log. Otherwise: "
-        } else {
-            ""
-        }
-    ))
+    let advice = if snapshot {
+        "If a snapshot file (snap.* in that directory) is what is damaged, move it out of the \
+         directory: sled rebuilds it from its log. Otherwise: "
+    } else {
+        ""
+    };
+    super::mark::unopenable_with(path, error, advice)
 }
 
 impl Engine for SledEngine {

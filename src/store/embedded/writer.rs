@@ -39,15 +39,17 @@ trait Job: Send {
     fn weight(&self) -> usize;
     /// Writes into the batch; an error fails this job alone.
     fn write(&mut self, tx: &Tx<'_>) -> Result<(), StoreError>;
-    /// Answers the caller once the batch is committed (or failed).
-    fn answer(self: Box<Self>, committed: Result<Ticket, StoreError>);
+    /// Answers the caller: the batch's commit ticket, or why this job failed (its own write,
+    /// or the commit).
+    fn answer(self: Box<Self>, outcome: Result<Ticket, StoreError>);
 }
 
 /// A closure and the channel its caller waits on.
 struct Call<T, F> {
     write: Option<F>,
     weight: usize,
-    result: Option<Result<T, StoreError>>,
+    /// What `write` returned, until the answer.
+    value: Option<T>,
     reply: oneshot::Sender<Result<(T, Ticket), StoreError>>,
 }
 
@@ -62,27 +64,17 @@ where
 
     fn write(&mut self, tx: &Tx<'_>) -> Result<(), StoreError> {
         let write = self.write.take().expect("a job is written once");
-        match write(tx) {
-            Ok(value) => {
-                self.result = Some(Ok(value));
-                Ok(())
-            }
-            Err(error) => {
-                let copy = copy_error(&error);
-                self.result = Some(Err(error));
-                Err(copy)
-            }
-        }
+        self.value = Some(write(tx)?);
+        Ok(())
     }
 
-    fn answer(self: Box<Self>, committed: Result<Ticket, StoreError>) {
-        let answer = match (self.result, committed) {
-            (Some(Err(error)), _) => Err(error),
-            (Some(Ok(value)), Ok(ticket)) => Ok((value, ticket)),
-            (_, Err(error)) => Err(error),
-            (None, Ok(_)) => Err(StoreError::WriterPanicked),
-        };
-        let _ = self.reply.send(answer);
+    fn answer(self: Box<Self>, outcome: Result<Ticket, StoreError>) {
+        let Call { value, reply, .. } = *self;
+        let answer = outcome.and_then(|ticket| {
+            let value = value.ok_or(StoreError::WriterPanicked)?;
+            Ok((value, ticket))
+        });
+        let _ = reply.send(answer);
     }
 }
 
@@ -213,7 +205,7 @@ impl Writer {
         let job = Call {
             write: Some(write),
             weight,
-            result: None,
+            value: None,
             reply,
         };
         self.jobs
@@ -272,8 +264,7 @@ fn write_batch(committer: &Committer, batch: Vec<Box<dyn Job>>) {
         tx.end_job(result.is_ok());
         match result {
             Ok(()) => written.push(job),
-            // The job keeps its own error; the answer passes it on.
-            Err(_) => job.answer(Err(StoreError::WriterPanicked)),
+            Err(error) => job.answer(Err(error)),
         }
     }
     match commit(committer, tx) {
