@@ -497,11 +497,13 @@ async fn the_rate_limit_spaces_calls() {
         span >= Duration::from_millis(950),
         "6 calls within {span:?} at 5/s"
     );
-    for pair in times.windows(2) {
-        let gap = pair[1] - pair[0];
+    // No call comes before its slot. A call can arrive late on a busy machine, so the one
+    // after it may arrive sooner than 200 ms after it: that is not a burst.
+    for (slot, at) in times.iter().enumerate().skip(2) {
+        let since = *at - times[1];
         assert!(
-            gap >= Duration::from_millis(120),
-            "calls {gap:?} apart at 5/s"
+            since >= Duration::from_millis(200 * (slot as u64 - 1) - 80),
+            "call {slot} came {since:?} after call 1 at 5/s"
         );
     }
 }

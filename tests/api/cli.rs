@@ -187,8 +187,9 @@ params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("empty store"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("empty store"), "{stderr}");
 
     // The restored store answers the API as the original did, indexes included.
     let app = start(settings, dir).await;

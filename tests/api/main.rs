@@ -4,7 +4,6 @@ mod actions;
 mod bik;
 mod browser;
 mod cli;
-mod config;
 mod crash;
 mod damage;
 mod disk_full;

@@ -22,11 +22,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub async fn start(config: &Path, address: &str, log: &Path) -> Process {
+pub async fn start(config: &Path, address: &str, log_path: &Path) -> Process {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log)
+        .open(log_path)
         .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_flowhook"))
         .args(["--config", config.to_str().unwrap(), "serve"])
@@ -44,7 +44,12 @@ pub async fn start(config: &Path, address: &str, log: &Path) -> Process {
                 return process;
             }
         }
-        assert!(Instant::now() < deadline, "flowhook did not come up");
+        assert!(
+            Instant::now() < deadline,
+            "flowhook did not come up (test cwd {:?}); its log:\n{}",
+            std::env::current_dir(),
+            std::fs::read_to_string(log_path).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,3 +1,8 @@
+//! Loading configuration, in a test binary of its own: `figment::Jail` changes the whole
+//! process's working directory and environment while a test runs, and a process another test
+//! started meanwhile would inherit them (a `flowhook serve` born in a jail's directory lost its
+//! working directory when the jail ended, and fjall refuses to open without one).
+
 // figment::Jail closures must return figment::Error, which is large; that is its API, not ours.
 #![allow(clippy::result_large_err)]
 
