@@ -60,7 +60,13 @@ async fn main() -> anyhow::Result<()> {
             (address, Some((handle, server)))
         }
     };
-    let client = reqwest::Client::new();
+    // actix closes a keep-alive connection after 5 idle seconds; a pooled connection kept longer
+    // can be picked for a request just as the server closes it, and hyper then fails that
+    // request (`IncompleteMessage`, hyper #2136) without it ever reaching flowhook. A real
+    // provider retries such a request; here it would count as an error of flowhook's.
+    let client = reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(4))
+        .build()?;
     let accepted: Seen = Arc::default();
     let total = rate * seconds;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
@@ -91,16 +97,24 @@ async fn main() -> anyhow::Result<()> {
             match resp {
                 Ok(r) if r.status().is_success() => {
                     accepted.lock().unwrap().insert(id, Instant::now());
-                    true
+                    None
                 }
-                _ => false,
+                Ok(r) => Some(format!("answered {}", r.status())),
+                Err(e) => Some(format!("{e:?}")),
             }
         }));
     }
+    let mut why: Vec<String> = Vec::new();
     for post in posts {
-        if !post.await? {
+        if let Some(reason) = post.await? {
             errors += 1;
+            if why.len() < 3 {
+                why.push(reason);
+            }
         }
+    }
+    for reason in &why {
+        eprintln!("a webhook failed: {reason}");
     }
     let sent_for = started.elapsed();
     // Wait for the follow-ups to land.
