@@ -40,6 +40,7 @@ fn click_at(n: u64, secs: u64) -> IngestItem {
             &serde_json::json!({"order_id": "ORD1", "campaign": "long"}),
             4096,
         ),
+        billing: None,
     }))
 }
 

@@ -69,14 +69,17 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The HMAC key of a Standard Webhooks secret: the base64 text after `whsec_`.
 /// The key of a Standard Webhooks secret: `whsec_` then base64, with or without its `=`
-/// padding (the reference libraries accept both).
+/// padding, and with whatever bits the last character carries past the key's end (the
+/// reference libraries decode both leniently; `whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS` is one
+/// whose last character has such bits set).
 pub fn decode_whsec(secret: &Secret) -> Result<Vec<u8>, String> {
     use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurpose};
     const PADDED_OR_NOT: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,
-        general_purpose::PAD.with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        general_purpose::PAD
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
     );
     let encoded = secret
         .expose()
@@ -85,4 +88,26 @@ pub fn decode_whsec(secret: &Secret) -> Result<Vec<u8>, String> {
     PADDED_OR_NOT
         .decode(encoded)
         .map_err(|_| "the text after whsec_ must be base64".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_whsec, Secret};
+
+    #[test]
+    fn whsec_keys_decode_as_the_reference_libraries_decode_them() {
+        // Python's base64.b64decode (what `standardwebhooks` uses) gives these 23 bytes; the
+        // last character's unused bits are set, which a strict decoder refuses.
+        let expected = "31f290f6bf06298aab4f08d43c3f082cf648a362da2da4";
+        for text in [
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS=",
+        ] {
+            let key = decode_whsec(&Secret::new(text.to_owned())).unwrap();
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, expected, "{text}");
+        }
+        assert!(decode_whsec(&Secret::new("whsec_not base64!".to_owned())).is_err());
+        assert!(decode_whsec(&Secret::new("MfKQ9r8G".to_owned())).is_err());
+    }
 }

@@ -283,3 +283,39 @@ fn check_config_rejects_bad_rules_with_exit_code_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_rate_card_with_a_bad_currency_region_or_price_is_refused_naming_each_key() {
+    let error = Settings::from_toml_str(
+        r#"
+[pricing]
+currency = "usd"
+[pricing.rates.marketing]
+default = 0.025
+India = 0.01
+US = -1.0
+[pricing.rates.Marketing]
+default = 0.1
+"#,
+    )
+    .and_then(|s| s.validate().map(|_| s))
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "pricing.currency",
+        "pricing.rates.marketing.India",
+        "pricing.rates.marketing.US",
+        "pricing.rates.Marketing",
+    ] {
+        assert!(error.contains(key), "{key} in {error}");
+    }
+    let fine = Settings::from_toml_str(
+        "[pricing]\ncurrency = \"EUR\"\n[pricing.rates.utility]\ndefault = 0.004\nIN = 0.0014\n",
+    )
+    .unwrap();
+    fine.validate().unwrap();
+    assert_eq!(fine.pricing.rate("utility", Some("IN")), Some(0.0014));
+    assert_eq!(fine.pricing.rate("utility", Some("BR")), Some(0.004));
+    assert_eq!(fine.pricing.rate("utility", None), Some(0.004));
+    assert_eq!(fine.pricing.rate("marketing", Some("IN")), None);
+}

@@ -79,10 +79,48 @@ impl Settings {
         }
         self.validate_postgres(&mut problems);
         self.validate_dispatch(&mut problems);
+        self.validate_pricing(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn validate_pricing(&self, problems: &mut Vec<String>) {
+        let pricing = &self.pricing;
+        let currency = &pricing.currency;
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            problems.push(format!(
+                "pricing.currency: {currency:?} must be an ISO 4217 code such as \"USD\""
+            ));
+        }
+        for (category, card) in &pricing.rates {
+            let named = !category.is_empty()
+                && category
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !named {
+                problems.push(format!(
+                    "pricing.rates.{category}: a category is lower-case letters, digits and '_', \
+                     as Meta names it (marketing, utility, authentication, service)"
+                ));
+            }
+            for (region, rate) in card {
+                let region_ok = region == "default"
+                    || (region.len() == 2 && region.bytes().all(|b| b.is_ascii_uppercase()));
+                if !region_ok {
+                    problems.push(format!(
+                        "pricing.rates.{category}.{region}: a key is an ISO 3166 region such as \
+                         IN or US, or \"default\""
+                    ));
+                }
+                if !(rate.is_finite() && *rate >= 0.0) {
+                    problems.push(format!(
+                        "pricing.rates.{category}.{region}: must be a price of 0 or more"
+                    ));
+                }
+            }
         }
     }
 

@@ -37,6 +37,42 @@ pub struct Settings {
     /// Follow-up rules as written; `startup::check` compiles them (the one place that does).
     #[serde(default)]
     pub rules: Vec<RuleSettings>,
+    /// The rate card that prices billable messages in `/v1/stats`.
+    #[serde(default)]
+    pub pricing: PricingSettings,
+}
+
+/// A rate card: per category as the provider names it (`marketing`, `utility`, ...), a price
+/// per message for each ISO 3166 region of the recipient's number, and a `default` for the
+/// regions not listed. Meta's webhooks carry no prices, so these are the user's own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingSettings {
+    /// ISO 4217 code the rates are in.
+    pub currency: String,
+    /// category -> region (`IN`, `US`, ... or `default`) -> price per message.
+    pub rates: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
+}
+
+impl Default for PricingSettings {
+    fn default() -> Self {
+        Self {
+            currency: "USD".into(),
+            rates: Default::default(),
+        }
+    }
+}
+
+impl PricingSettings {
+    /// The price of one message of `category` to a number of `region`: the region's rate, else
+    /// the category's `default`; `None` when the card does not price the category.
+    pub fn rate(&self, category: &str, region: Option<&str>) -> Option<f64> {
+        let card = self.rates.get(category)?;
+        region
+            .and_then(|r| card.get(r))
+            .or_else(|| card.get("default"))
+            .copied()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

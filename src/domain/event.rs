@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{CallbackData, MessageId, Status};
+use super::{Billing, CallbackData, MessageId, Status};
 
 /// What an adapter made of one element of a webhook body.
 #[derive(Debug)]
@@ -83,6 +83,9 @@ pub struct Event {
     /// What the provider said went wrong, see [`failure_text`](crate::domain::failure_text).
     pub failure_reason: Option<String>,
     pub callback: Option<CallbackData>,
+    /// What the provider says the message costs (Meta's `pricing` and `conversation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<Box<Billing>>,
 }
 
 impl Event {
@@ -150,6 +153,7 @@ impl Event {
             failure_code: None,
             failure_reason: None,
             callback: CallbackData::decode(&serde_json::json!({ "campaign": "c" }), 4096),
+            billing: None,
         }
     }
 }

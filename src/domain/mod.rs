@@ -6,6 +6,7 @@
 mod callback;
 mod event;
 mod message_id;
+mod pricing;
 pub mod recipient;
 mod state;
 mod status;
@@ -14,6 +15,7 @@ mod summary;
 pub use callback::{lookup_path, CallbackData};
 pub use event::{failure_text, Event, EventKind, IngestItem, Provider};
 pub use message_id::MessageId;
+pub use pricing::{Billing, Pricing};
 pub use state::{Click, MessageState, TimelineEvent};
 pub use status::Status;
 pub use summary::Summary;

@@ -18,6 +18,17 @@ use phonenumber::Mode;
 /// code, with or without `+` or `00`, and with the spaces, dashes, dots and brackets people
 /// write; `None` otherwise (a group id, a user id, a national number).
 pub fn e164(raw: &str) -> Option<String> {
+    known(raw).map(|k| k.e164.into_string())
+}
+
+/// The ISO 3166 region (`IN`, `US`, ...) of a valid number written as [`e164`] reads it;
+/// `None` for anything else (what a rate card's `default` prices).
+pub fn region(raw: &str) -> Option<String> {
+    known(raw).and_then(|k| Some(k.region?.as_ref().to_owned()))
+}
+
+/// What the metadata says of a number, from the cache when it was asked before.
+fn known(raw: &str) -> Option<Known> {
     let digits = Digits::of(raw)?;
     if let Some(known) = CACHE.get(digits) {
         return known;
@@ -25,6 +36,30 @@ pub fn e164(raw: &str) -> Option<String> {
     let answer = validate(digits);
     CACHE.insert(digits, answer.clone());
     answer
+}
+
+/// A valid number: its E.164 form and its region.
+#[derive(Debug, Clone, PartialEq)]
+struct Known {
+    e164: Box<str>,
+    region: Option<phonenumber::country::Id>,
+}
+
+/// [`e164`] for a recipient known to be a full international number (Meta's `recipient_id`
+/// and `wa_id`: the country code and the number, digits only): `+` and its digits even when
+/// libphonenumber's metadata does not know the range (Meta's test numbers, `+1 555 01x xxxx`,
+/// are not valid there).
+pub fn international(raw: &str) -> Option<String> {
+    e164(raw).or_else(|| unlisted(raw))
+}
+
+/// `+` and the digits of `raw` when it is written like an international number (see
+/// [`e164`]; a country code never starts with 0) that the metadata does not know; `None`
+/// otherwise. What a message [`international`] filed is found under.
+pub fn unlisted(raw: &str) -> Option<String> {
+    let digits = Digits::of(raw)?;
+    let text = format!("{:0width$}", digits.value, width = usize::from(digits.len));
+    (!text.starts_with('0') && e164(raw).is_none()).then(|| format!("+{text}"))
 }
 
 /// Loads libphonenumber's metadata now (about 90 ms, its regexes compiled once) rather than in
@@ -79,17 +114,24 @@ impl Digits {
 }
 
 /// The uncached answer: libphonenumber's, for `+` and the digits.
-fn validate(digits: Digits) -> Option<String> {
+fn validate(digits: Digits) -> Option<Known> {
     let text = format!("+{:0width$}", digits.value, width = usize::from(digits.len));
     let number = phonenumber::parse(None, text).ok()?;
-    phonenumber::is_valid(&number).then(|| number.format().mode(Mode::E164).to_string())
+    phonenumber::is_valid(&number).then(|| Known {
+        e164: number
+            .format()
+            .mode(Mode::E164)
+            .to_string()
+            .into_boxed_str(),
+        region: number.country().id(),
+    })
 }
 
 /// Shards of digits -> answer, each emptied when it reaches its share of [`CACHE_ENTRIES`]:
 /// a recipient seen before costs a hash lookup, and memory stays bounded (about 4 MB full).
 /// Sharded so that HTTP workers and the store's writer rarely wait for each other.
 struct Cache {
-    shards: [Mutex<HashMap<u64, Option<Box<str>>>>; SHARDS],
+    shards: [Mutex<HashMap<u64, Option<Known>>>; SHARDS],
 }
 
 const SHARDS: usize = 16;
@@ -105,7 +147,7 @@ impl Cache {
         }
     }
 
-    fn shard(&self, digits: Digits) -> std::sync::MutexGuard<'_, HashMap<u64, Option<Box<str>>>> {
+    fn shard(&self, digits: Digits) -> std::sync::MutexGuard<'_, HashMap<u64, Option<Known>>> {
         // A panic cannot leave a shard half-changed (one insert or clear), so poison is moot.
         self.shards[(digits.value % SHARDS as u64) as usize]
             .lock()
@@ -113,18 +155,16 @@ impl Cache {
     }
 
     /// The remembered answer, if any: `Some(None)` for a number known to be invalid.
-    fn get(&self, digits: Digits) -> Option<Option<String>> {
-        let shard = self.shard(digits);
-        let known = shard.get(&digits.key())?;
-        Some(known.as_deref().map(str::to_owned))
+    fn get(&self, digits: Digits) -> Option<Option<Known>> {
+        self.shard(digits).get(&digits.key()).cloned()
     }
 
-    fn insert(&self, digits: Digits, answer: Option<String>) {
+    fn insert(&self, digits: Digits, answer: Option<Known>) {
         let mut shard = self.shard(digits);
         if shard.len() >= CACHE_ENTRIES / SHARDS {
             shard.clear();
         }
-        shard.insert(digits.key(), answer.map(String::into_boxed_str));
+        shard.insert(digits.key(), answer);
     }
 }
 
@@ -132,7 +172,7 @@ impl Cache {
 mod tests {
     use phonenumber::Mode;
 
-    use super::{e164, lookup_key, Cache, Digits, CACHE_ENTRIES};
+    use super::{e164, lookup_key, region, Cache, Digits, Known, CACHE_ENTRIES};
 
     #[test]
     fn common_ways_of_writing_one_number_share_its_e164_form() {
@@ -162,6 +202,44 @@ mod tests {
         ] {
             assert_eq!(e164(raw), None, "{raw}");
         }
+    }
+
+    #[test]
+    fn a_numbers_region_is_its_countrys() {
+        assert_eq!(region("+91 90909 09090").as_deref(), Some("IN"));
+        assert_eq!(region("16505551234").as_deref(), Some("US"));
+        assert_eq!(region("+1 416 979 1234").as_deref(), Some("CA"));
+        assert_eq!(region("+15551340563"), None, "not a valid number");
+        assert_eq!(region("group-1"), None);
+    }
+
+    #[test]
+    fn metas_test_numbers_are_international_numbers_all_the_same() {
+        assert_eq!(
+            e164("15551340563"),
+            None,
+            "not in libphonenumber's metadata"
+        );
+        assert_eq!(
+            super::international("15551340563").as_deref(),
+            Some("+15551340563")
+        );
+        assert_eq!(
+            super::international("919090909090").as_deref(),
+            Some("+919090909090")
+        );
+        assert_eq!(super::international("US.13491208655302741918"), None);
+        assert_eq!(
+            super::unlisted("+15551340563").as_deref(),
+            Some("+15551340563")
+        );
+        assert_eq!(super::unlisted("919090909090"), None, "a valid number");
+        assert_eq!(
+            super::unlisted("+1 555 134 0563").as_deref(),
+            Some("+15551340563")
+        );
+        assert_eq!(super::unlisted("09090909090"), None, "a national number");
+        assert_eq!(super::unlisted("group-1"), None);
     }
 
     #[test]
@@ -282,7 +360,10 @@ mod tests {
     #[test]
     fn the_cache_stays_bounded() {
         let cache = Cache::new();
-        let answer = Some("+919090909090".to_owned());
+        let answer = Some(Known {
+            e164: "+919090909090".into(),
+            region: None,
+        });
         for value in 0..(CACHE_ENTRIES as u64 * 2) {
             cache.insert(Digits { value, len: 12 }, answer.clone());
         }

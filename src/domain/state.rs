@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::summary::{insert_bounded, Summary};
-use super::{CallbackData, Event, EventKind, MessageId, Provider, Status};
+use super::{Billing, CallbackData, Event, EventKind, MessageId, Pricing, Provider, Status};
 
 /// Everything flowhook knows about one message: derived fields plus the full timeline.
 ///
@@ -45,6 +45,12 @@ pub struct MessageState {
     #[serde(with = "super::time_format::option")]
     pub failed_at: Option<DateTime<Utc>>,
     pub clicks: Vec<Click>,
+    /// The latest `pricing` a status carried, in timeline order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+    /// The latest conversation id a status carried, in timeline order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
     pub events: Vec<TimelineEvent>,
     /// The events past `store.max_events_per_message`, counted but not listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +87,9 @@ pub struct TimelineEvent {
     pub failure_code: Option<String>,
     pub failure_reason: Option<String>,
     pub callback: Option<CallbackData>,
+    /// What the provider said this status costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<Box<Billing>>,
 }
 
 type SortKey<'a> = (DateTime<Utc>, EventKind, u8, &'a str, Option<&'a str>);
@@ -177,6 +186,7 @@ impl From<Event> for TimelineEvent {
             failure_code: e.failure_code,
             failure_reason: e.failure_reason,
             callback: e.callback,
+            billing: e.billing,
         }
     }
 }
@@ -285,6 +295,7 @@ impl MessageState {
             _ => None,
         };
         let recipient = first_with(|e| e.recipient.as_ref());
+        let billing = || events.iter().rev().filter_map(|e| e.billing.as_deref());
         let received = events
             .iter()
             .map(|e| e.received_at)
@@ -327,6 +338,8 @@ impl MessageState {
             failed_at: first_at(Status::Failed),
             status,
             clicks,
+            pricing: billing().find_map(|b| b.pricing.clone()),
+            conversation_id: billing().find_map(|b| b.conversation_id.clone()),
             events: Vec::new(),
             summary: None,
         }
@@ -423,6 +436,21 @@ mod tests {
                 &serde_json::json!(format!("{{\"t\":{at_secs}}}")),
                 4096,
             ),
+            // Statuses carry pricing that differs from one to the next, so that which one the
+            // message shows depends on the order the state keeps, never on arrival.
+            billing: status.filter(|s| *s != "failed").map(|_| {
+                Box::new(Billing {
+                    pricing: Some(Pricing {
+                        category: Some(
+                            ["marketing", "utility"][at_secs.rem_euclid(2) as usize].into(),
+                        ),
+                        kind: Some("regular".into()),
+                        billable: (at_secs % 3 == 0).then_some(true),
+                        pricing_model: Some("PMP".into()),
+                    }),
+                    conversation_id: Some(format!("conv-{at_secs}")),
+                })
+            }),
         }
     }
 

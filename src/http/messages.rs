@@ -13,7 +13,9 @@ use super::actions::ActionView;
 use super::auth::ApiCaller;
 use super::errors::{ApiError, ErrorBody};
 use super::{guarded, AppState};
-use crate::domain::{time_format, Click, EventKind, MessageState, Provider, Status, TimelineEvent};
+use crate::domain::{
+    time_format, Click, EventKind, MessageState, Pricing, Provider, Status, TimelineEvent,
+};
 use crate::store::{Action, Lookup, RejectedEvent};
 
 /// A message: its state, timeline (single-message answers only) and actions.
@@ -66,6 +68,10 @@ pub struct MessageView {
     #[schema(value_type = Option<String>, format = DateTime)]
     failed_at: Option<DateTime<Utc>>,
     clicks: Vec<ClickView>,
+    /// What the provider says the message costs: the latest `pricing` a status carried (Meta).
+    pricing: Option<Pricing>,
+    /// The conversation the provider billed it under (Meta's `conversation.id`).
+    conversation_id: Option<String>,
     /// Distinct events received. More than `events` lists when the timeline is long: an
     /// answer lists its first and last 100, and past `store.max_events_per_message` the
     /// middle of a timeline is summarized (counted, and kept for rules, but not listed).
@@ -275,10 +281,24 @@ pub(super) async fn find_messages(
             )))
         }
     };
-    let page = state
+    let mut page = state
         .store
         .lookup(&lookup, paging.limit, paging.cursor.as_deref())
         .await?;
+    // A number the phone metadata does not know (Meta's test numbers) is filed as `+` and its
+    // digits when Meta addressed it: look there too, when the number as given finds nothing.
+    if let (Lookup::Recipient(raw), true) = (&lookup, page.items.is_empty()) {
+        if let Some(plus_digits) = crate::domain::recipient::unlisted(raw) {
+            page = state
+                .store
+                .lookup(
+                    &Lookup::Recipient(plus_digits),
+                    paging.limit,
+                    paging.cursor.as_deref(),
+                )
+                .await?;
+        }
+    }
     respond_page(&state, &page).await
 }
 
@@ -365,6 +385,8 @@ impl MessageView {
             read_at: m.read_at,
             failed_at: m.failed_at,
             clicks: m.clicks.iter().map(ClickView::from).collect(),
+            pricing: m.pricing.clone(),
+            conversation_id: m.conversation_id.clone(),
             events_total: m.events_total(),
             events: with_events.then(|| shown_events(&m.events).map(EventView::from).collect()),
             actions: actions.iter().map(ActionView::from).collect(),

@@ -63,6 +63,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         crate::store::Group,
         crate::store::Rates,
         crate::store::FailureReason,
+        crate::store::Cost,
+        crate::store::CategoryCost,
+        crate::domain::Pricing,
     )),
     modifiers(&Security),
     tags(

@@ -33,7 +33,8 @@ pub struct Stats {
 }
 
 /// Funnels per value of an indexed callback field: sent, delivered, read, failed, clicked,
-/// follow-ups delivered and dead, rates, top failure reasons.
+/// follow-ups delivered and dead, rates, top failure reasons, and the estimated cost of its
+/// billable messages at the `[pricing]` rate card.
 #[utoipa::path(
     get,
     path = "/v1/stats",
@@ -78,7 +79,10 @@ pub(super) async fn stats(
             return Err(ApiError::bad_request("from is after to"));
         }
     }
-    let groups = state.store.stats(&field, from, to).await?;
+    let mut groups = state.store.stats(&field, from, to).await?;
+    for group in &mut groups {
+        group.price(&state.settings.pricing);
+    }
     Ok(HttpResponse::Ok().json(Stats {
         group_by,
         from: from.map(day_date),

@@ -168,6 +168,7 @@ fn parse_event(raw: &Value, event_id: String, ctx: ParseContext) -> IngestItem {
         failure_code: text(raw.get("failure_code")),
         failure_reason: text(raw.get("failure_reason")),
         callback: raw.get("callback_data"),
+        ..Default::default()
     };
     fields.into_item(Provider::Generic, kind, raw, ctx)
 }

@@ -1,5 +1,8 @@
 //! WhatsApp Cloud API webhooks: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(body, app secret)>`
-//! over the raw bytes; `entry[].changes[].value.statuses[]` are events, `messages[]` are ignored.
+//! over the raw bytes; `entry[].changes[].value.statuses[]` are events (with their `pricing` and
+//! `conversation`), `messages[]` are ignored. `recipient_id` is always a full international
+//! number without `+`, so it has an E.164 form even where libphonenumber's metadata does not
+//! know the range (Meta's test numbers, `+1 555 01x xxxx`).
 
 use actix_web::http::header::HeaderMap;
 use chrono::{DateTime, Utc};
@@ -12,7 +15,7 @@ use super::{
     Refusal, Source,
 };
 use crate::config::{MetaSettings, ProviderSettings};
-use crate::domain::{EventKind, IngestItem, Provider};
+use crate::domain::{Billing, EventKind, IngestItem, Pricing, Provider};
 
 pub struct Meta;
 
@@ -145,9 +148,30 @@ fn parse_status(raw: &Value, ctx: ParseContext) -> IngestItem {
         failure_code: error.and_then(|e| text(e.get("code"))),
         failure_reason: error.and_then(error_words),
         callback: raw.get("biz_opaque_callback_data"),
+        billing: billing(raw),
+        international: true,
         ..Default::default()
     };
     fields.into_item(Provider::Meta, EventKind::Status, raw, ctx)
+}
+
+/// A status's `pricing` and `conversation.id`. Meta's older key `pricing_type` stands in for
+/// `type` where that is absent; a `pricing` that is not an object is left out.
+fn billing(raw: &Value) -> Option<Box<Billing>> {
+    let pricing = raw
+        .get("pricing")
+        .and_then(Value::as_object)
+        .map(|p| Pricing {
+            category: text(p.get("category")),
+            kind: text(p.get("type")).or_else(|| text(p.get("pricing_type"))),
+            billable: p.get("billable").and_then(Value::as_bool),
+            pricing_model: text(p.get("pricing_model")),
+        });
+    Billing {
+        pricing,
+        conversation_id: text(raw.pointer("/conversation/id")),
+    }
+    .some()
 }
 
 #[cfg(test)]
@@ -180,6 +204,28 @@ mod tests {
         .is_ok());
         assert!(verify(Some(header.as_bytes()), b"tampered", &settings(&[secret])).is_err());
         assert!(verify(Some(header.as_bytes()), body, &settings(&["other"])).is_err());
+    }
+
+    #[test]
+    fn pricing_and_conversation_are_read_with_metas_older_keys() {
+        let status = serde_json::json!({
+            "pricing": {"pricing_model": "CBP", "category": "utility", "pricing_type": "regular"},
+            "conversation": {"id": "c1", "origin": {"type": "utility"}},
+        });
+        let b = billing(&status).unwrap();
+        let p = b.pricing.unwrap();
+        assert_eq!(p.kind.as_deref(), Some("regular"));
+        assert_eq!((p.billable, p.category.as_deref()), (None, Some("utility")));
+        assert_eq!(b.conversation_id.as_deref(), Some("c1"));
+        // `type` wins over `pricing_type`; a pricing that is not an object is left out.
+        let both =
+            serde_json::json!({"pricing": {"type": "free_entry_point", "pricing_type": "regular"}});
+        assert_eq!(
+            billing(&both).unwrap().pricing.unwrap().kind.as_deref(),
+            Some("free_entry_point")
+        );
+        assert!(billing(&serde_json::json!({"pricing": "regular"})).is_none());
+        assert!(billing(&serde_json::json!({})).is_none());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::ProviderSettings;
 use crate::domain::{
-    failure_text, CallbackData, Event, EventKind, IngestItem, MessageId, Provider, Status,
+    failure_text, Billing, CallbackData, Event, EventKind, IngestItem, MessageId, Provider, Status,
 };
 
 pub use bik::Bik;
@@ -155,6 +155,9 @@ struct Fields<'a> {
     failure_code: Option<String>,
     failure_reason: Option<String>,
     callback: Option<&'a Value>,
+    billing: Option<Box<Billing>>,
+    /// The recipient is a full international number, `+` or not (Meta's `recipient_id`).
+    international: bool,
 }
 
 impl Fields<'_> {
@@ -209,10 +212,11 @@ impl Fields<'_> {
             at,
             received_at: ctx.received_at,
             event_id: self.event_id,
-            recipient_e164: self
-                .recipient
-                .as_deref()
-                .and_then(crate::domain::recipient::e164),
+            recipient_e164: self.recipient.as_deref().and_then(if self.international {
+                crate::domain::recipient::international
+            } else {
+                crate::domain::recipient::e164
+            }),
             recipient: self.recipient,
             recipient_user_id: self.recipient_user_id,
             participant: self.participant,
@@ -222,6 +226,7 @@ impl Fields<'_> {
             callback: self
                 .callback
                 .and_then(|cb| CallbackData::decode(cb, ctx.max_callback_bytes)),
+            billing: self.billing,
         })
     }
 }

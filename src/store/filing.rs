@@ -20,6 +20,8 @@ pub(super) struct Derived {
     /// The day bucket of the stats (when the message was first seen).
     pub day: u32,
     failure: Option<String>,
+    /// For a billable message, its metric: `billable:<category>\0<region>`.
+    billable: Option<String>,
 }
 
 impl Derived {
@@ -49,6 +51,7 @@ impl Derived {
             clicked: !state.clicks.is_empty(),
             day: crate::store::stats::day_of(state.first_seen_at),
             failure: crate::store::stats::failure_metric(state),
+            billable: crate::store::stats::billable_metric(state),
         })
     }
 
@@ -72,6 +75,7 @@ impl Derived {
             metrics.push("clicked".into());
         }
         metrics.extend(self.failure.clone());
+        metrics.extend(self.billable.clone());
         metrics
     }
 }

@@ -35,7 +35,7 @@ pub use outbox::{clock_ms, DueEntry};
 pub use postgres::PgStore;
 pub use query::{Lookup, Page, RejectedEvent};
 pub use retention::{Janitor, Purged};
-pub use stats::{day_date, day_of, FailureReason, Group, Rates};
+pub use stats::{day_date, day_of, CategoryCost, Cost, FailureReason, Group, Rates};
 
 use crate::config::StoreSettings;
 

@@ -16,6 +16,12 @@
 //! Format 2 adds `actions`: the ids of the follow-ups the message's events queued, so that a
 //! message's actions are found through its record instead of an index entry each. A format 1
 //! record reads as one without actions (the upgrade at open moves them in).
+//!
+//! Format 3 adds what only some events carry (Meta's `pricing` and `conversation` today) as
+//! `extras`: each distinct value once, as a JSON object, so that an attribute added later needs
+//! no new format; `extra_of` pairs an event (by its place among the timeline, then the
+//! summary's representatives, then its latest failure) with its extra. A format 1 or 2 record
+//! reads as one whose events carry none, and is rewritten in format 3 when it next changes.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,13 +30,13 @@ use sha2::{Digest, Sha256};
 use super::StoreError;
 use crate::domain::TimelineEvent;
 use crate::domain::{
-    CallbackData, Event, EventKind, MessageId, MessageState, Provider, Status, Summary,
+    Billing, CallbackData, Event, EventKind, MessageId, MessageState, Provider, Status, Summary,
 };
 
 /// First byte of every versioned record (no JSON text starts with it).
 const MAGIC: u8 = 0xF1;
 /// The format this build writes.
-pub(super) const VERSION: u8 = 2;
+pub(super) const VERSION: u8 = 3;
 
 /// What one key of `messages` holds.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -111,6 +117,24 @@ impl Record {
                     .as_ref()
                     .map(|e| StoredEvent::from_timeline(e, &mut callbacks)),
             });
+        let (mut extras, mut extra_of) = (Vec::<String>::new(), Vec::new());
+        if let Some(state) = state {
+            let summary = state.summary.as_ref();
+            let all = state.events.iter().chain(
+                summary
+                    .into_iter()
+                    .flat_map(|s| s.representatives.iter().chain(&s.latest_failure)),
+            );
+            for (at, e) in all.enumerate() {
+                let Some(billing) = &e.billing else { continue };
+                let text = serde_json::to_string(billing)?;
+                let index = extras.iter().position(|x| *x == text).unwrap_or_else(|| {
+                    extras.push(text);
+                    extras.len() - 1
+                });
+                extra_of.push((at as u32, index as u32));
+            }
+        }
         let stored = Stored {
             callbacks,
             events,
@@ -118,6 +142,8 @@ impl Record {
             summary,
             recipient_e164: state.and_then(|s| s.recipient_e164.clone()),
             actions: actions.to_vec(),
+            extras,
+            extra_of,
         };
         let mut out = vec![MAGIC, VERSION];
         postcard::to_io(&stored, &mut out).map_err(encoding)?;
@@ -126,12 +152,19 @@ impl Record {
 
     pub fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
         match bytes {
-            [MAGIC, version @ (1 | VERSION), rest @ ..] => {
-                let stored = if *version == 1 {
-                    Stored::from(postcard::from_bytes::<StoredV1>(rest).map_err(encoding)?)
-                } else {
-                    postcard::from_bytes::<Stored>(rest).map_err(encoding)?
+            [MAGIC, version @ (1 | 2 | VERSION), rest @ ..] => {
+                let stored = match version {
+                    1 => Stored::from(StoredV2::from(
+                        postcard::from_bytes::<StoredV1>(rest).map_err(encoding)?,
+                    )),
+                    2 => Stored::from(postcard::from_bytes::<StoredV2>(rest).map_err(encoding)?),
+                    _ => postcard::from_bytes::<Stored>(rest).map_err(encoding)?,
                 };
+                let extras: Vec<Billing> = stored
+                    .extras
+                    .iter()
+                    .map(|text| serde_json::from_str(text))
+                    .collect::<Result<_, _>>()?;
                 let message_id = MessageId::parse(id).map_err(StoreError::Corrupt)?;
                 // Each distinct callback decoded once, then shared by its events.
                 let callbacks: Vec<CallbackData> = stored
@@ -140,12 +173,12 @@ impl Record {
                     .map(|c| CallbackData::restore(c.raw, c.error))
                     .collect();
                 let callbacks = &callbacks;
-                let events: Vec<TimelineEvent> = stored
+                let mut events: Vec<TimelineEvent> = stored
                     .events
                     .into_iter()
                     .map(|e| e.into_timeline(callbacks))
                     .collect::<Result<_, _>>()?;
-                let summary = match stored.summary {
+                let mut summary = match stored.summary {
                     None => None,
                     Some(s) => Some(Summary {
                         events: s.events,
@@ -162,6 +195,30 @@ impl Record {
                             .transpose()?,
                     }),
                 };
+                for &(at, extra) in &stored.extra_of {
+                    let billing = extras.get(extra as usize).ok_or_else(|| {
+                        StoreError::Corrupt("an event names an extra the record lacks".into())
+                    })?;
+                    let timeline = events.len();
+                    let event = match summary.as_mut() {
+                        _ if (at as usize) < timeline => events.get_mut(at as usize),
+                        Some(s) => {
+                            let at = at as usize - timeline;
+                            let kept = s.representatives.len();
+                            if at < kept {
+                                s.representatives.get_mut(at)
+                            } else {
+                                s.latest_failure.as_mut().filter(|_| at == kept)
+                            }
+                        }
+                        None => None,
+                    };
+                    event
+                        .ok_or_else(|| {
+                            StoreError::Corrupt("an extra names an event the record lacks".into())
+                        })?
+                        .billing = Some(Box::new(billing.clone()));
+                }
                 Ok(Record {
                     state: MessageState::from_stored(
                         message_id,
@@ -229,7 +286,7 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("8 of 32 bytes"))
 }
 
-/// A record as this build writes it (format 2).
+/// A record as this build writes it (format 3).
 #[derive(Serialize, Deserialize)]
 struct Stored {
     callbacks: Vec<StoredCallback>,
@@ -239,6 +296,36 @@ struct Stored {
     /// The recipient's E.164 form, so that reading a record never normalizes a number again.
     recipient_e164: Option<String>,
     actions: Vec<String>,
+    /// Distinct extras, JSON objects (today a [`Billing`]).
+    extras: Vec<String>,
+    /// (event's place, index into `extras`), see the module's doc.
+    extra_of: Vec<(u32, u32)>,
+}
+
+/// Format 2: format 3 without extras.
+#[derive(Deserialize)]
+struct StoredV2 {
+    callbacks: Vec<StoredCallback>,
+    events: Vec<StoredEvent>,
+    purged: Vec<u64>,
+    summary: Option<StoredSummary>,
+    recipient_e164: Option<String>,
+    actions: Vec<String>,
+}
+
+impl From<StoredV2> for Stored {
+    fn from(v2: StoredV2) -> Self {
+        Stored {
+            callbacks: v2.callbacks,
+            events: v2.events,
+            purged: v2.purged,
+            summary: v2.summary,
+            recipient_e164: v2.recipient_e164,
+            actions: v2.actions,
+            extras: Vec::new(),
+            extra_of: Vec::new(),
+        }
+    }
 }
 
 /// Format 1: format 2 without `actions` (postcard's fields are positional).
@@ -251,9 +338,9 @@ struct StoredV1 {
     recipient_e164: Option<String>,
 }
 
-impl From<StoredV1> for Stored {
+impl From<StoredV1> for StoredV2 {
     fn from(v1: StoredV1) -> Self {
-        Stored {
+        StoredV2 {
             callbacks: v1.callbacks,
             events: v1.events,
             purged: v1.purged,
@@ -358,6 +445,7 @@ impl StoredEvent {
             failure_code: self.failure_code,
             failure_reason: self.failure_reason,
             callback,
+            billing: None,
         })
     }
 }
@@ -421,10 +509,82 @@ mod tests {
             actions: vec![],
         };
         let mut bytes = v2.encode().unwrap();
-        // Format 1 is format 2 without the trailing (here empty) action list.
-        assert_eq!(bytes.pop(), Some(0));
+        // Format 1 is format 3 without the trailing (here empty) extras, extra_of and actions.
+        assert_eq!(bytes.split_off(bytes.len() - 3), [0, 0, 0]);
         bytes[1] = 1;
         assert_eq!(Record::decode("wamid.REC==", &bytes).unwrap(), v2);
+    }
+
+    #[test]
+    fn a_format_2_record_reads_as_one_whose_events_carry_no_billing() {
+        let s = state(&[("sent", 1), ("read", 2)]);
+        let v2 = Record {
+            state: Some(s),
+            purged: vec![],
+            actions: vec!["act_1".into()],
+        };
+        let mut bytes = v2.encode().unwrap();
+        // Format 2 is format 3 without the trailing (here empty) extras and extra_of.
+        assert_eq!(bytes.split_off(bytes.len() - 2), [0, 0]);
+        bytes[1] = 2;
+        let read = Record::decode("wamid.REC==", &bytes).unwrap();
+        assert_eq!(read, v2);
+        assert_eq!(read.state.unwrap().pricing, None);
+    }
+
+    #[test]
+    fn billing_reads_back_and_is_stored_once_per_distinct_value() {
+        use crate::domain::{Billing, Pricing};
+        let marketing = Billing {
+            pricing: Some(Pricing {
+                category: Some("marketing".into()),
+                kind: Some("regular".into()),
+                billable: Some(true),
+                pricing_model: Some("PMP".into()),
+            }),
+            conversation_id: None,
+        };
+        let mut s = None;
+        for (status, at) in [("sent", 1), ("delivered", 2), ("read", 3), ("failed", 4)] {
+            let mut e = Event::test_status("wamid.REC==", status, at);
+            e.billing = (status != "failed").then(|| Box::new(marketing.clone()));
+            s = Some(MessageState::apply_bounded(s, e, 10).0);
+        }
+        let record = Record {
+            state: s,
+            ..Record::default()
+        };
+        let bytes = record.encode().unwrap();
+        let copies = bytes
+            .windows(b"marketing".len())
+            .filter(|w| w == b"marketing")
+            .count();
+        assert_eq!(copies, 1);
+        let read = Record::decode("wamid.REC==", &bytes).unwrap();
+        assert_eq!(read, record);
+        assert_eq!(read.state.unwrap().pricing, marketing.pricing);
+    }
+
+    #[test]
+    fn billing_on_summarized_events_reads_back() {
+        use crate::domain::Billing;
+        let mut s = None;
+        for at in 0..30 {
+            let mut e = Event::test_status("wamid.REC==", ["sent", "delivered"][at % 2], at as i64);
+            e.event_id = Some(format!("e{at}"));
+            e.billing = Some(Box::new(Billing {
+                pricing: None,
+                conversation_id: Some(format!("conv-{at}")),
+            }));
+            s = Some(MessageState::apply_bounded(s, e, 10).0);
+        }
+        let record = Record {
+            state: s,
+            ..Record::default()
+        };
+        assert!(record.state.as_ref().unwrap().summary.is_some());
+        let bytes = record.encode().unwrap();
+        assert_eq!(Record::decode("wamid.REC==", &bytes).unwrap(), record);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! Key: `<field>\0<value>\0<day: u32 BE, days since 1970-01-01><metric>`; value: i64 BE.
 //! Metrics: `messages`, `status:<status>` (current status), `clicked`, for failed messages
 //! `failure_code:<code>\0<reason>` (with the provider's code) or `failure:<reason>` (without
-//! one), and `action:<state>`.
+//! one), `action:<state>`, and for a billable message `billable:<category>\0<region>` (the
+//! region of the recipient's number, empty when unknown): counted once per message, however
+//! many statuses carried its pricing, and priced when asked with the rate card then in force.
 
 use std::collections::BTreeMap;
 
@@ -43,6 +45,77 @@ pub struct Group {
     pub actions_dead: i64,
     pub rates: Rates,
     pub top_failure_reasons: Vec<FailureReason>,
+    /// Billable messages and what they cost at the `[pricing]` rate card.
+    pub cost: Cost,
+    /// Billable messages by (category, region), for [`Group::price`].
+    #[serde(skip)]
+    billable: BTreeMap<(String, String), i64>,
+}
+
+/// What a group's billable messages cost, estimated with the config's `[pricing]` rate card
+/// (providers send no prices). A category the card does not price counts at 0.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Cost {
+    #[schema(example = "USD")]
+    pub currency: String,
+    pub estimated: f64,
+    /// Messages charged (each once, whatever the number of statuses).
+    pub billable: i64,
+    /// Per category as the provider names it.
+    pub by_category: BTreeMap<String, CategoryCost>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct CategoryCost {
+    pub messages: i64,
+    pub estimated: f64,
+}
+
+impl Group {
+    /// Fills in `cost` from the rate card.
+    pub fn price(&mut self, card: &crate::config::PricingSettings) {
+        let mut cost = Cost {
+            currency: card.currency.clone(),
+            ..Cost::default()
+        };
+        for ((category, region), n) in &self.billable {
+            let rate = card
+                .rate(category, (!region.is_empty()).then_some(region.as_str()))
+                .unwrap_or(0.0);
+            let entry = cost.by_category.entry(category.clone()).or_default();
+            entry.messages += n;
+            entry.estimated += rate * *n as f64;
+            cost.billable += n;
+        }
+        for c in cost.by_category.values_mut() {
+            c.estimated = cents(c.estimated);
+            cost.estimated += c.estimated;
+        }
+        cost.estimated = cents(cost.estimated);
+        self.cost = cost;
+    }
+}
+
+/// Rounded to 1/10,000 of the currency's unit, so that sums of small rates read cleanly
+/// (Meta's rates have four decimals).
+fn cents(amount: f64) -> f64 {
+    (amount * 10_000.0).round() / 10_000.0
+}
+
+/// The billable metric a message is counted under, if its pricing says it is charged.
+pub(super) fn billable_metric(state: &crate::domain::MessageState) -> Option<String> {
+    let pricing = state.pricing.as_ref().filter(|p| p.billable())?;
+    let category = pricing
+        .category
+        .as_deref()
+        .unwrap_or("unknown")
+        .replace('\0', "");
+    let region = state
+        .recipient_e164
+        .as_deref()
+        .and_then(crate::domain::recipient::region)
+        .unwrap_or_default();
+    Some(format!("billable:{category}\0{region}"))
 }
 
 /// Ratios, `null` when the denominator is 0.
@@ -123,6 +196,15 @@ pub(super) fn group(value: String, m: &BTreeMap<String, i64>) -> Group {
             clicked: ratio(clicked, read),
         },
         top_failure_reasons: top_failure_reasons(m),
+        cost: Cost::default(),
+        billable: m
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .filter_map(|(metric, n)| {
+                let (category, region) = metric.strip_prefix("billable:")?.split_once('\0')?;
+                Some(((category.to_owned(), region.to_owned()), *n))
+            })
+            .collect(),
     }
 }
 

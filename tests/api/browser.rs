@@ -83,8 +83,15 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
     let mock = ok_and_dead_target().await;
     let m = mock.uri();
     let rules = post_rule("cart-read", "read", &format!("{m}/ok"), "message_id")
-        + &post_rule("failed-alert", "failed", &format!("{m}/dead"), "message_id");
+        + &post_rule("failed-alert", "failed", &format!("{m}/dead"), "message_id")
+        + crate::cost::RATE_CARD;
     let app = spawn_app_with_rules(&rules).await;
+    // Meta statuses with per-message pricing, in a campaign of their own.
+    counts(
+        app.post_meta(fixture("meta/statuses-pricing-pmp.json"))
+            .await,
+    )
+    .await;
     for f in [
         "status-sent",
         "status-delivered",
@@ -158,6 +165,9 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
     assert_eq!(text_of(&c, &count("failed"), |_| true).await, "1");
     let winback = r#"[data-value="winback"] [data-testid="count-delivered"]"#;
     assert_eq!(text_of(&c, winback, |_| true).await, "2");
+    // The estimated cost of a campaign's billable messages, at the rate card.
+    let cost = r#"[data-value="summer_sale"] [data-testid="cost"]"#;
+    assert_eq!(text_of(&c, cost, |_| true).await, "USD 0.0147 (2 billable)");
     text_of(&c, r#"[data-testid="live"]"#, |t| t.starts_with("live")).await;
     // The failed follow-up is in the dead letters.
     text_of(&c, "#dead tbody", |t| t.contains("failed-alert")).await;

@@ -128,14 +128,15 @@ fn uuid_like(pid: u32, now: std::time::SystemTime) -> String {
     format!("{pid}_{nanos}_{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Starts the app with test settings plus the `[targets.*]`, `[dispatch]` and `[[rules]]` of
-/// `toml` (other sections there are ignored).
+/// Starts the app with test settings plus the `[targets.*]`, `[dispatch]`, `[[rules]]` and
+/// `[pricing]` of `toml` (other sections there are ignored).
 pub async fn spawn_app_with_rules(toml: &str) -> TestApp {
     let parsed = Settings::from_toml_str(toml).expect("rules config is valid");
     spawn_app_with(|s| {
         s.targets = parsed.targets;
         s.dispatch = parsed.dispatch;
         s.rules = parsed.rules;
+        s.pricing = parsed.pricing;
     })
     .await
 }

@@ -4,6 +4,7 @@ mod actions;
 mod bik;
 mod browser;
 mod cli;
+mod cost;
 mod crash;
 mod damage;
 mod disk_full;

@@ -165,12 +165,50 @@ async fn the_documented_message_event_and_failure_fields_are_exactly_what_is_ser
         served_fields(&m["events"][0]),
         documented_fields(&doc, "EventView")
     );
-    for field in ["recipient_e164", "recipient_user_id", "failure_code"] {
+    for field in [
+        "recipient_e164",
+        "recipient_user_id",
+        "failure_code",
+        "pricing",
+        "conversation_id",
+    ] {
         assert!(m.get(field).is_some(), "{field}");
     }
     let stats = app.get_json("/v1/stats?group_by=callback.campaign").await;
     assert_eq!(
         served_fields(&stats["groups"][0]["top_failure_reasons"][0]),
         documented_fields(&doc, "FailureReason")
+    );
+
+    // Pricing, and a campaign's cost.
+    counts(
+        app.post_meta(fixture("meta/statuses-pricing-pmp.json"))
+            .await,
+    )
+    .await;
+    let priced = app
+        .message("wamid.HBgMOTE5MDkwOTA5MDkwFQIAERgSUE1QMTIzREVGNDU2R0hJNzg5AA==")
+        .await
+        .unwrap();
+    assert_eq!(
+        served_fields(&priced["pricing"]),
+        documented_fields(&doc, "Pricing")
+    );
+    let stats = app.get_json("/v1/stats?group_by=callback.campaign").await;
+    let group = &stats["groups"][0];
+    assert_eq!(served_fields(group), documented_fields(&doc, "Group"));
+    assert_eq!(
+        served_fields(&group["cost"]),
+        documented_fields(&doc, "Cost")
+    );
+    let sale = stats["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["value"] == "summer_sale")
+        .unwrap();
+    assert_eq!(
+        served_fields(&sale["cost"]["by_category"]["marketing"]),
+        documented_fields(&doc, "CategoryCost")
     );
 }

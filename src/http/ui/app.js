@@ -77,7 +77,10 @@ function funnelCard(group) {
     fact("read", rate(group.rates.read), "rate-read"),
     fact("click", rate(group.rates.clicked), "rate-clicked"),
     fact("follow-ups ok", group.actions_delivered, "actions-delivered"),
-    fact("dead", group.actions_dead, "actions-dead")));
+    fact("dead", group.actions_dead, "actions-dead"),
+    group.cost && group.cost.billable
+      ? fact("est. cost", `${group.cost.currency} ${group.cost.estimated} (${group.cost.billable} billable)`, "cost")
+      : ""));
   if (group.top_failure_reasons.length) {
     card.append(el("ul", { class: "reasons" },
       ...group.top_failure_reasons.map((r) => el("li", { "data-testid": "failure-reason" },
