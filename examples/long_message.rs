@@ -41,6 +41,7 @@ fn click_at(n: u64, secs: u64) -> IngestItem {
             4096,
         ),
         billing: None,
+        reply: None,
     }))
 }
 

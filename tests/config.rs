@@ -319,3 +319,14 @@ default = 0.1
     assert_eq!(fine.pricing.rate("utility", None), Some(0.004));
     assert_eq!(fine.pricing.rate("marketing", Some("IN")), None);
 }
+
+#[test]
+fn the_reply_window_must_be_positive() {
+    let error = Settings::from_toml_str("[store]\nreply_window_hours = 0\n")
+        .and_then(|s| s.validate().map(|_| s))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("store.reply_window_hours"), "{error}");
+    let fine = Settings::from_toml_str("[store]\nreply_window_hours = 0.5\n").unwrap();
+    fine.validate().unwrap();
+}

@@ -41,6 +41,9 @@ impl Settings {
         if self.store.max_callback_bytes == 0 {
             problems.push("store.max_callback_bytes: must be positive".into());
         }
+        if !(self.store.reply_window_hours > 0.0 && self.store.reply_window_hours.is_finite()) {
+            problems.push("store.reply_window_hours: must be positive".into());
+        }
         if self.store.relaxed_flush_ms == 0 {
             problems.push("store.relaxed_flush_ms: must be positive".into());
         }

@@ -142,6 +142,9 @@ pub struct StoreSettings {
     pub min_free_disk_bytes: u64,
     /// Events a message keeps one by one; past it, the middle of its timeline is summarized.
     pub max_events_per_message: usize,
+    /// A customer message without a `context` answers the recipient's latest message first
+    /// seen at most this long before it (fractions allowed).
+    pub reply_window_hours: f64,
     /// `[store.postgres]`, for `backend = "postgres"`.
     pub postgres: PostgresSettings,
 }
@@ -217,6 +220,7 @@ impl Default for StoreSettings {
             purge_interval_seconds: 60.0,
             min_free_disk_bytes: 100 * 1024 * 1024,
             max_events_per_message: 1000,
+            reply_window_hours: 72.0,
             postgres: PostgresSettings::default(),
         }
     }

@@ -1,12 +1,14 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Billing, CallbackData, MessageId, Status};
+use super::{Billing, CallbackData, MessageId, Reply, Status};
 
 /// What an adapter made of one element of a webhook body.
 #[derive(Debug)]
 pub enum IngestItem {
     Event(Box<Event>),
+    /// A customer message, to be attributed to the business message it answers.
+    Reply(Box<super::Incoming>),
     /// Well-formed, of a kind flowhook does not handle.
     Ignored,
     /// JSON, but missing what it needs; quarantined with the reason.
@@ -46,6 +48,8 @@ impl Provider {
 pub enum EventKind {
     Status,
     Click,
+    /// A customer's message answering this one (contract section 8.1).
+    Reply,
 }
 
 /// One thing a provider told us about one message: a status change or a link click.
@@ -86,9 +90,18 @@ pub struct Event {
     /// What the provider says the message costs (Meta's `pricing` and `conversation`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billing: Option<Box<Billing>>,
+    /// Set for reply events: what the customer sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Box<Reply>>,
 }
 
 impl Event {
+    /// What tells it apart from other events of its kind at the same time: a click's URL, a
+    /// reply's customer message id.
+    pub fn what(&self) -> Option<&str> {
+        what(self.kind, self.url.as_deref(), self.event_id.as_deref())
+    }
+
     /// What makes two events the same event when the provider sends no id, or a new id on a
     /// retry: message, kind, status (or, for a click, its URL), timestamp and, for a group
     /// message, the participant.
@@ -97,10 +110,23 @@ impl Event {
             &self.message_id,
             self.kind,
             self.status.as_ref(),
-            self.url.as_deref(),
+            self.what(),
             self.at,
             self.participant.as_deref(),
         )
+    }
+}
+
+/// See [`Event::what`].
+pub(crate) fn what<'a>(
+    kind: EventKind,
+    url: Option<&'a str>,
+    event_id: Option<&'a str>,
+) -> Option<&'a str> {
+    match kind {
+        EventKind::Status => None,
+        EventKind::Click => url,
+        EventKind::Reply => event_id,
     }
 }
 
@@ -109,7 +135,7 @@ pub(crate) fn natural_key(
     message_id: &MessageId,
     kind: EventKind,
     status: Option<&Status>,
-    url: Option<&str>,
+    what: Option<&str>,
     at: DateTime<Utc>,
     participant: Option<&str>,
 ) -> String {
@@ -118,7 +144,7 @@ pub(crate) fn natural_key(
         message_id,
         kind.as_str(),
         super::rfc3339(at),
-        subject(kind, status, url)
+        subject(kind, status, what)
     );
     // Only group statuses carry a participant, so every other key reads as it always has and
     // dedupe keys stored before participants were kept still match.
@@ -154,6 +180,7 @@ impl Event {
             failure_reason: None,
             callback: CallbackData::decode(&serde_json::json!({ "campaign": "c" }), 4096),
             billing: None,
+            reply: None,
         }
     }
 }
@@ -163,19 +190,20 @@ impl EventKind {
         match self {
             Self::Status => "status",
             Self::Click => "click",
+            Self::Reply => "reply",
         }
     }
 }
 
-/// What an event is about: its status for a status event, its URL for a click.
+/// What an event is about: its status for a status event, else its [`Event::what`].
 pub(crate) fn subject<'a>(
     kind: EventKind,
     status: Option<&'a Status>,
-    url: Option<&'a str>,
+    what: Option<&'a str>,
 ) -> &'a str {
     match kind {
         EventKind::Status => status.map(Status::as_str).unwrap_or_default(),
-        EventKind::Click => url.unwrap_or_default(),
+        EventKind::Click | EventKind::Reply => what.unwrap_or_default(),
     }
 }
 

@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::summary::{insert_bounded, Summary};
-use super::{Billing, CallbackData, Event, EventKind, MessageId, Pricing, Provider, Status};
+use super::{Billing, CallbackData, Event, EventKind, MessageId, Pricing, Provider, Reply, Status};
 
 /// Everything flowhook knows about one message: derived fields plus the full timeline.
 ///
@@ -45,6 +45,13 @@ pub struct MessageState {
     #[serde(with = "super::time_format::option")]
     pub failed_at: Option<DateTime<Utc>>,
     pub clicks: Vec<Click>,
+    /// When the customer first replied to it (the first reply in the timeline).
+    #[serde(
+        default,
+        with = "super::time_format::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub replied_at: Option<DateTime<Utc>>,
     /// The latest `pricing` a status carried, in timeline order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
@@ -90,6 +97,9 @@ pub struct TimelineEvent {
     /// What the provider said this status costs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billing: Option<Box<Billing>>,
+    /// On a reply event: what the customer sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Box<Reply>>,
 }
 
 type SortKey<'a> = (DateTime<Utc>, EventKind, u8, &'a str, Option<&'a str>);
@@ -99,14 +109,14 @@ fn sort_key<'a>(
     at: DateTime<Utc>,
     kind: EventKind,
     status: Option<&'a Status>,
-    url: Option<&'a str>,
+    what: Option<&'a str>,
     participant: Option<&'a str>,
 ) -> SortKey<'a> {
     (
         at,
         kind,
         status.map_or(0, Status::timeline_order),
-        super::event::subject(kind, status, url),
+        super::event::subject(kind, status, what),
         participant,
     )
 }
@@ -133,7 +143,7 @@ impl TimelineEvent {
             message_id,
             self.kind,
             self.status.as_ref(),
-            self.url.as_deref(),
+            self.what(),
             self.at,
             self.participant.as_deref(),
         )
@@ -146,14 +156,19 @@ impl TimelineEvent {
             self.at,
             self.kind,
             self.status.as_ref(),
-            self.url.as_deref(),
+            self.what(),
             self.participant.as_deref(),
         )
     }
 
     /// Its status, or for a click its URL.
     pub(super) fn subject(&self) -> &str {
-        super::event::subject(self.kind, self.status.as_ref(), self.url.as_deref())
+        super::event::subject(self.kind, self.status.as_ref(), self.what())
+    }
+
+    /// See [`Event::what`].
+    pub fn what(&self) -> Option<&str> {
+        super::event::what(self.kind, self.url.as_deref(), self.event_id.as_deref())
     }
 
     /// Among two events with the same natural key, the one the timeline keeps: the earliest
@@ -187,6 +202,7 @@ impl From<Event> for TimelineEvent {
             failure_reason: e.failure_reason,
             callback: e.callback,
             billing: e.billing,
+            reply: e.reply,
         }
     }
 }
@@ -338,6 +354,10 @@ impl MessageState {
             failed_at: first_at(Status::Failed),
             status,
             clicks,
+            replied_at: events
+                .iter()
+                .find(|e| e.kind == EventKind::Reply)
+                .map(|e| e.at),
             pricing: billing().find_map(|b| b.pricing.clone()),
             conversation_id: billing().find_map(|b| b.conversation_id.clone()),
             events: Vec::new(),
@@ -381,7 +401,7 @@ impl MessageState {
             event.at,
             event.kind,
             event.status.as_ref(),
-            event.url.as_deref(),
+            event.what(),
             event.participant.as_deref(),
         );
         let by_key = self
@@ -451,6 +471,7 @@ mod tests {
                     conversation_id: Some(format!("conv-{at_secs}")),
                 })
             }),
+            reply: None,
         }
     }
 
@@ -679,6 +700,22 @@ mod tests {
                 }
             }),
             (url, 0i64..6).prop_map(|(u, t)| event(EventKind::Click, None, Some(u), t)),
+            // Replies: two customer messages (a retry repeats one whole: id and time).
+            (0usize..2).prop_map(|n| {
+                let plain = event(EventKind::Reply, None, None, 2 * n as i64 + 1);
+                Event {
+                    event_id: Some(format!("wamid.CUSTOMER{n}")),
+                    callback: None,
+                    billing: None,
+                    reply: Some(Box::new(Reply {
+                        message_id: format!("wamid.CUSTOMER{n}"),
+                        kind: "button".into(),
+                        text: Some(["Yes", "Stop"][n].into()),
+                        payload: Some(format!("p{n}")),
+                    })),
+                    ..plain
+                }
+            }),
         ]
     }
 

@@ -14,7 +14,7 @@ use super::auth::ApiCaller;
 use super::errors::{ApiError, ErrorBody};
 use super::{guarded, AppState};
 use crate::domain::{
-    time_format, Click, EventKind, MessageState, Pricing, Provider, Status, TimelineEvent,
+    time_format, Click, EventKind, MessageState, Pricing, Provider, Reply, Status, TimelineEvent,
 };
 use crate::store::{Action, Lookup, RejectedEvent};
 
@@ -67,6 +67,10 @@ pub struct MessageView {
     #[serde(with = "time_format::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     failed_at: Option<DateTime<Utc>>,
+    /// When the customer first replied to it.
+    #[serde(with = "time_format::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    replied_at: Option<DateTime<Utc>>,
     clicks: Vec<ClickView>,
     /// What the provider says the message costs: the latest `pricing` a status carried (Meta).
     pricing: Option<Pricing>,
@@ -84,7 +88,7 @@ pub struct MessageView {
 
 #[derive(Serialize, ToSchema)]
 pub struct EventView {
-    /// `status` or `click`.
+    /// `status`, `click` or `reply`.
     #[schema(value_type = String)]
     kind: EventKind,
     #[schema(value_type = Option<String>)]
@@ -107,6 +111,8 @@ pub struct EventView {
     failure_reason: Option<String>,
     /// The group member this status is about, for a group message.
     participant: Option<String>,
+    /// On a `reply` event: what the customer sent (its own message id, type, text, payload).
+    reply: Option<Reply>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -384,6 +390,7 @@ impl MessageView {
             delivered_at: m.delivered_at,
             read_at: m.read_at,
             failed_at: m.failed_at,
+            replied_at: m.replied_at,
             clicks: m.clicks.iter().map(ClickView::from).collect(),
             pricing: m.pricing.clone(),
             conversation_id: m.conversation_id.clone(),
@@ -406,6 +413,7 @@ impl From<&TimelineEvent> for EventView {
             failure_code: e.failure_code.clone(),
             failure_reason: e.failure_reason.clone(),
             participant: e.participant.clone(),
+            reply: e.reply.as_deref().cloned(),
         }
     }
 }

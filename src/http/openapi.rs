@@ -66,6 +66,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         crate::store::Cost,
         crate::store::CategoryCost,
         crate::domain::Pricing,
+        crate::domain::Reply,
     )),
     modifiers(&Security),
     tags(

@@ -10,9 +10,11 @@ use super::{
     Fields, ParseContext, Refusal, Source,
 };
 use crate::config::{BikSettings, ProviderSettings};
-use crate::domain::{failure_text, EventKind, IngestItem, Provider};
+use crate::domain::{failure_text, EventKind, Incoming, IngestItem, MessageId, Provider, Reply};
 
 const STATUS_EVENT: &str = "message-status-update";
+/// A customer's message: a reply (contract section 8.1).
+const INCOMING_EVENT: &str = "incoming-message";
 const BASIC: &[u8] = b"Basic ";
 
 pub struct Bik;
@@ -79,6 +81,8 @@ fn parse_event(raw: &Value, settings: &BikSettings, ctx: ParseContext) -> Ingest
         EventKind::Status
     } else if settings.click_event_names.iter().any(|n| n == name) {
         EventKind::Click
+    } else if name == INCOMING_EVENT {
+        return parse_incoming(raw, ctx);
     } else {
         return IngestItem::Ignored;
     };
@@ -100,6 +104,48 @@ fn parse_event(raw: &Value, settings: &BikSettings, ctx: ParseContext) -> Ingest
         ..Default::default()
     };
     fields.into_item(Provider::Bik, kind, raw, ctx)
+}
+
+/// A customer's message (`incoming-message`): `eventInfo.messageId` is its own id,
+/// `eventInfo.message` its text, `eventInfo.assetValue` the sender; the business message it
+/// answers is `eventInfo.context.messageId` where BIK passes the channel's context on, else the
+/// sender's latest (the store decides). `eventInfo.messageType` (or `type`) is its type,
+/// `text` when BIK says none; a button's payload is `eventInfo.payload` or
+/// `eventInfo.buttonPayload`.
+fn parse_incoming(raw: &Value, ctx: ParseContext) -> IngestItem {
+    let info = raw.get("eventInfo").unwrap_or(&Value::Null);
+    let (Some(id), Some(from)) = (text(info.get("messageId")), text(info.get("assetValue"))) else {
+        return rejected(
+            raw,
+            "an incoming message needs eventInfo.messageId and assetValue",
+        );
+    };
+    let at = match super::parse_time(info.get("createdAt").unwrap_or(&Value::Null)) {
+        Ok(at) => at,
+        Err(reason) => return rejected(raw, reason),
+    };
+    let context = text(info.pointer("/context/messageId"))
+        .or_else(|| text(info.pointer("/context/id")))
+        .and_then(|id| MessageId::parse(&id).ok());
+    IngestItem::Reply(Box::new(Incoming {
+        reply: Reply {
+            message_id: id,
+            kind: text(first_present([info.get("messageType"), info.get("type")]))
+                .unwrap_or_else(|| "text".into()),
+            text: text(first_present([info.get("message"), info.get("text")])),
+            payload: text(first_present([
+                info.get("payload"),
+                info.get("buttonPayload"),
+            ])),
+        },
+        context,
+        from_e164: crate::domain::recipient::e164(&from),
+        from,
+        provider: Provider::Bik,
+        channel: text(info.get("channelId")),
+        at,
+        received_at: ctx.received_at,
+    }))
 }
 
 /// BIK relays the channel's error: a code in `failureCode` or `errorCode` (or inside a

@@ -15,7 +15,9 @@ use super::{
     Refusal, Source,
 };
 use crate::config::{MetaSettings, ProviderSettings};
-use crate::domain::{Billing, EventKind, IngestItem, Pricing, Provider};
+use crate::domain::{
+    Billing, EventKind, Incoming, IngestItem, MessageId, Pricing, Provider, Reply,
+};
 
 pub struct Meta;
 
@@ -119,7 +121,12 @@ pub fn parse(body: &[u8], ctx: ParseContext) -> Result<Vec<IngestItem>, Refusal>
         if statuses.is_none() && messages.is_none() {
             items.push(IngestItem::Ignored);
         }
-        items.extend(messages.into_iter().flatten().map(|_| IngestItem::Ignored));
+        items.extend(
+            messages
+                .into_iter()
+                .flatten()
+                .map(|message| parse_message(message, ctx)),
+        );
         items.extend(
             statuses
                 .into_iter()
@@ -153,6 +160,48 @@ fn parse_status(raw: &Value, ctx: ParseContext) -> IngestItem {
         ..Default::default()
     };
     fields.into_item(Provider::Meta, EventKind::Status, raw, ctx)
+}
+
+/// A customer message (`value.messages[]`): a reply to the business message its
+/// `context.id` names (a reaction names it in `reaction.message_id`), else to the sender's
+/// latest (the store decides). Its text is the body, the button's text or the interactive
+/// reply's title; its payload the button's payload or the interactive reply's id.
+fn parse_message(raw: &Value, ctx: ParseContext) -> IngestItem {
+    let (Some(id), Some(from)) = (text(raw.get("id")), text(raw.get("from"))) else {
+        return rejected(raw, "a customer message needs its id and from");
+    };
+    let at = match super::parse_time(raw.get("timestamp").unwrap_or(&Value::Null)) {
+        Ok(at) => at,
+        Err(reason) => return rejected(raw, reason),
+    };
+    let kind = text(raw.get("type")).unwrap_or_else(|| "unknown".into());
+    let interactive = raw
+        .pointer("/interactive/button_reply")
+        .or_else(|| raw.pointer("/interactive/list_reply"));
+    let reply_text = text(raw.pointer("/text/body"))
+        .or_else(|| text(raw.pointer("/button/text")))
+        .or_else(|| interactive.and_then(|i| text(i.get("title"))))
+        .or_else(|| text(raw.pointer("/reaction/emoji")));
+    let payload = text(raw.pointer("/button/payload"))
+        .or_else(|| interactive.and_then(|i| text(i.get("id"))));
+    let context = text(raw.pointer("/context/id"))
+        .or_else(|| text(raw.pointer("/reaction/message_id")))
+        .and_then(|id| MessageId::parse(&id).ok());
+    IngestItem::Reply(Box::new(Incoming {
+        reply: Reply {
+            message_id: id,
+            kind,
+            text: reply_text,
+            payload,
+        },
+        context,
+        from_e164: crate::domain::recipient::international(&from),
+        from,
+        provider: Provider::Meta,
+        channel: Some("whatsapp".into()),
+        at,
+        received_at: ctx.received_at,
+    }))
 }
 
 /// A status's `pricing` and `conversation.id`. Meta's older key `pricing_type` stands in for

@@ -15,7 +15,9 @@ pub(super) struct Derived {
     pub callback: Vec<(String, String)>,
     /// Counted callback values (`store.stats_callback_fields`).
     pub stats: Vec<(String, String)>,
+    /// The status it counts under in funnels: a replied message counts as read.
     status: Option<String>,
+    replied: bool,
     clicked: bool,
     /// The day bucket of the stats (when the message was first seen).
     pub day: u32,
@@ -47,7 +49,8 @@ impl Derived {
             recipients,
             callback: values(&fields.index),
             stats: values(&fields.stats),
-            status: state.status.as_ref().map(|s| s.as_str().to_owned()),
+            status: funnel_status(state),
+            replied: state.replied_at.is_some(),
             clicked: !state.clicks.is_empty(),
             day: crate::store::stats::day_of(state.first_seen_at),
             failure: crate::store::stats::failure_metric(state),
@@ -74,8 +77,26 @@ impl Derived {
         if self.clicked {
             metrics.push("clicked".into());
         }
+        if self.replied {
+            metrics.push("replied".into());
+        }
         metrics.extend(self.failure.clone());
         metrics.extend(self.billable.clone());
         metrics
     }
+}
+
+/// The status a message counts under in funnels: its own, except that a reply means it was
+/// read (contract section 8.1), so a replied message not yet read (or played, or failed)
+/// counts as read.
+fn funnel_status(state: &MessageState) -> Option<String> {
+    use crate::domain::Status;
+    let read_or_past = matches!(
+        state.status,
+        Some(Status::Read | Status::Played | Status::Failed)
+    );
+    if state.replied_at.is_some() && !read_or_past {
+        return Some(Status::Read.as_str().to_owned());
+    }
+    state.status.as_ref().map(|s| s.as_str().to_owned())
 }

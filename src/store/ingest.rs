@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::domain::{Event, EventKind, IngestItem};
+use crate::domain::{Event, EventKind, Incoming, IngestItem};
 use crate::observe;
 use crate::rules::plan::Planned;
 use crate::store::actions::ActionOutcome;
@@ -22,6 +22,8 @@ pub struct IngestOutcome {
 /// A request's items by kind, as both backends write them.
 pub(super) struct Sorted {
     pub events: Vec<Event>,
+    /// Customer messages, attributed where they are written.
+    pub replies: Vec<Incoming>,
     /// Quarantined items: reason, raw text.
     pub rejected: Vec<(String, String)>,
     pub ignored: u32,
@@ -31,12 +33,14 @@ impl Sorted {
     pub(super) fn of(items: Vec<IngestItem>) -> Self {
         let mut sorted = Sorted {
             events: Vec::new(),
+            replies: Vec::new(),
             rejected: Vec::new(),
             ignored: 0,
         };
         for item in items {
             match item {
                 IngestItem::Event(e) => sorted.events.push(*e),
+                IngestItem::Reply(r) => sorted.replies.push(*r),
                 IngestItem::Ignored => sorted.ignored += 1,
                 IngestItem::Rejected { reason, raw } => sorted.rejected.push((reason, raw)),
             }

@@ -126,8 +126,14 @@ impl Record {
                     .flat_map(|s| s.representatives.iter().chain(&s.latest_failure)),
             );
             for (at, e) in all.enumerate() {
-                let Some(billing) = &e.billing else { continue };
-                let text = serde_json::to_string(billing)?;
+                if e.billing.is_none() && e.reply.is_none() {
+                    continue;
+                }
+                let extra = Extra {
+                    billing: e.billing.as_deref().cloned().unwrap_or_default(),
+                    reply: e.reply.as_deref().cloned(),
+                };
+                let text = serde_json::to_string(&extra)?;
                 let index = extras.iter().position(|x| *x == text).unwrap_or_else(|| {
                     extras.push(text);
                     extras.len() - 1
@@ -160,7 +166,7 @@ impl Record {
                     2 => Stored::from(postcard::from_bytes::<StoredV2>(rest).map_err(encoding)?),
                     _ => postcard::from_bytes::<Stored>(rest).map_err(encoding)?,
                 };
-                let extras: Vec<Billing> = stored
+                let extras: Vec<Extra> = stored
                     .extras
                     .iter()
                     .map(|text| serde_json::from_str(text))
@@ -196,7 +202,7 @@ impl Record {
                     }),
                 };
                 for &(at, extra) in &stored.extra_of {
-                    let billing = extras.get(extra as usize).ok_or_else(|| {
+                    let extra = extras.get(extra as usize).ok_or_else(|| {
                         StoreError::Corrupt("an event names an extra the record lacks".into())
                     })?;
                     let timeline = events.len();
@@ -213,11 +219,11 @@ impl Record {
                         }
                         None => None,
                     };
-                    event
-                        .ok_or_else(|| {
-                            StoreError::Corrupt("an extra names an event the record lacks".into())
-                        })?
-                        .billing = Some(Box::new(billing.clone()));
+                    let event = event.ok_or_else(|| {
+                        StoreError::Corrupt("an extra names an event the record lacks".into())
+                    })?;
+                    event.billing = extra.billing.clone().some();
+                    event.reply = extra.reply.clone().map(Box::new);
                 }
                 Ok(Record {
                     state: MessageState::from_stored(
@@ -296,10 +302,20 @@ struct Stored {
     /// The recipient's E.164 form, so that reading a record never normalizes a number again.
     recipient_e164: Option<String>,
     actions: Vec<String>,
-    /// Distinct extras, JSON objects (today a [`Billing`]).
+    /// Distinct extras, JSON objects ([`Extra`]).
     extras: Vec<String>,
     /// (event's place, index into `extras`), see the module's doc.
     extra_of: Vec<(u32, u32)>,
+}
+
+/// What only some events carry, stored as a JSON object (so that a field added later reads
+/// as absent in older records): billing keys at the top, and a reply.
+#[derive(Serialize, Deserialize)]
+struct Extra {
+    #[serde(flatten)]
+    billing: Billing,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply: Option<crate::domain::Reply>,
 }
 
 /// Format 2: format 3 without extras.
@@ -446,6 +462,7 @@ impl StoredEvent {
             failure_reason: self.failure_reason,
             callback,
             billing: None,
+            reply: None,
         })
     }
 }

@@ -41,6 +41,8 @@ pub struct Group {
     pub failed: i64,
     /// Messages with at least one click.
     pub clicked: i64,
+    /// Messages the customer replied to.
+    pub replied: i64,
     pub actions_delivered: i64,
     pub actions_dead: i64,
     pub rates: Rates,
@@ -188,6 +190,7 @@ pub(super) fn group(value: String, m: &BTreeMap<String, i64>) -> Group {
         read,
         failed,
         clicked,
+        replied: get("replied"),
         actions_delivered: get("action:delivered"),
         actions_dead: get("action:dead"),
         rates: Rates {

@@ -96,7 +96,8 @@ async fn a_mixed_batch_counts_accepted_ignored_and_rejected_and_quarantines_the_
     let app = spawn_app().await;
     assert_eq!(
         counts(app.post_bik(fixture("bik/batch-mixed.json")).await).await,
-        (1, 0, 1, 1)
+        // The status, and the customer's message from the same number: a reply to it.
+        (2, 0, 0, 1)
     );
     let rejected: Value = app.get_json("/v1/rejected").await;
     let items = rejected["rejected"].as_array().unwrap();
@@ -111,7 +112,7 @@ async fn a_mixed_batch_counts_accepted_ignored_and_rejected_and_quarantines_the_
 }
 
 #[tokio::test]
-async fn an_incoming_message_is_ignored_and_stores_nothing() {
+async fn an_incoming_message_with_no_message_to_answer_is_ignored_and_stores_nothing() {
     let app = spawn_app().await;
     assert_eq!(
         counts(app.post_bik(fixture("bik/incoming-message.json")).await).await,

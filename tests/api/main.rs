@@ -20,6 +20,7 @@ mod meta;
 mod openapi;
 mod postgres;
 mod process;
+mod replies;
 mod retention;
 mod stalled;
 mod stats;

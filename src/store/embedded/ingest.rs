@@ -12,7 +12,7 @@ use super::engine::Space;
 use super::filing::Filing;
 use super::tx::{Tx, TxTree};
 use super::{json_bytes as json, Context, EmbeddedStore};
-use crate::domain::{Event, IngestItem, MessageId, MessageState, Provider};
+use crate::domain::{Event, Incoming, IngestItem, MessageId, MessageState, Provider};
 use crate::rules::plan::Planned;
 use crate::rules::Rules;
 use crate::store::filing::Derived;
@@ -99,6 +99,7 @@ impl EmbeddedStore {
         Pending {
             provider,
             events: sorted.events,
+            replies: sorted.replies,
             rejected,
             ignored: sorted.ignored,
             received_at,
@@ -110,6 +111,9 @@ impl EmbeddedStore {
 pub(super) struct Pending {
     provider: Provider,
     events: Vec<Event>,
+    /// Customer messages, attributed in the writer (see [`attribute`]); the first part carries
+    /// them.
+    replies: Vec<Incoming>,
     rejected: Vec<RejectedEvent>,
     ignored: u32,
     received_at: DateTime<Utc>,
@@ -118,7 +122,7 @@ pub(super) struct Pending {
 impl Pending {
     /// What there is to write.
     pub(super) fn len(&self) -> usize {
-        self.events.len() + self.rejected.len()
+        self.events.len() + self.replies.len() + self.rejected.len()
     }
 
     /// The request in parts of at most `events` events, in order; the first part carries
@@ -136,6 +140,7 @@ impl Pending {
             parts.push(Pending {
                 provider,
                 events: rest.by_ref().take(events).collect(),
+                replies: Vec::new(),
                 rejected: Vec::new(),
                 ignored: 0,
                 received_at,
@@ -167,6 +172,20 @@ fn write_request(
         if batch.apply((messages, dedupe), event.clone(), context)? {
             outcome.accepted += 1;
             report.accepted(event);
+        } else {
+            outcome.duplicates += 1;
+        }
+    }
+    let recipients = tx.tree(Space::IdxRecipient);
+    for incoming in &p.replies {
+        let Some(to) = attribute(incoming, &batch, (messages, recipients), context)? else {
+            outcome.ignored += 1;
+            continue;
+        };
+        let event = incoming.event_on(to);
+        if batch.apply((messages, dedupe), event.clone(), context)? {
+            outcome.accepted += 1;
+            report.accepted(&event);
         } else {
             outcome.duplicates += 1;
         }
@@ -204,6 +223,72 @@ fn write_request(
         }
     }
     Ok((outcome, report))
+}
+
+/// The stored business message a customer message answers (contract section 8.1): the one
+/// its `context` names, else the latest message of the same recipient (any phone form) first
+/// seen at most `store.reply_window_hours` before it and not after flowhook received it;
+/// `None` when there is neither. Messages this request already touched count as stored.
+fn attribute(
+    incoming: &Incoming,
+    batch: &Batch,
+    (messages, recipients): (TxTree<'_, '_>, TxTree<'_, '_>),
+    context: &Context,
+) -> Result<Option<MessageId>, StoreError> {
+    let first_seen = |id: &MessageId| -> Result<Option<DateTime<Utc>>, StoreError> {
+        if let Some(change) = batch.states.get(id) {
+            return Ok(change.after.state.as_ref().map(|s| s.first_seen_at));
+        }
+        Ok(match messages.get(id.as_str().as_bytes())? {
+            Some(bytes) => Record::decode(id.as_str(), &bytes)?
+                .state
+                .map(|s| s.first_seen_at),
+            None => None,
+        })
+    };
+    if let Some(named) = &incoming.context {
+        if first_seen(named)?.is_some() {
+            return Ok(Some(named.clone()));
+        }
+    }
+    let who = incoming
+        .from_e164
+        .clone()
+        .unwrap_or_else(|| crate::domain::recipient::lookup_key(&incoming.from));
+    let window = chrono::Duration::milliseconds((context.reply_window_hours * 3_600_000.0) as i64);
+    let earliest = incoming.at - window;
+    let prefix = key(&[who.as_bytes(), b""]);
+    let mut best: Option<(DateTime<Utc>, MessageId)> = None;
+    let mut candidates: Vec<MessageId> = Vec::new();
+    for k in recipients.keys_with_prefix(&prefix)? {
+        let Ok(id) = std::str::from_utf8(&k[prefix.len()..]) else {
+            continue;
+        };
+        candidates.extend(MessageId::parse(id).ok());
+    }
+    // Messages this request created are not in the index yet.
+    candidates.extend(batch.states.iter().filter_map(|(id, c)| {
+        let s = c.after.state.as_ref()?;
+        (s.recipient_e164.as_deref() == Some(who.as_str())
+            || s.recipient
+                .as_deref()
+                .map(crate::domain::recipient::lookup_key)
+                .as_deref()
+                == Some(who.as_str()))
+        .then(|| id.clone())
+    }));
+    for id in candidates {
+        let Some(seen) = first_seen(&id)? else {
+            continue;
+        };
+        if seen < earliest || seen > incoming.received_at {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(t, b)| (seen, &id) > (*t, b)) {
+            best = Some((seen, id));
+        }
+    }
+    Ok(best.map(|(_, id)| id))
 }
 
 /// Queues what the rules ask for a message that just changed (see [`Rules::plan`]): each

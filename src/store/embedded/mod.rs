@@ -108,6 +108,8 @@ pub(crate) struct Context {
     pub rules: Arc<Rules>,
     /// `store.max_events_per_message`.
     pub max_events: usize,
+    /// `store.reply_window_hours`.
+    pub reply_window_hours: f64,
 }
 
 impl EmbeddedStore {
@@ -210,6 +212,7 @@ impl EmbeddedStore {
                     fields: Fields::of(settings),
                     rules,
                     max_events: settings.max_events_per_message,
+                    reply_window_hours: settings.reply_window_hours,
                 }),
                 outbox_changed: tokio::sync::Notify::new(),
                 path: dir.unwrap_or_default(),

@@ -50,6 +50,32 @@ impl<'e> Tx<'e> {
         self.job.borrow_mut()[space.index()].insert(key.as_ref().to_vec(), None);
     }
 
+    /// The keys under `prefix`, in order, as this transaction sees them: the engine's, with
+    /// what the batch and the running job inserted and removed.
+    pub fn keys_with_prefix(
+        &self,
+        space: Space,
+        prefix: &[u8],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for entry in super::engine::prefixed(self.engine, space, prefix) {
+            keys.insert(entry?.0);
+        }
+        for changes in [&self.batch, &self.job] {
+            for (key, value) in changes.borrow()[space.index()].iter() {
+                if !key.starts_with(prefix) {
+                    continue;
+                }
+                if value.is_some() {
+                    keys.insert(key.clone());
+                } else {
+                    keys.remove(key);
+                }
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
     /// One keyspace, for code that works on a few of them.
     pub fn tree(&self, space: Space) -> TxTree<'_, 'e> {
         TxTree { tx: self, space }
@@ -103,5 +129,10 @@ impl TxTree<'_, '_> {
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
         self.tx.remove(self.space, key);
         Ok(())
+    }
+
+    /// See [`Tx::keys_with_prefix`].
+    pub fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.tx.keys_with_prefix(self.space, prefix)
     }
 }

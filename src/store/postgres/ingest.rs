@@ -9,7 +9,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, Postgres, Transaction};
 
 use super::{ms, retrying, PgStore};
-use crate::domain::{Event, IngestItem, MessageId, MessageState, Provider};
+use crate::domain::{Event, Incoming, IngestItem, MessageId, MessageState, Provider};
 use crate::rules::lifecycle::Action;
 use crate::rules::plan::Planned;
 use crate::store::filing::Derived;
@@ -22,6 +22,76 @@ use crate::store::{key, IngestOutcome, StoreError};
 const EVENTS_PER_COMMIT: usize = 64;
 
 impl PgStore {
+    /// The stored business message a customer message answers: the one its `context` names,
+    /// else the sender's latest first seen at most `store.reply_window_hours` before it (as
+    /// the embedded store decides, see its `attribute`).
+    async fn attribute(
+        &self,
+        incoming: &Incoming,
+        this_request: &[Event],
+    ) -> Result<Option<MessageId>, StoreError> {
+        if let Some(named) = &incoming.context {
+            if this_request.iter().any(|e| e.message_id == *named)
+                || self.message(named.as_str()).await?.is_some()
+            {
+                return Ok(Some(named.clone()));
+            }
+        }
+        let who = incoming
+            .from_e164
+            .clone()
+            .unwrap_or_else(|| crate::domain::recipient::lookup_key(&incoming.from));
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT m.id, m.record FROM lookups l JOIN messages m ON m.id = l.message_id \
+             WHERE l.field = '' AND l.value = $1 AND m.live",
+        )
+        .bind(&who)
+        .fetch_all(&mut *self.conn().await?)
+        .await?;
+        let window =
+            chrono::Duration::milliseconds((self.inner.reply_window_hours * 3_600_000.0) as i64);
+        let earliest = incoming.at - window;
+        let mut best: Option<(DateTime<Utc>, MessageId)> = None;
+        let stored: HashSet<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+        // A message this request creates is first seen now (as the embedded store sees it).
+        let new_here: Vec<(DateTime<Utc>, MessageId)> = this_request
+            .iter()
+            .filter(|e| !stored.contains(e.message_id.as_str()))
+            .filter(|e| {
+                e.recipient_e164.as_deref() == Some(who.as_str())
+                    || e.recipient
+                        .as_deref()
+                        .map(crate::domain::recipient::lookup_key)
+                        == Some(who.clone())
+            })
+            .map(|e| (e.received_at, e.message_id.clone()))
+            .collect();
+        for (seen, id) in new_here {
+            if seen < earliest {
+                continue;
+            }
+            if best.as_ref().is_none_or(|(t, b)| (seen, &id) > (*t, b)) {
+                best = Some((seen, id));
+            }
+        }
+        for (id, bytes) in rows {
+            let Some(state) = super::reads::decode(&id, &bytes)? else {
+                continue;
+            };
+            let seen = state.first_seen_at;
+            if seen < earliest || seen > incoming.received_at {
+                continue;
+            }
+            if best
+                .as_ref()
+                .is_none_or(|(t, b)| (seen, &state.message_id) > (*t, b))
+            {
+                best = Some((seen, state.message_id));
+            }
+        }
+        Ok(best.map(|(_, id)| id))
+    }
+
     /// Stores every item of one request and returns once all of it is committed.
     pub async fn ingest(
         &self,
@@ -30,7 +100,8 @@ impl PgStore {
         received_at: DateTime<Utc>,
     ) -> Result<IngestOutcome, StoreError> {
         let Sorted {
-            events,
+            mut events,
+            replies,
             rejected,
             ignored,
         } = Sorted::of(items);
@@ -39,6 +110,14 @@ impl PgStore {
             rejected: rejected.len() as u32,
             ..Default::default()
         };
+        // Each reply lands on the message it answers, found before the write (a message
+        // first stored by this very request counts when it is named by its context).
+        for incoming in &replies {
+            match self.attribute(incoming, &events).await? {
+                Some(to) => events.push(incoming.event_on(to)),
+                None => outcome.ignored += 1,
+            }
+        }
         if !rejected.is_empty() {
             retrying("quarantine", || {
                 self.quarantine(provider, &rejected, received_at)

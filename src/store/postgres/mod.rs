@@ -64,6 +64,8 @@ struct Inner {
     rules: Arc<Rules>,
     fields: Fields,
     max_events: usize,
+    /// `store.reply_window_hours`.
+    reply_window_hours: f64,
     /// Wakes this instance's dispatcher when its own ingest queued something; actions queued
     /// by other instances are found by polling (see [`PgStore::outbox_changed`]).
     outbox_changed: tokio::sync::Notify,
@@ -117,6 +119,7 @@ impl PgStore {
                 rules,
                 fields: Fields::of(settings),
                 max_events: settings.max_events_per_message,
+                reply_window_hours: settings.reply_window_hours,
                 outbox_changed: tokio::sync::Notify::new(),
             }),
         };

@@ -1,0 +1,156 @@
+//! Replies (contract section 8.1): a customer message lands on the business message it
+//! answers, by its context, else by the sender's latest message within the reply window.
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const CART: &str = "wamid.HBgMOTE5OTM4NDM4MTM4FQIAERgSMTJCRTg3M0MxREkUzQatyAaaqA==";
+const BUTTON: &str = "wamid.HBgMOTE5MDkwOTA5MDkwFQIAEhggQlVUVE9OUkVQTFkxMjM0NTY3ODkwQUJDREVGAA==";
+const TEXT: &str = "wamid.HBgMOTE5MDkwOTA5MDkwFQIAEhggVEVYVFJFUExZMTIzNDU2Nzg5MEFCQ0RFRkdIAA==";
+
+fn replies(message: &Value) -> Vec<Value> {
+    message["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "reply")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_meta_reply_lands_on_the_message_it_names_and_a_retry_is_a_duplicate() {
+    let app = spawn_app().await;
+    app.post_meta(fixture("meta/statuses-sent.json")).await;
+    let first: Value = app
+        .post_meta(fixture("meta/message-button-reply.json"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The button reply names the cart message; the text after it has no context and lands on
+    // the sender's latest message, the same one.
+    assert_eq!(first["accepted"], 2, "{first}");
+    let again: Value = app
+        .post_meta(fixture("meta/message-button-reply.json"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["duplicates"], 2, "{again}");
+
+    let cart = app.message(CART).await.unwrap();
+    assert_eq!(cart["status"], "sent", "a reply does not change the status");
+    assert_eq!(cart["replied_at"], "2026-11-21T10:10:00Z");
+    let replies = replies(&cart);
+    assert_eq!(
+        replies[0]["reply"],
+        json!({"message_id": BUTTON, "type": "button", "text": "Buy now", "payload": "BUY_NOW"})
+    );
+    assert_eq!(replies[0]["event_id"], BUTTON);
+    assert_eq!(
+        replies[1]["reply"],
+        json!({"message_id": TEXT, "type": "text", "text": "Is it in stock?", "payload": null})
+    );
+}
+
+#[tokio::test]
+async fn a_reply_with_no_message_to_answer_is_ignored() {
+    let app = spawn_app().await;
+    let outcome: Value = app
+        .post_meta(fixture("meta/message-button-reply.json"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(outcome["ignored"], 2, "{outcome}");
+    assert_eq!(outcome["accepted"], 0, "{outcome}");
+    assert!(app.message(BUTTON).await.is_none());
+}
+
+#[tokio::test]
+async fn a_bik_incoming_message_lands_on_the_senders_latest_message() {
+    let app = spawn_app().await;
+    app.post_bik(fixture("bik/status-sent.json")).await;
+    let outcome: Value = app
+        .post_bik(fixture("bik/incoming-message.json"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(outcome["accepted"], 1, "{outcome}");
+    let sent: Value = serde_json::from_str(&fixture("bik/status-sent.json")).unwrap();
+    let id = sent[0]["eventInfo"]["messageId"].as_str().unwrap();
+    let message = app.message(id).await.unwrap();
+    let replies = replies(&message);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0]["reply"]["text"], "Hi");
+    assert_eq!(replies[0]["reply"]["type"], "text");
+}
+
+#[tokio::test]
+async fn a_replied_message_counts_as_read_in_its_campaigns_funnel() {
+    let app = spawn_app().await;
+    app.post_meta(fixture("meta/statuses-sent.json")).await;
+    app.post_meta(fixture("meta/message-button-reply.json"))
+        .await;
+    let stats = app.get_json("/v1/stats?group_by=callback.campaign").await;
+    let cart = stats["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["value"] == "abandoned_cart")
+        .unwrap();
+    assert_eq!(
+        (
+            &cart["replied"],
+            &cart["read"],
+            &cart["delivered"],
+            &cart["sent"]
+        ),
+        (&json!(1), &json!(1), &json!(1), &json!(1)),
+        "{cart}"
+    );
+}
+
+/// A Meta webhook with one text message from `from`, sent `at` (unix seconds), no context.
+fn meta_text(id: &str, from: &str, at: i64, text: &str) -> String {
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
+        "field": "messages",
+        "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550001111", "phone_number_id": "106540352242922"},
+            "messages": [{"from": from, "id": id, "timestamp": at.to_string(), "type": "text",
+                "text": {"body": text}}]}}]}]})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_reply_without_context_answers_only_a_message_first_seen_within_the_window() {
+    let app = spawn_app_with(|s| s.store.reply_window_hours = 1.0).await;
+    app.post_meta(fixture("meta/statuses-sent.json")).await;
+    let now = chrono::Utc::now().timestamp();
+    // Two hours after the message was first seen: outside a one-hour window.
+    let late = app
+        .post_meta(meta_text(
+            "wamid.LATE==",
+            "919090909090",
+            now + 7_200,
+            "hello?",
+        ))
+        .await;
+    assert_eq!(counts(late).await, (0, 0, 1, 0));
+    // Within the hour, and written with a `+` and spaces: the same sender.
+    let soon = app
+        .post_meta(meta_text(
+            "wamid.SOON==",
+            "+91 90909 09090",
+            now + 60,
+            "thanks",
+        ))
+        .await;
+    assert_eq!(counts(soon).await, (1, 0, 0, 0));
+    let cart = app.message(CART).await.unwrap();
+    assert_eq!(replies(&cart).len(), 1);
+    assert_eq!(replies(&cart)[0]["reply"]["text"], "thanks");
+}
