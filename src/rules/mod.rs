@@ -62,7 +62,11 @@ pub enum Due<'a> {
         trigger: &'a TimelineEvent,
     },
     /// A timer whose awaited status has been reached: cancel it if it is still waiting.
-    Cancel { rule: &'a Rule },
+    Cancel {
+        rule: &'a Rule,
+        /// Why, for the action's `last_error`.
+        reason: &'static str,
+    },
 }
 
 /// The action to record: a request to send, or why there is none.
@@ -136,7 +140,21 @@ impl Rule {
                     .iter()
                     .any(|s| first_reaching(events, s).is_some())
                 {
-                    return Some(Due::Cancel { rule: self });
+                    return Some(Due::Cancel {
+                        rule: self,
+                        reason: "cancelled: the awaited status arrived in time",
+                    });
+                }
+                // A reply means the message was read (contract section 8.1).
+                let read_by_reply = |s: &Status| {
+                    state.replied_at.is_some()
+                        && matches!(s, Status::Sent | Status::Delivered | Status::Read)
+                };
+                if self.statuses.iter().any(read_by_reply) {
+                    return Some(Due::Cancel {
+                        rule: self,
+                        reason: "cancelled: the customer replied, so the message was read",
+                    });
                 }
                 let anchor = first_reaching(events, self.since.as_ref()?)?;
                 (anchor, Some(anchor.at + self.after))

@@ -49,11 +49,10 @@ impl Rules {
         let mut planned = Vec::new();
         for due in self.due(state) {
             match due {
-                Due::Cancel { rule } => {
+                Due::Cancel { rule, reason } => {
                     let id = action_id(state.message_id.as_str(), &rule.name);
                     // Only a timer that has not fired yet; a call already made is not undone.
                     if let Some(old) = existing(&id)?.filter(Action::cancellable) {
-                        let reason = "cancelled: the awaited status arrived in time";
                         let new = Box::new(old.cancelled(now, reason.into()));
                         planned.push(Planned::Cancel {
                             old: Box::new(old),

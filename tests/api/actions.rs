@@ -132,7 +132,7 @@ fn by_rule<'a>(actions: &'a [Value], rule: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no action for rule {rule} in {actions:#?}"))
 }
 
-fn all_in(state: &'static str, n: usize) -> impl Fn(&[Value]) -> bool {
+pub(crate) fn all_in(state: &'static str, n: usize) -> impl Fn(&[Value]) -> bool {
     move |a: &[Value]| a.len() == n && a.iter().all(|x| x["state"] == state)
 }
 

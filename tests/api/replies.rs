@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use crate::actions::all_in;
 use crate::helpers::*;
 
 const CART: &str = "wamid.HBgMOTE5OTM4NDM4MTM4FQIAERgSMTJCRTg3M0MxREkUzQatyAaaqA==";
@@ -153,4 +154,43 @@ async fn a_reply_without_context_answers_only_a_message_first_seen_within_the_wi
     let cart = app.message(CART).await.unwrap();
     assert_eq!(replies(&cart).len(), 1);
     assert_eq!(replies(&cart)[0]["reply"]["text"], "thanks");
+}
+
+#[tokio::test]
+async fn a_reply_cancels_a_reminder_waiting_for_read() {
+    let mock = wiremock::MockServer::start().await;
+    let rules = format!(
+        r#"
+[[rules]]
+name = "unread"
+on = "missing_status"
+statuses = ["read"]
+since = "delivered"
+after_seconds = 30
+action = "http.post"
+[rules.params]
+url = "{}/unread"
+body = {{ message = "{{{{message_id}}}}" }}
+"#,
+        mock.uri()
+    );
+    let app = spawn_app_with_rules(&rules).await;
+    let id = "wamid.REMIND==";
+    let now = chrono::Utc::now();
+    app.post_bik_status(id, "delivered", now, &json!({"campaign": "c"}))
+        .await;
+    app.wait_for_actions(id, all_in("pending", 1)).await;
+    // The customer answers without quoting the message: it is their latest.
+    let reply = meta_text("wamid.ANSWER==", "919090909090", now.timestamp() + 5, "ok");
+    assert_eq!(counts(app.post_meta(reply).await).await, (1, 0, 0, 0));
+    let cancelled = app.wait_for_actions(id, all_in("cancelled", 1)).await;
+    assert!(
+        cancelled[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("the customer replied"),
+        "{cancelled:?}"
+    );
+    let message = app.message(id).await.unwrap();
+    assert_eq!(message["status"], "delivered");
 }
