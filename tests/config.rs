@@ -250,6 +250,28 @@ fn rule_mistakes_name_the_rule_and_the_key() {
             CONTRACT_RULES.replace("since = \"delivered\"", "since = \"delivered\"\ncolour = 1"),
             "rules[2] (unread-after-a-day).colour: unknown field",
         ),
+        (
+            CONTRACT_RULES.replace(
+                "since = \"delivered\"",
+                "since = \"delivered\"\ncancel_on = [\"opt_out\"]",
+            ),
+            "rules[2] (unread-after-a-day).cancel_on: \"opt_out\" is not supported yet",
+        ),
+        (
+            CONTRACT_RULES.replace(
+                "on = \"click\"",
+                "on = \"click\"\ncancel_on = [\"reply\"]",
+            ),
+            "rules[1] (checkout-click).cancel_on: only used with on = \"missing_status\"",
+        ),
+        (
+            CONTRACT_RULES.replace("on = \"click\"", "on = \"click\"\nreply_payloads = [\"X\"]"),
+            "rules[1] (checkout-click).reply_payloads: only used with on = \"reply\"",
+        ),
+        (
+            CONTRACT_RULES.replace("{{recipient}}", "{{reply.text}}"),
+            "rules[0] (cart-read-followup).params.phone_number: {{reply.*}} is only known with on = \"reply\"",
+        ),
     ];
     for (toml, expected) in cases {
         let error = match Settings::from_toml_str(&toml) {

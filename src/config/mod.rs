@@ -349,6 +349,19 @@ pub enum Trigger {
     Status,
     Click,
     MissingStatus,
+    /// The customer replied to the message (contract section 8.1).
+    Reply,
+}
+
+/// What else ends a `missing_status` timer before it fires (`cancel_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOn {
+    /// The customer replied to the message.
+    Reply,
+    /// The customer opted out (contract section 8.2; refused by `check-config` until
+    /// opt-outs are kept).
+    OptOut,
 }
 
 /// One `[[rules]]` entry as written (README, "Rules and follow-ups").
@@ -360,8 +373,14 @@ pub struct RuleSettings {
     #[serde(default)]
     pub statuses: Vec<String>,
     pub url_prefix: Option<String>,
+    /// `on = "reply"`: fire only for a reply carrying one of these payloads.
+    #[serde(default)]
+    pub reply_payloads: Vec<String>,
     pub since: Option<String>,
     pub after_seconds: Option<u64>,
+    /// `on = "missing_status"`: what else cancels the timer before it fires.
+    #[serde(default)]
+    pub cancel_on: Vec<CancelOn>,
     #[serde(default)]
     pub when: std::collections::BTreeMap<String, serde_json::Value>,
     pub action: String,

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::template::{text_of, Template, Var};
 use super::{ActionKind, Rule, Rules};
-use crate::config::{decode_whsec, Secret, Settings, Trigger};
+use crate::config::{decode_whsec, CancelOn, Secret, Settings, Trigger};
 use crate::domain::Status;
 
 /// What is wrong with one key of one `[[rules]]` entry.
@@ -94,7 +94,28 @@ impl Rule {
             Trigger::Click if !statuses.is_empty() => {
                 problems.push(Problem::new("statuses", "not used with on = \"click\""))
             }
+            Trigger::Reply if !statuses.is_empty() => {
+                problems.push(Problem::new("statuses", "not used with on = \"reply\""))
+            }
             _ => {}
+        }
+        if !raw.reply_payloads.is_empty() && raw.on != Trigger::Reply {
+            problems.push(Problem::new(
+                "reply_payloads",
+                "only used with on = \"reply\"",
+            ));
+        }
+        if !raw.cancel_on.is_empty() && raw.on != Trigger::MissingStatus {
+            problems.push(Problem::new(
+                "cancel_on",
+                "only used with on = \"missing_status\"",
+            ));
+        }
+        if raw.cancel_on.contains(&CancelOn::OptOut) {
+            problems.push(Problem::new(
+                "cancel_on",
+                "\"opt_out\" is not supported yet: flowhook does not keep opt-outs yet",
+            ));
         }
         if raw.url_prefix.is_some() && raw.on != Trigger::Click {
             problems.push(Problem::new("url_prefix", "only used with on = \"click\""));
@@ -144,6 +165,12 @@ impl Rule {
                 problems.push(Problem::new(
                     format!("when.{name}"),
                     "only known with on = \"click\"",
+                ));
+            }
+            if var.is_reply() && raw.on != Trigger::Reply {
+                problems.push(Problem::new(
+                    format!("when.{name}"),
+                    "only known with on = \"reply\"",
                 ));
             }
             let values = match expected {
@@ -211,6 +238,12 @@ impl Rule {
                             "{{click.url}} is only known with on = \"click\"",
                         ));
                     }
+                    if raw.on != Trigger::Reply && t.vars().iter().any(|v| v.is_reply()) {
+                        problems.push(Problem::new(
+                            format!("params.{key}"),
+                            "{{reply.*}} is only known with on = \"reply\"",
+                        ));
+                    }
                     fields.push((key.clone(), t))
                 }
                 Err(e) => problems.push(Problem::new(format!("params.{key}"), e.to_string())),
@@ -223,7 +256,9 @@ impl Rule {
                 on: raw.on,
                 statuses,
                 url_prefix: raw.url_prefix.clone(),
+                reply_payloads: raw.reply_payloads.clone(),
                 since,
+                cancel_on_reply: raw.cancel_on.contains(&CancelOn::Reply),
                 after: Duration::seconds(after_seconds as i64),
                 when,
                 action,

@@ -43,8 +43,11 @@ pub struct Rule {
     pub on: Trigger,
     statuses: Vec<Status>,
     url_prefix: Option<String>,
+    reply_payloads: Vec<String>,
     since: Option<Status>,
     after: Duration,
+    /// A `missing_status` timer is also cancelled by a reply.
+    cancel_on_reply: bool,
     when: Vec<(Var, Vec<String>)>,
     pub action: ActionKind,
     params: Template,
@@ -134,6 +137,19 @@ impl Rule {
                 })?,
                 None,
             ),
+            Trigger::Reply => (
+                events.iter().copied().find(|e| {
+                    e.kind == EventKind::Reply
+                        && (self.reply_payloads.is_empty()
+                            || e.reply
+                                .as_ref()
+                                .and_then(|r| r.payload.as_ref())
+                                .is_some_and(|p| {
+                                    self.reply_payloads.iter().any(|wanted| wanted == p)
+                                }))
+                })?,
+                None,
+            ),
             Trigger::MissingStatus => {
                 if self
                     .statuses
@@ -154,6 +170,12 @@ impl Rule {
                     return Some(Due::Cancel {
                         rule: self,
                         reason: "cancelled: the customer replied, so the message was read",
+                    });
+                }
+                if self.cancel_on_reply && state.replied_at.is_some() {
+                    return Some(Due::Cancel {
+                        rule: self,
+                        reason: "cancelled: the customer replied (cancel_on)",
                     });
                 }
                 let anchor = first_reaching(events, self.since.as_ref()?)?;
@@ -241,6 +263,9 @@ impl Context for Facts<'_> {
             Var::Channel => text(self.state.channel.as_deref()),
             Var::Provider => text(Some(self.state.provider.as_str())),
             Var::ClickUrl => text(self.trigger.url.as_deref()),
+            Var::ReplyText => text(self.trigger.reply.as_ref()?.text.as_deref()),
+            Var::ReplyPayload => text(self.trigger.reply.as_ref()?.payload.as_deref()),
+            Var::ReplyType => text(Some(self.trigger.reply.as_ref()?.kind.as_str())),
             Var::EventAt => text(Some(&crate::domain::rfc3339(self.trigger.at))),
             Var::Callback(path) => self.state.callback_field(path).cloned(),
         }

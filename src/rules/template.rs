@@ -19,11 +19,20 @@ pub enum Var {
     Provider,
     ClickUrl,
     EventAt,
+    /// The triggering reply's text, payload and type (`on = "reply"`).
+    ReplyText,
+    ReplyPayload,
+    ReplyType,
     /// `callback.<dot.path>` into the decoded callback data.
     Callback(String),
 }
 
 impl Var {
+    /// One of the triggering reply's (`reply.*`).
+    pub fn is_reply(&self) -> bool {
+        matches!(self, Self::ReplyText | Self::ReplyPayload | Self::ReplyType)
+    }
+
     pub fn parse(name: &str) -> Result<Self, String> {
         let var = match name {
             "message_id" => Self::MessageId,
@@ -33,6 +42,9 @@ impl Var {
             "provider" => Self::Provider,
             "click.url" => Self::ClickUrl,
             "event.at" => Self::EventAt,
+            "reply.text" => Self::ReplyText,
+            "reply.payload" => Self::ReplyPayload,
+            "reply.type" => Self::ReplyType,
             other => match other.strip_prefix("callback.") {
                 Some(path) if !path.is_empty() && path.split('.').all(|p| !p.is_empty()) => {
                     Self::Callback(path.to_owned())
@@ -40,7 +52,7 @@ impl Var {
                 _ => {
                     return Err(format!(
                         "unknown variable {name:?} (known: message_id, recipient, status, channel, \
-                         provider, click.url, event.at, callback.<path>)"
+                         provider, click.url, event.at, reply.text, reply.payload, reply.type, callback.<path>)"
                     ))
                 }
             },
@@ -59,6 +71,9 @@ impl fmt::Display for Var {
             Self::Provider => f.write_str("provider"),
             Self::ClickUrl => f.write_str("click.url"),
             Self::EventAt => f.write_str("event.at"),
+            Self::ReplyText => f.write_str("reply.text"),
+            Self::ReplyPayload => f.write_str("reply.payload"),
+            Self::ReplyType => f.write_str("reply.type"),
             Self::Callback(path) => write!(f, "callback.{path}"),
         }
     }

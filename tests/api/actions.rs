@@ -15,7 +15,7 @@ use crate::helpers::*;
 
 /// Answers from a script, then `then` forever, and records when each request came.
 #[derive(Clone)]
-struct Script {
+pub(crate) struct Script {
     replies: Arc<Mutex<VecDeque<ResponseTemplate>>>,
     then: ResponseTemplate,
     seen: Arc<Mutex<Vec<(Instant, Request)>>>,
@@ -30,14 +30,14 @@ impl Script {
         }
     }
 
-    fn ok() -> Self {
+    pub(crate) fn ok() -> Self {
         Self::new(
             Vec::new(),
             ResponseTemplate::new(200).set_body_json(json!({"status": 200, "success": true})),
         )
     }
 
-    fn requests(&self) -> Vec<(Instant, Request)> {
+    pub(crate) fn requests(&self) -> Vec<(Instant, Request)> {
         self.seen.lock().unwrap().clone()
     }
 
@@ -48,7 +48,7 @@ impl Script {
             .await;
     }
 
-    async fn mount(&self, server: &MockServer) {
+    pub(crate) async fn mount(&self, server: &MockServer) {
         Mock::given(method("POST"))
             .respond_with(self.clone())
             .mount(server)
@@ -121,7 +121,7 @@ fn header<'a>(req: &'a Request, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("header {name} missing"))
 }
 
-fn body(req: &Request) -> Value {
+pub(crate) fn body(req: &Request) -> Value {
     serde_json::from_slice(&req.body).expect("JSON body")
 }
 

@@ -194,3 +194,86 @@ body = {{ message = "{{{{message_id}}}}" }}
     let message = app.message(id).await.unwrap();
     assert_eq!(message["status"], "delivered");
 }
+
+#[tokio::test]
+async fn a_reply_rule_fires_for_its_payloads_with_the_reply_in_its_template() {
+    let mock = wiremock::MockServer::start().await;
+    let script = crate::actions::Script::ok();
+    script.mount(&mock).await;
+    let rules = format!(
+        r#"
+[[rules]]
+name = "buy-now"
+on = "reply"
+reply_payloads = ["BUY_NOW"]
+action = "http.post"
+[rules.params]
+url = "{m}/buy"
+body = {{ message = "{{{{message_id}}}}", said = "{{{{reply.text}}}}", payload = "{{{{reply.payload}}}}", kind = "{{{{reply.type}}}}" }}
+
+[[rules]]
+name = "other-button"
+on = "reply"
+reply_payloads = ["NOT_NOW"]
+action = "http.post"
+[rules.params]
+url = "{m}/other"
+body = {{ message = "{{{{message_id}}}}" }}
+"#,
+        m = mock.uri()
+    );
+    let app = spawn_app_with_rules(&rules).await;
+    app.post_meta(fixture("meta/statuses-sent.json")).await;
+    app.post_meta(fixture("meta/message-button-reply.json"))
+        .await;
+    let actions = app.wait_for_actions(CART, all_in("delivered", 1)).await;
+    assert_eq!(actions[0]["rule"], "buy-now");
+    let requests = script.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        crate::actions::body(&requests[0].1),
+        json!({"message": CART, "said": "Buy now", "payload": "BUY_NOW", "kind": "button"})
+    );
+}
+
+#[tokio::test]
+async fn cancel_on_reply_ends_a_timer_waiting_for_a_status_a_reply_does_not_imply() {
+    let mock = wiremock::MockServer::start().await;
+    let rules = format!(
+        r#"
+[[rules]]
+name = "not-played"
+on = "missing_status"
+statuses = ["played"]
+since = "delivered"
+after_seconds = 30
+cancel_on = ["reply"]
+action = "http.post"
+[rules.params]
+url = "{}/unplayed"
+body = {{ message = "{{{{message_id}}}}" }}
+"#,
+        mock.uri()
+    );
+    let app = spawn_app_with_rules(&rules).await;
+    let id = "wamid.VOICE==";
+    let now = chrono::Utc::now();
+    app.post_bik_status(id, "delivered", now, &json!({"campaign": "c"}))
+        .await;
+    app.wait_for_actions(id, all_in("pending", 1)).await;
+    let reply = meta_text(
+        "wamid.VOICEANSWER==",
+        "919090909090",
+        now.timestamp() + 5,
+        "ok",
+    );
+    assert_eq!(counts(app.post_meta(reply).await).await, (1, 0, 0, 0));
+    let cancelled = app.wait_for_actions(id, all_in("cancelled", 1)).await;
+    assert!(
+        cancelled[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cancel_on"),
+        "{cancelled:?}"
+    );
+}
