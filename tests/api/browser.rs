@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::*;
 use crate::process::free_port;
@@ -111,6 +111,17 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
     let failures =
         fixture("meta/statuses-failed-errors.json").replace("abandoned_cart", "reengage");
     counts(app.post_meta(failures).await).await;
+    // The customer answers the BIK fixtures' message with a button (its context names it).
+    let mut reply: Value =
+        serde_json::from_str(&fixture("meta/message-button-reply.json")).unwrap();
+    reply["entry"][0]["changes"][0]["value"]["messages"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(1);
+    assert_eq!(
+        counts(app.post_meta(reply.to_string()).await).await,
+        (1, 0, 0, 0)
+    );
 
     let port = free_port();
     let _driver = Driver(
@@ -193,6 +204,16 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
     .await;
     text_of(&c, "#timeline", |t| {
         t.contains("cart-read") && t.contains("delivered")
+    })
+    .await;
+
+    // Replies: counted per campaign, and shown in the message's timeline.
+    let replied = r#"[data-value="abandoned_cart"] [data-testid="count-replied"]"#;
+    text_of(&c, replied, |t| t == "1").await;
+    fill(&c, "#q", FIXTURE_MESSAGE_ID).await;
+    click(&c, "#search button").await;
+    text_of(&c, "#timeline", |t| {
+        t.contains("reply (button)") && t.contains("“Buy now”") && t.contains("payload BUY_NOW")
     })
     .await;
 

@@ -76,6 +76,7 @@ function funnelCard(group) {
     fact("delivery", rate(group.rates.delivered), "rate-delivered"),
     fact("read", rate(group.rates.read), "rate-read"),
     fact("click", rate(group.rates.clicked), "rate-clicked"),
+    fact("replied", group.replied, "count-replied"),
     fact("follow-ups ok", group.actions_delivered, "actions-delivered"),
     fact("dead", group.actions_dead, "actions-dead"),
     group.cost && group.cost.billable
@@ -172,6 +173,10 @@ function recipientText(m) {
 
 function eventDetail(e) {
   const parts = [];
+  if (e.reply) {
+    parts.push(`“${e.reply.text ?? ""}”`);
+    if (e.reply.payload) parts.push(`payload ${e.reply.payload}`);
+  }
   if (e.participant) parts.push(`participant ${e.participant}`);
   if (e.failure_code) parts.push(e.failure_code);
   if (e.failure_reason) parts.push(e.failure_reason);
@@ -196,7 +201,10 @@ async function openMessage(id) {
       el("div", { class: "scroll" }, el("table", {},
         el("thead", {}, el("tr", {}, ...["Event", "At", "Received", "Detail"].map((h) => el("th", { text: h })))),
         el("tbody", {}, ...m.events.map((e) => el("tr", {},
-          el("td", {}, e.kind === "click" ? `click ${e.url}` : badge(e.status)),
+          el("td", { "data-kind": e.kind },
+            e.kind === "click" ? `click ${e.url}`
+              : e.kind === "reply" ? `reply (${e.reply ? e.reply.type : "?"})`
+                : badge(e.status)),
           el("td", { text: when(e.at) }),
           el("td", { text: when(e.received_at) }),
           el("td", { class: "detail", text: eventDetail(e) })))))),
