@@ -175,6 +175,10 @@ fn parse_message(raw: &Value, ctx: ParseContext) -> IngestItem {
         Err(reason) => return rejected(raw, reason),
     };
     let kind = text(raw.get("type")).unwrap_or_else(|| "unknown".into());
+    // Taking a reaction back (an empty or missing emoji) says nothing new.
+    if kind == "reaction" && text(raw.pointer("/reaction/emoji")).is_none_or(|e| e.is_empty()) {
+        return IngestItem::Ignored;
+    }
     let interactive = raw
         .pointer("/interactive/button_reply")
         .or_else(|| raw.pointer("/interactive/list_reply"));
@@ -275,6 +279,68 @@ mod tests {
         );
         assert!(billing(&serde_json::json!({"pricing": "regular"})).is_none());
         assert!(billing(&serde_json::json!({})).is_none());
+    }
+
+    fn one_message(message: Value) -> IngestItem {
+        let ctx = ParseContext {
+            received_at: chrono::Utc::now(),
+            max_callback_bytes: 4096,
+        };
+        parse_message(&message, ctx)
+    }
+
+    #[test]
+    fn customer_messages_read_as_replies_with_their_text_payload_and_context() {
+        // pywa tests/data/updates/callback_button.json, "button" (an interactive button reply).
+        let interactive = serde_json::json!({
+            "context": {"from": "1122334455667", "id": "wamid.xyzxyz"},
+            "from": "972987654321", "id": "wamid.REPLY1", "timestamp": "1698266730",
+            "type": "interactive",
+            "interactive": {"type": "button_reply", "button_reply": {"id": "callback_data", "title": "title"}}
+        });
+        let IngestItem::Reply(r) = one_message(interactive) else {
+            panic!("a reply")
+        };
+        assert_eq!(r.context.as_ref().map(|c| c.as_str()), Some("wamid.xyzxyz"));
+        assert_eq!(
+            (
+                r.reply.kind.as_str(),
+                r.reply.text.as_deref(),
+                r.reply.payload.as_deref()
+            ),
+            ("interactive", Some("title"), Some("callback_data"))
+        );
+        assert_eq!(r.from_e164.as_deref(), Some("+972987654321"));
+        // A forwarded message names no message it answers.
+        let forwarded = serde_json::json!({
+            "context": {"forwarded": true}, "from": "972987654321", "id": "wamid.F",
+            "timestamp": "1697044362", "type": "video", "video": {"caption": "caption"}
+        });
+        let IngestItem::Reply(r) = one_message(forwarded) else {
+            panic!("a reply")
+        };
+        assert!(r.context.is_none());
+        // A reaction answers the message it reacts to; taking it back is ignored.
+        let reaction = |emoji: Value| {
+            serde_json::json!({"from": "972987654321", "id": "wamid.R", "timestamp": "1697044456",
+                "type": "reaction", "reaction": {"message_id": "wamid.yzxyzx=", "emoji": emoji}})
+        };
+        let IngestItem::Reply(r) = one_message(reaction(Value::from("😮"))) else {
+            panic!("a reply")
+        };
+        assert_eq!(
+            r.context.as_ref().map(|c| c.as_str()),
+            Some("wamid.yzxyzx=")
+        );
+        assert!(matches!(
+            one_message(reaction(Value::from(""))),
+            IngestItem::Ignored
+        ));
+        // Without its id or sender it is quarantined.
+        assert!(matches!(
+            one_message(serde_json::json!({"id": "wamid.X", "timestamp": "1"})),
+            IngestItem::Rejected { .. }
+        ));
     }
 
     #[test]
