@@ -140,20 +140,23 @@ async fn a_reply_without_context_answers_only_a_message_first_seen_within_the_wi
     assert_eq!(replies(&cart)[0]["reply"]["text"], "thanks");
 }
 
-#[tokio::test]
-async fn a_reply_cancels_a_reminder_waiting_for_read() {
+/// A `missing_status` timer waiting for `statuses` since `delivered` (plus `extra` TOML) on a
+/// delivered message; the customer then replies without quoting it. The reason the timer was
+/// cancelled with, and the message.
+async fn timer_answered(statuses: &str, extra: &str) -> (String, Value) {
     let mock = wiremock::MockServer::start().await;
     let rules = format!(
         r#"
 [[rules]]
-name = "unread"
+name = "timer"
 on = "missing_status"
-statuses = ["read"]
+statuses = {statuses}
 since = "delivered"
 after_seconds = 30
+{extra}
 action = "http.post"
 [rules.params]
-url = "{}/unread"
+url = "{}/timer"
 body = {{ message = "{{{{message_id}}}}" }}
 "#,
         mock.uri()
@@ -168,15 +171,21 @@ body = {{ message = "{{{{message_id}}}}" }}
     let reply = meta_text("wamid.ANSWER==", "919090909090", now.timestamp() + 5, "ok");
     assert_eq!(counts(app.post_meta(reply).await).await, (1, 0, 0, 0));
     let cancelled = app.wait_for_actions(id, all_in("cancelled", 1)).await;
-    assert!(
-        cancelled[0]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("the customer replied"),
-        "{cancelled:?}"
-    );
-    let message = app.message(id).await.unwrap();
+    let reason = cancelled[0]["last_error"].as_str().unwrap().to_owned();
+    (reason, app.message(id).await.unwrap())
+}
+
+#[tokio::test]
+async fn a_reply_cancels_a_reminder_waiting_for_read() {
+    let (reason, message) = timer_answered(r#"["read"]"#, "").await;
+    assert!(reason.contains("the customer replied"), "{reason}");
     assert_eq!(message["status"], "delivered");
+}
+
+#[tokio::test]
+async fn cancel_on_reply_ends_a_timer_waiting_for_a_status_a_reply_does_not_imply() {
+    let (reason, _) = timer_answered(r#"["played"]"#, r#"cancel_on = ["reply"]"#).await;
+    assert!(reason.contains("cancel_on"), "{reason}");
 }
 
 #[tokio::test]
@@ -217,47 +226,5 @@ body = {{ message = "{{{{message_id}}}}" }}
     assert_eq!(
         crate::actions::body(&requests[0].1),
         json!({"message": CART, "said": "Buy now", "payload": "BUY_NOW", "kind": "button"})
-    );
-}
-
-#[tokio::test]
-async fn cancel_on_reply_ends_a_timer_waiting_for_a_status_a_reply_does_not_imply() {
-    let mock = wiremock::MockServer::start().await;
-    let rules = format!(
-        r#"
-[[rules]]
-name = "not-played"
-on = "missing_status"
-statuses = ["played"]
-since = "delivered"
-after_seconds = 30
-cancel_on = ["reply"]
-action = "http.post"
-[rules.params]
-url = "{}/unplayed"
-body = {{ message = "{{{{message_id}}}}" }}
-"#,
-        mock.uri()
-    );
-    let app = spawn_app_with_rules(&rules).await;
-    let id = "wamid.VOICE==";
-    let now = chrono::Utc::now();
-    app.post_bik_status(id, "delivered", now, &json!({"campaign": "c"}))
-        .await;
-    app.wait_for_actions(id, all_in("pending", 1)).await;
-    let reply = meta_text(
-        "wamid.VOICEANSWER==",
-        "919090909090",
-        now.timestamp() + 5,
-        "ok",
-    );
-    assert_eq!(counts(app.post_meta(reply).await).await, (1, 0, 0, 0));
-    let cancelled = app.wait_for_actions(id, all_in("cancelled", 1)).await;
-    assert!(
-        cancelled[0]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("cancel_on"),
-        "{cancelled:?}"
     );
 }
