@@ -2,8 +2,8 @@
 # Soak: RATE webhooks/s (default 2,000) for SECONDS (default 300) against one flowhook
 # instance (release build, default workers, durability sync, a rule on every webhook posting
 # to a local target). Reports errors and RSS after a warm-up and at the end; passes when
-# there are no errors and RSS stayed within 10%. Growth per stored message is reported from the
-# 30 s mark and over the second half alone. It then opens the same store in a fresh
+# there are no errors and RSS grew at most 20 B per stored message over the second half
+# (growth is also reported from the 30 s mark). It then opens the same store in a fresh
 # process and reports that process's idle RSS, which separates memory that grows with the
 # stored data (sled keeps per-page state for every node on disk) from memory the long run
 # itself held.
@@ -55,9 +55,12 @@ sleep 5
 reopened=$(rss)
 echo "RSS of a fresh process opening the same store ($(du -sh "$work/store" | cut -f1) on disk), idle: $((reopened / 1024)) MB;" \
     "the soaked process held $(awk -v e="$end" -v r="$reopened" 'BEGIN {printf "%.0f", (e - r) / 1024}') MB more (negative: less)"
-if [ "$errors" = 0 ] && awk -v g="$growth" 'BEGIN {exit !(g <= 10 && g >= -10)}'; then
-    echo "soak: PASS (no errors, memory flat within 10%)"
+# Pass: no errors, and RSS growth over the second half at most 20 B per stored message (the
+# embedded engines issue's bound; the first minutes fill bounded buffers).
+half_growth=$(( (end - half_rss) * 1024 / half_stored ))
+if [ "$errors" = 0 ] && [ "$half_growth" -le 20 ]; then
+    echo "soak: PASS (no errors, RSS growth $half_growth B per message over the second half)"
 else
-    echo "soak: FAIL (errors $errors, memory $growth%)"
+    echo "soak: FAIL (errors $errors, RSS growth $half_growth B per message over the second half)"
     exit 1
 fi

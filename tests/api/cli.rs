@@ -274,3 +274,42 @@ async fn an_export_moves_between_sled_and_fjall_unchanged() {
         );
     }
 }
+
+/// A process whose working directory was deleted under it: sled opens the store as ever, and
+/// fjall (whose open resolves a default relative path) refuses with a message saying why
+/// instead of panicking.
+#[test]
+fn a_deleted_working_directory_is_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let config = cli_config(&store);
+    let gone = dir.path().join("gone");
+    std::fs::create_dir(&gone).unwrap();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(r#"cd "$1" && rmdir "$1" && exec "$2" --config "$3" check-store"#)
+        .args([
+            "sh",
+            gone.to_str().unwrap(),
+            env!("CARGO_BIN_EXE_flowhook"),
+            config.path().to_str().unwrap(),
+        ])
+        .env(
+            "FLOWHOOK__STORE__BACKEND",
+            match embedded_engine() {
+                StoreBackend::Fjall => "fjall",
+                _ => "sled",
+            },
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    match embedded_engine() {
+        StoreBackend::Fjall => {
+            assert!(!output.status.success());
+            assert!(stderr.contains("needs a working directory"), "{stderr}");
+        }
+        _ => assert!(output.status.success(), "{stderr}"),
+    }
+}

@@ -46,6 +46,15 @@ impl FjallEngine {
     }
 
     fn open_with(path: &Path, cache_capacity: u64, temporary: bool) -> Result<Self, StoreError> {
+        // lsm-tree resolves a default relative path against the working directory when it
+        // opens a keyspace, and panics if there is none (a directory deleted under the process).
+        if let Err(error) = std::env::current_dir() {
+            return Err(StoreError::Unopenable(format!(
+                "the store at {} cannot be opened: fjall needs a working directory, and this \
+                 process's is gone ({error}); start flowhook from a directory that exists",
+                path.display()
+            )));
+        }
         let db = Database::builder(path)
             .cache_size(cache_capacity)
             .manual_journal_persist(true)
