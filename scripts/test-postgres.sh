@@ -16,6 +16,10 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 port=${FLOWHOOK_TEST_PG_PORT:-55432}
+# The default port is in the ephemeral range: a connection the tests before left behind can
+# hold it, so without FLOWHOOK_TEST_PG_PORT a few ports above it are tried in turn.
+tries=1
+[ -z "${FLOWHOOK_TEST_PG_PORT:-}" ] && tries=20
 dir=$(mktemp -d /tmp/flowhook-pg.XXXXXX)
 # initdb refuses to run as root: the cluster belongs to the postgres user then.
 as=()
@@ -30,8 +34,17 @@ stop() {
 trap stop EXIT
 "${as[@]}" "$bin/initdb" -D "$dir/data" -U flowhook -A trust --no-sync >/dev/null
 # fsync off: the cluster is thrown away, and the tests check flowhook, not Postgres's disk.
-if ! "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w start \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" >/dev/null; then
+started=""
+for _ in $(seq 1 "$tries"); do
+    if "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w start \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" >/dev/null; then
+        started=1
+        break
+    fi
+    grep -q "Address already in use" "$dir/log" || break
+    port=$((port + 1))
+done
+if [ -z "$started" ]; then
     cat "$dir/log" >&2
     echo "could not start the test cluster (is port $port taken? set FLOWHOOK_TEST_PG_PORT)" >&2
     exit 1
