@@ -43,6 +43,39 @@ pub struct Incoming {
 }
 
 impl Incoming {
+    /// What its sender is filed under (the recipient index's key, see
+    /// [`lookup_key`](super::recipient::lookup_key)).
+    pub fn sender_key(&self) -> String {
+        self.from_e164
+            .clone()
+            .unwrap_or_else(|| super::recipient::lookup_key(&self.from))
+    }
+
+    /// Whether a message addressed as `recipient` (E.164 form `recipient_e164`) went to the
+    /// sender whose [`Incoming::sender_key`] is `sender`.
+    pub fn sent_to(sender: &str, recipient: Option<&str>, recipient_e164: Option<&str>) -> bool {
+        recipient_e164 == Some(sender)
+            || recipient.map(super::recipient::lookup_key).as_deref() == Some(sender)
+    }
+
+    /// Among the sender's messages, each with when flowhook first saw it, the one a reply
+    /// without a stored context answers: the latest first seen at most `window_hours` before
+    /// the reply and not after flowhook received it (ties by message id, so the answer does
+    /// not depend on the order the candidates come in).
+    pub fn latest_answered(
+        &self,
+        window_hours: f64,
+        candidates: impl IntoIterator<Item = (DateTime<Utc>, MessageId)>,
+    ) -> Option<MessageId> {
+        let window = chrono::Duration::milliseconds((window_hours * 3_600_000.0) as i64);
+        let earliest = self.at - window;
+        candidates
+            .into_iter()
+            .filter(|(seen, _)| *seen >= earliest && *seen <= self.received_at)
+            .max()
+            .map(|(_, id)| id)
+    }
+
     /// The reply event on business message `to`.
     pub fn event_on(&self, to: MessageId) -> Event {
         Event {

@@ -251,14 +251,8 @@ fn attribute(
             return Ok(Some(named.clone()));
         }
     }
-    let who = incoming
-        .from_e164
-        .clone()
-        .unwrap_or_else(|| crate::domain::recipient::lookup_key(&incoming.from));
-    let window = chrono::Duration::milliseconds((context.reply_window_hours * 3_600_000.0) as i64);
-    let earliest = incoming.at - window;
+    let who = incoming.sender_key();
     let prefix = key(&[who.as_bytes(), b""]);
-    let mut best: Option<(DateTime<Utc>, MessageId)> = None;
     let mut candidates: Vec<MessageId> = Vec::new();
     for k in recipients.keys_with_prefix(&prefix)? {
         let Ok(id) = std::str::from_utf8(&k[prefix.len()..]) else {
@@ -269,26 +263,16 @@ fn attribute(
     // Messages this request created are not in the index yet.
     candidates.extend(batch.states.iter().filter_map(|(id, c)| {
         let s = c.after.state.as_ref()?;
-        (s.recipient_e164.as_deref() == Some(who.as_str())
-            || s.recipient
-                .as_deref()
-                .map(crate::domain::recipient::lookup_key)
-                .as_deref()
-                == Some(who.as_str()))
-        .then(|| id.clone())
+        Incoming::sent_to(&who, s.recipient.as_deref(), s.recipient_e164.as_deref())
+            .then(|| id.clone())
     }));
+    let mut seen = Vec::with_capacity(candidates.len());
     for id in candidates {
-        let Some(seen) = first_seen(&id)? else {
-            continue;
-        };
-        if seen < earliest || seen > incoming.received_at {
-            continue;
-        }
-        if best.as_ref().is_none_or(|(t, b)| (seen, &id) > (*t, b)) {
-            best = Some((seen, id));
+        if let Some(at) = first_seen(&id)? {
+            seen.push((at, id));
         }
     }
-    Ok(best.map(|(_, id)| id))
+    Ok(incoming.latest_answered(context.reply_window_hours, seen))
 }
 
 /// Queues what the rules ask for a message that just changed (see [`Rules::plan`]): each

@@ -37,10 +37,7 @@ impl PgStore {
                 return Ok(Some(named.clone()));
             }
         }
-        let who = incoming
-            .from_e164
-            .clone()
-            .unwrap_or_else(|| crate::domain::recipient::lookup_key(&incoming.from));
+        let who = incoming.sender_key();
         let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
             "SELECT m.id, m.record FROM lookups l JOIN messages m ON m.id = l.message_id \
              WHERE l.field = '' AND l.value = $1 AND m.live",
@@ -48,48 +45,22 @@ impl PgStore {
         .bind(&who)
         .fetch_all(&mut *self.conn().await?)
         .await?;
-        let window =
-            chrono::Duration::milliseconds((self.inner.reply_window_hours * 3_600_000.0) as i64);
-        let earliest = incoming.at - window;
-        let mut best: Option<(DateTime<Utc>, MessageId)> = None;
         let stored: HashSet<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
         // A message this request creates is first seen now (as the embedded store sees it).
-        let new_here: Vec<(DateTime<Utc>, MessageId)> = this_request
+        let mut candidates: Vec<(DateTime<Utc>, MessageId)> = this_request
             .iter()
             .filter(|e| !stored.contains(e.message_id.as_str()))
             .filter(|e| {
-                e.recipient_e164.as_deref() == Some(who.as_str())
-                    || e.recipient
-                        .as_deref()
-                        .map(crate::domain::recipient::lookup_key)
-                        == Some(who.clone())
+                Incoming::sent_to(&who, e.recipient.as_deref(), e.recipient_e164.as_deref())
             })
             .map(|e| (e.received_at, e.message_id.clone()))
             .collect();
-        for (seen, id) in new_here {
-            if seen < earliest {
-                continue;
-            }
-            if best.as_ref().is_none_or(|(t, b)| (seen, &id) > (*t, b)) {
-                best = Some((seen, id));
+        for (id, bytes) in &rows {
+            if let Some(state) = super::reads::decode(id, bytes)? {
+                candidates.push((state.first_seen_at, state.message_id));
             }
         }
-        for (id, bytes) in rows {
-            let Some(state) = super::reads::decode(&id, &bytes)? else {
-                continue;
-            };
-            let seen = state.first_seen_at;
-            if seen < earliest || seen > incoming.received_at {
-                continue;
-            }
-            if best
-                .as_ref()
-                .is_none_or(|(t, b)| (seen, &state.message_id) > (*t, b))
-            {
-                best = Some((seen, state.message_id));
-            }
-        }
-        Ok(best.map(|(_, id)| id))
+        Ok(incoming.latest_answered(self.inner.reply_window_hours, candidates))
     }
 
     /// Stores every item of one request and returns once all of it is committed.
