@@ -42,6 +42,7 @@ fn click_at(n: u64, secs: u64) -> IngestItem {
         ),
         billing: None,
         reply: None,
+        opt_out: None,
     }))
 }
 

@@ -275,8 +275,9 @@ fn backup(settings: &Settings, direction: Direction) -> ExitCode {
                 Direction::Import => "imported",
             };
             eprintln!(
-                "{verb} {} messages, {} actions, {} quarantined events",
-                moved.messages, moved.actions, moved.rejected
+                "{verb} {} messages, {} actions, {} quarantined events, {} recipients' \
+                 opt-outs",
+                moved.messages, moved.actions, moved.rejected, moved.recipients
             );
             if moved.skipped > 0 {
                 eprintln!(

@@ -253,9 +253,13 @@ fn rule_mistakes_name_the_rule_and_the_key() {
         (
             CONTRACT_RULES.replace(
                 "since = \"delivered\"",
-                "since = \"delivered\"\ncancel_on = [\"opt_out\"]",
+                "since = \"delivered\"\ncancel_on = [\"unsubscribe\"]",
             ),
-            "rules[2] (unread-after-a-day).cancel_on: \"opt_out\" is not supported yet",
+            "rules[2] (unread-after-a-day).cancel_on.0: unknown variant: found `unsubscribe`",
+        ),
+        (
+            CONTRACT_RULES.replace("on = \"click\"", "on = \"click\"\nskip_opted_out = \"yes\""),
+            "rules[1] (checkout-click).skip_opted_out: invalid type",
         ),
         (
             CONTRACT_RULES.replace(
@@ -351,4 +355,17 @@ fn the_reply_window_must_be_positive() {
     assert!(error.contains("store.reply_window_hours"), "{error}");
     let fine = Settings::from_toml_str("[store]\nreply_window_hours = 0.5\n").unwrap();
     fine.validate().unwrap();
+}
+
+#[test]
+fn opt_out_keywords_default_to_stop_and_unsubscribe_and_may_not_be_empty() {
+    let defaults = Settings::from_toml_str("").unwrap();
+    assert_eq!(defaults.store.opt_out_keywords, ["STOP", "UNSUBSCRIBE"]);
+    let error = Settings::from_toml_str("[store]\nopt_out_keywords = [\"STOP\", \" \"]\n")
+        .and_then(|s| s.validate().map(|_| s))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("store.opt_out_keywords"), "{error}");
+    let none = Settings::from_toml_str("[store]\nopt_out_keywords = []\n").unwrap();
+    none.validate().unwrap();
 }

@@ -44,6 +44,14 @@ impl Settings {
         if !(self.store.reply_window_hours > 0.0 && self.store.reply_window_hours.is_finite()) {
             problems.push("store.reply_window_hours: must be positive".into());
         }
+        if self
+            .store
+            .opt_out_keywords
+            .iter()
+            .any(|k| k.trim().is_empty())
+        {
+            problems.push("store.opt_out_keywords: a keyword is empty".into());
+        }
         if self.store.relaxed_flush_ms == 0 {
             problems.push("store.relaxed_flush_ms: must be positive".into());
         }

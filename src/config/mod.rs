@@ -145,6 +145,8 @@ pub struct StoreSettings {
     /// A customer message without a `context` answers the recipient's latest message first
     /// seen at most this long before it (fractions allowed).
     pub reply_window_hours: f64,
+    /// A reply whose whole text (trimmed, any case) is one of these opts its sender out.
+    pub opt_out_keywords: Vec<String>,
     /// `[store.postgres]`, for `backend = "postgres"`.
     pub postgres: PostgresSettings,
 }
@@ -221,6 +223,7 @@ impl Default for StoreSettings {
             min_free_disk_bytes: 100 * 1024 * 1024,
             max_events_per_message: 1000,
             reply_window_hours: 72.0,
+            opt_out_keywords: vec!["STOP".into(), "UNSUBSCRIBE".into()],
             postgres: PostgresSettings::default(),
         }
     }
@@ -359,8 +362,7 @@ pub enum Trigger {
 pub enum CancelOn {
     /// The customer replied to the message.
     Reply,
-    /// The customer opted out (contract section 8.2; refused by `check-config` until
-    /// opt-outs are kept).
+    /// The customer opted out in answer to the message (contract section 8.2).
     OptOut,
 }
 
@@ -381,11 +383,19 @@ pub struct RuleSettings {
     /// `on = "missing_status"`: what else cancels the timer before it fires.
     #[serde(default)]
     pub cancel_on: Vec<CancelOn>,
+    /// Whether the rule calls nobody whose recipient is opted out when it would call
+    /// (contract section 8.2); the action is then skipped with the reason `opted_out`.
+    #[serde(default = "yes")]
+    pub skip_opted_out: bool,
     #[serde(default)]
     pub when: std::collections::BTreeMap<String, serde_json::Value>,
     pub action: String,
     #[serde(default)]
     pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {

@@ -158,7 +158,7 @@ pub async fn run_once(
     for target in Target::all() {
         let due = store.due_actions(target, now_ms, limit).await?;
         for action in store.claim_many(&due, lease).await?.into_iter().flatten() {
-            let attempt = sender.send(&action).await;
+            let attempt = attempt(store, sender, &action).await;
             done.push((action.claim_token(), attempt));
         }
     }
@@ -168,6 +168,30 @@ pub async fn run_once(
         .into_iter()
         .flatten()
         .collect())
+}
+
+/// Makes an action's call, unless its message's recipient is opted out now and its rule
+/// says `skip_opted_out` (contract section 8.2): then it is skipped, reason `opted_out`.
+async fn attempt(store: &Store, sender: &Sender, action: &Action) -> Attempt {
+    if action.skip_opted_out {
+        match store.opted_out(&action.message_id).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return Attempt::Skipped {
+                    reason: "opted_out".into(),
+                }
+            }
+            Err(error) => {
+                return Attempt::Retry {
+                    error: format!("could not read whether the recipient opted out: {error}"),
+                    status: None,
+                    body: None,
+                    retry_after: None,
+                }
+            }
+        }
+    }
+    sender.send(action).await
 }
 
 struct Worker {
@@ -369,6 +393,7 @@ impl Calls {
         entry: &DueEntry,
     ) {
         let Calls {
+            store,
             sender,
             finished,
             records,
@@ -378,13 +403,14 @@ impl Calls {
         let entry_target = entry.target;
         tasks.spawn(async move {
             let started = std::time::Instant::now();
-            let attempt = sender.send(&action).await;
+            let attempt = attempt(&store, &sender, &action).await;
             let elapsed = started.elapsed();
             let elapsed_ms = elapsed.as_millis() as u64;
             let result = match &attempt {
                 Attempt::Delivered { .. } => "delivered",
                 Attempt::Retry { .. } => "retry",
                 Attempt::Failed { .. } => "failed",
+                Attempt::Skipped { .. } => "skipped",
             };
             let target = entry_target.as_str();
             metrics::histogram!(crate::observe::DISPATCH_SECONDS, "target" => target, "result" => result)
@@ -424,6 +450,10 @@ fn log_outcome(action: &Action, attempt: &Attempt, elapsed_ms: u64, late_ms: u64
             %error,
             next_attempt_at = ?action.next_attempt_at,
             "follow-up failed; will retry"
+        ),
+        (ActionState::Skipped, _) => tracing::info!(
+            reason = action.last_error.as_deref().unwrap_or(""),
+            "follow-up skipped"
         ),
         (_, _) => tracing::error!(
             error = action.last_error.as_deref().unwrap_or(""),

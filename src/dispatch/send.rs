@@ -350,6 +350,7 @@ params = { url = "http://127.0.0.1:9/x", body = {} }
             schedule_from: 0,
             bucket: 0,
             in_flight: true,
+            skip_opted_out: true,
         }
     }
 

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Billing, CallbackData, MessageId, Reply, Status};
+use super::{Billing, CallbackData, MessageId, OptOut, Reply, Status};
 
 /// What an adapter made of one element of a webhook body.
 #[derive(Debug)]
@@ -9,6 +9,8 @@ pub enum IngestItem {
     Event(Box<Event>),
     /// A customer message, to be attributed to the business message it answers.
     Reply(Box<super::Incoming>),
+    /// A recipient stopping or resuming marketing messages.
+    OptOut(Box<super::OptOutItem>),
     /// Well-formed, of a kind flowhook does not handle.
     Ignored,
     /// JSON, but missing what it needs; quarantined with the reason.
@@ -50,6 +52,9 @@ pub enum EventKind {
     Click,
     /// A customer's message answering this one (contract section 8.1).
     Reply,
+    /// The recipient stopped or resumed marketing messages (contract section 8.2).
+    #[serde(rename = "opt_out")]
+    OptOut,
 }
 
 /// One thing a provider told us about one message: a status change or a link click.
@@ -93,11 +98,14 @@ pub struct Event {
     /// Set for reply events: what the customer sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Box<Reply>>,
+    /// Set for opt-out events: stop or resume, and who said so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_out: Option<Box<OptOut>>,
 }
 
 impl Event {
     /// What tells it apart from other events of its kind at the same time: a click's URL, a
-    /// reply's customer message id.
+    /// reply's customer message id, an opt-out's event id.
     pub fn what(&self) -> Option<&str> {
         what(self.kind, self.url.as_deref(), self.event_id.as_deref())
     }
@@ -126,7 +134,7 @@ pub(crate) fn what<'a>(
     match kind {
         EventKind::Status => None,
         EventKind::Click => url,
-        EventKind::Reply => event_id,
+        EventKind::Reply | EventKind::OptOut => event_id,
     }
 }
 
@@ -181,6 +189,7 @@ impl Event {
             callback: CallbackData::decode(&serde_json::json!({ "campaign": "c" }), 4096),
             billing: None,
             reply: None,
+            opt_out: None,
         }
     }
 }
@@ -191,6 +200,7 @@ impl EventKind {
             Self::Status => "status",
             Self::Click => "click",
             Self::Reply => "reply",
+            Self::OptOut => "opt_out",
         }
     }
 }
@@ -203,7 +213,7 @@ pub(crate) fn subject<'a>(
 ) -> &'a str {
     match kind {
         EventKind::Status => status.map(Status::as_str).unwrap_or_default(),
-        EventKind::Click | EventKind::Reply => what.unwrap_or_default(),
+        EventKind::Click | EventKind::Reply | EventKind::OptOut => what.unwrap_or_default(),
     }
 }
 

@@ -6,6 +6,7 @@
 mod callback;
 mod event;
 mod message_id;
+pub mod optout;
 mod pricing;
 pub mod recipient;
 mod reply;
@@ -16,6 +17,7 @@ mod summary;
 pub use callback::{lookup_path, CallbackData};
 pub use event::{failure_text, Event, EventKind, IngestItem, Provider};
 pub use message_id::MessageId;
+pub use optout::{OptOut, OptOutItem, Preference, Preferences};
 pub use pricing::{Billing, Pricing};
 pub use reply::{Incoming, Reply};
 pub use state::{Click, MessageState, TimelineEvent};

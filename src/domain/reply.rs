@@ -76,6 +76,25 @@ impl Incoming {
             .map(|(_, id)| id)
     }
 
+    /// The opt-out a reply that is an opt-out keyword says: its sender stops, answering what
+    /// the reply answers.
+    pub fn keyword_opt_out(&self) -> super::OptOutItem {
+        super::OptOutItem {
+            value: super::Preference::Stop,
+            source: super::optout::OptOutSource::Keyword,
+            // Not the reply's own id: that one is the reply event's, on the same message.
+            event_id: format!("keyword:{}", self.reply.message_id),
+            message: None,
+            context: self.context.clone(),
+            recipient: Some(self.from.clone()),
+            recipient_e164: self.from_e164.clone(),
+            provider: self.provider,
+            channel: self.channel.clone(),
+            at: self.at,
+            received_at: self.received_at,
+        }
+    }
+
     /// The reply event on business message `to`.
     pub fn event_on(&self, to: MessageId) -> Event {
         Event {
@@ -97,6 +116,7 @@ impl Incoming {
             callback: None,
             billing: None,
             reply: Some(Box::new(self.reply.clone())),
+            opt_out: None,
         }
     }
 }

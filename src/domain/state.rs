@@ -3,7 +3,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::summary::{insert_bounded, Summary};
-use super::{Billing, CallbackData, Event, EventKind, MessageId, Pricing, Provider, Reply, Status};
+use super::{
+    Billing, CallbackData, Event, EventKind, MessageId, OptOut, Preference, Pricing, Provider,
+    Reply, Status,
+};
 
 /// Everything flowhook knows about one message: derived fields plus the full timeline.
 ///
@@ -52,6 +55,13 @@ pub struct MessageState {
         skip_serializing_if = "Option::is_none"
     )]
     pub replied_at: Option<DateTime<Utc>>,
+    /// When the recipient first opted out in answer to it (its first `opt_out` stop).
+    #[serde(
+        default,
+        with = "super::time_format::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub opted_out_at: Option<DateTime<Utc>>,
     /// The latest `pricing` a status carried, in timeline order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
@@ -100,6 +110,9 @@ pub struct TimelineEvent {
     /// On a reply event: what the customer sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Box<Reply>>,
+    /// On an opt-out event: stop or resume, and who said so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_out: Option<Box<OptOut>>,
 }
 
 type SortKey<'a> = (DateTime<Utc>, EventKind, u8, &'a str, Option<&'a str>);
@@ -203,6 +216,7 @@ impl From<Event> for TimelineEvent {
             callback: e.callback,
             billing: e.billing,
             reply: e.reply,
+            opt_out: e.opt_out,
         }
     }
 }
@@ -358,6 +372,14 @@ impl MessageState {
                 .iter()
                 .find(|e| e.kind == EventKind::Reply)
                 .map(|e| e.at),
+            opted_out_at: events
+                .iter()
+                .find(|e| {
+                    e.opt_out
+                        .as_ref()
+                        .is_some_and(|o| o.value == Preference::Stop)
+                })
+                .map(|e| e.at),
             pricing: billing().find_map(|b| b.pricing.clone()),
             conversation_id: billing().find_map(|b| b.conversation_id.clone()),
             events: Vec::new(),
@@ -472,6 +494,7 @@ mod tests {
                 })
             }),
             reply: None,
+            opt_out: None,
         }
     }
 
@@ -712,6 +735,25 @@ mod tests {
                         kind: "button".into(),
                         text: Some(["Yes", "Stop"][n].into()),
                         payload: Some(format!("p{n}")),
+                    })),
+                    ..plain
+                }
+            }),
+            // Opt-outs and resumes at few times, so that a stop and a resume often tie.
+            (0i64..3, any::<bool>()).prop_map(|(t, stop)| {
+                let plain = event(EventKind::OptOut, None, None, t);
+                let value = if stop {
+                    Preference::Stop
+                } else {
+                    Preference::Resume
+                };
+                Event {
+                    event_id: Some(format!("user_preferences:{t}:{}", value.as_str())),
+                    callback: None,
+                    billing: None,
+                    opt_out: Some(Box::new(OptOut {
+                        value,
+                        source: super::super::optout::OptOutSource::Meta,
                     })),
                     ..plain
                 }

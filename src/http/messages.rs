@@ -13,8 +13,10 @@ use super::actions::ActionView;
 use super::auth::ApiCaller;
 use super::errors::{ApiError, ErrorBody};
 use super::{guarded, AppState};
+use crate::domain::optout::RecipientAnswer;
 use crate::domain::{
-    time_format, Click, EventKind, MessageState, Pricing, Provider, Reply, Status, TimelineEvent,
+    time_format, Click, EventKind, MessageState, OptOut, Pricing, Provider, Reply, Status,
+    TimelineEvent,
 };
 use crate::store::{Action, Lookup, RejectedEvent};
 
@@ -71,6 +73,10 @@ pub struct MessageView {
     #[serde(with = "time_format::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     replied_at: Option<DateTime<Utc>>,
+    /// When its recipient first opted out in answer to it (contract section 8.2).
+    #[serde(with = "time_format::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    opted_out_at: Option<DateTime<Utc>>,
     clicks: Vec<ClickView>,
     /// What the provider says the message costs: the latest `pricing` a status carried (Meta).
     pricing: Option<Pricing>,
@@ -88,7 +94,7 @@ pub struct MessageView {
 
 #[derive(Serialize, ToSchema)]
 pub struct EventView {
-    /// `status`, `click` or `reply`.
+    /// `status`, `click`, `reply` or `opt_out`.
     #[schema(value_type = String)]
     kind: EventKind,
     #[schema(value_type = Option<String>)]
@@ -113,6 +119,8 @@ pub struct EventView {
     participant: Option<String>,
     /// On a `reply` event: what the customer sent (its own message id, type, text, payload).
     reply: Option<Reply>,
+    /// On an `opt_out` event: `stop` or `resume`, and its source (`meta`, `bik`, `keyword`).
+    opt_out: Option<OptOut>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -136,12 +144,55 @@ pub struct RejectedPage {
 }
 
 const MESSAGES_PREFIX: &str = "/v1/messages/";
+const RECIPIENTS_PREFIX: &str = "/v1/recipients/";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(guarded("/v1/messages").route(web::get().to(find_messages)))
         // The tail pattern also catches ids whose `/` arrived unencoded.
         .service(guarded("/v1/messages/{id:.+}").route(web::get().to(get_message)))
+        .service(guarded("/v1/recipients/{recipient:.+}").route(web::get().to(get_recipient)))
         .service(guarded("/v1/rejected").route(web::get().to(list_rejected)));
+}
+
+/// The rest of the path after `prefix`, decoded by hand so that %2F, %2B and %3D all come back
+/// as `/`, `+` and `=` (message ids hold them; a phone number may hold `+`).
+fn path_tail<'a>(
+    req: &'a HttpRequest,
+    prefix: &str,
+    what: &str,
+) -> Result<std::borrow::Cow<'a, str>, ApiError> {
+    let raw = req.uri().path().strip_prefix(prefix).unwrap_or_default();
+    percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request(format!("{what} is not valid UTF-8")))
+}
+
+/// A recipient's marketing preference (contract section 8.2): whether its latest stop or
+/// resume (by provider time, a stop winning a tie) leaves it opted out.
+#[utoipa::path(
+    get,
+    path = "/v1/recipients/{recipient}",
+    tag = "status",
+    params(("recipient" = String, Path, description = "a phone number written any common way (`919090909090`, `+91 90909 09090`, percent-encoded), or a business-scoped user id as sent")),
+    security(("api_token" = [])),
+    responses(
+        (status = 200, body = RecipientAnswer),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "flowhook knows nothing of this recipient: no message to it and no opt-out", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_recipient(
+    _: ApiCaller,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let recipient = path_tail(&req, RECIPIENTS_PREFIX, "recipient")?;
+    match state.store.recipient(&recipient).await? {
+        Some(answer) => Ok(HttpResponse::Ok().json(answer)),
+        None => Err(ApiError::not_found(format!(
+            "flowhook knows nothing of recipient {recipient:?}"
+        ))),
+    }
 }
 
 /// One message: state, timeline and actions. Percent-encode the id as one path segment.
@@ -162,15 +213,7 @@ pub(super) async fn get_message(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    // Decode the raw path ourselves so that %2F, %2B and %3D all come back as `/`, `+` and `=`.
-    let raw = req
-        .uri()
-        .path()
-        .strip_prefix(MESSAGES_PREFIX)
-        .unwrap_or_default();
-    let id = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| ApiError::bad_request("message id is not valid UTF-8"))?;
+    let id = path_tail(&req, MESSAGES_PREFIX, "message id")?;
     match state.store.message(&id).await? {
         Some(message) => {
             let actions = state.store.message_actions(&id).await?;
@@ -391,6 +434,7 @@ impl MessageView {
             read_at: m.read_at,
             failed_at: m.failed_at,
             replied_at: m.replied_at,
+            opted_out_at: m.opted_out_at,
             clicks: m.clicks.iter().map(ClickView::from).collect(),
             pricing: m.pricing.clone(),
             conversation_id: m.conversation_id.clone(),
@@ -414,6 +458,7 @@ impl From<&TimelineEvent> for EventView {
             failure_reason: e.failure_reason.clone(),
             participant: e.participant.clone(),
             reply: e.reply.as_deref().cloned(),
+            opt_out: e.opt_out.as_deref().cloned(),
         }
     }
 }

@@ -30,6 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         super::webhooks::generic_webhook,
         super::messages::get_message,
         super::messages::find_messages,
+        super::messages::get_recipient,
         super::messages::list_rejected,
         super::actions::list_actions,
         super::actions::retry_one,
@@ -67,6 +68,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         crate::store::CategoryCost,
         crate::domain::Pricing,
         crate::domain::Reply,
+        crate::domain::OptOut,
+        crate::domain::Preference,
+        crate::domain::optout::OptOutSource,
+        crate::domain::optout::RecipientAnswer,
     )),
     modifiers(&Security),
     tags(

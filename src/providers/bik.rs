@@ -10,11 +10,17 @@ use super::{
     Fields, ParseContext, Refusal, Source,
 };
 use crate::config::{BikSettings, ProviderSettings};
-use crate::domain::{failure_text, EventKind, Incoming, IngestItem, MessageId, Provider, Reply};
+use crate::domain::optout::OptOutSource;
+use crate::domain::{
+    failure_text, EventKind, Incoming, IngestItem, MessageId, OptOutItem, Preference, Provider,
+    Reply,
+};
 
 const STATUS_EVENT: &str = "message-status-update";
 /// A customer's message: a reply (contract section 8.1).
 const INCOMING_EVENT: &str = "incoming-message";
+/// A recipient opting out of a campaign's messages (contract section 8.2).
+const OPT_OUT_EVENT: &str = "optedOut";
 const BASIC: &[u8] = b"Basic ";
 
 pub struct Bik;
@@ -83,6 +89,8 @@ fn parse_event(raw: &Value, settings: &BikSettings, ctx: ParseContext) -> Ingest
         EventKind::Click
     } else if name == INCOMING_EVENT {
         return parse_incoming(raw, ctx);
+    } else if name == OPT_OUT_EVENT {
+        return parse_opt_out(raw, ctx);
     } else {
         return IngestItem::Ignored;
     };
@@ -104,6 +112,47 @@ fn parse_event(raw: &Value, settings: &BikSettings, ctx: ParseContext) -> Ingest
         ..Default::default()
     };
     fields.into_item(Provider::Bik, kind, raw, ctx)
+}
+
+/// An opt-out (`optedOut`, from BIK's "Subscribed Events"): the fields sit at the top level
+/// (`messageId` the campaign message it answers, `createdAt`, `channel`, `eventId`); read from
+/// `eventInfo` too, as BIK's other events carry them. It names no phone number: the recipient
+/// is the named message's (`eventInfo.assetValue` is read where present). Its id is
+/// `eventId` (or `id`) with the time: BIK's `eventId` (`optedOut-<userChannelId>`) is the
+/// same for every opt-out of one user, so alone it would make a later one a duplicate.
+fn parse_opt_out(raw: &Value, ctx: ParseContext) -> IngestItem {
+    let info = raw.get("eventInfo").filter(|i| i.is_object());
+    let field = |name: &str| raw.get(name).or_else(|| info.and_then(|i| i.get(name)));
+    let message = match text(field("messageId")).map(|id| MessageId::parse(&id)) {
+        Some(Ok(id)) => id,
+        Some(Err(reason)) => return rejected(raw, reason),
+        None => return rejected(raw, "an optedOut event needs messageId"),
+    };
+    let at = match super::parse_time(
+        first_present([field("createdAt"), field("timestamp")]).unwrap_or(&Value::Null),
+    ) {
+        Ok(at) => at,
+        Err(reason) => return rejected(raw, reason),
+    };
+    let id = text(field("eventId"))
+        .or_else(|| text(raw.get("id")))
+        .unwrap_or_else(|| format!("optedOut:{message}"));
+    let recipient = text(field("assetValue"));
+    IngestItem::OptOut(Box::new(OptOutItem {
+        value: Preference::Stop,
+        source: OptOutSource::Bik,
+        event_id: format!("{id}@{}", crate::domain::rfc3339(at)),
+        message: Some(message),
+        context: None,
+        recipient_e164: recipient
+            .as_deref()
+            .and_then(crate::domain::recipient::e164),
+        recipient,
+        provider: Provider::Bik,
+        channel: text(field("channel")).or_else(|| text(field("channelId"))),
+        at,
+        received_at: ctx.received_at,
+    }))
 }
 
 /// A customer's message (`incoming-message`): `eventInfo.messageId` is its own id,

@@ -1,6 +1,6 @@
 //! WhatsApp Cloud API webhooks: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(body, app secret)>`
 //! over the raw bytes; `entry[].changes[].value.statuses[]` are events (with their `pricing` and
-//! `conversation`), `messages[]` are ignored. `recipient_id` is always a full international
+//! `conversation`), `messages[]` replies and `user_preferences[]` opt-outs. `recipient_id` is always a full international
 //! number without `+`, so it has an E.164 form even where libphonenumber's metadata does not
 //! know the range (Meta's test numbers, `+1 555 01x xxxx`).
 
@@ -15,8 +15,10 @@ use super::{
     Refusal, Source,
 };
 use crate::config::{MetaSettings, ProviderSettings};
+use crate::domain::optout::OptOutSource;
 use crate::domain::{
-    Billing, EventKind, Incoming, IngestItem, MessageId, Pricing, Provider, Reply,
+    Billing, EventKind, Incoming, IngestItem, MessageId, OptOutItem, Preference, Pricing, Provider,
+    Reply,
 };
 
 pub struct Meta;
@@ -118,9 +120,16 @@ pub fn parse(body: &[u8], ctx: ParseContext) -> Result<Vec<IngestItem>, Refusal>
         }
         let statuses = value.get("statuses").and_then(Value::as_array);
         let messages = value.get("messages").and_then(Value::as_array);
-        if statuses.is_none() && messages.is_none() {
+        let preferences = value.get("user_preferences").and_then(Value::as_array);
+        if statuses.is_none() && messages.is_none() && preferences.is_none() {
             items.push(IngestItem::Ignored);
         }
+        items.extend(
+            preferences
+                .into_iter()
+                .flatten()
+                .map(|preference| parse_preference(preference, ctx)),
+        );
         items.extend(
             messages
                 .into_iter()
@@ -160,6 +169,45 @@ fn parse_status(raw: &Value, ctx: ParseContext) -> IngestItem {
         ..Default::default()
     };
     fields.into_item(Provider::Meta, EventKind::Status, raw, ctx)
+}
+
+/// A marketing preference (`value.user_preferences[]`, field `user_preferences`): `wa_id`
+/// stops or resumes (`value`) the `marketing_messages` category at `timestamp`. Meta sends
+/// no id: it is made of the user, the choice and the time, so a retried delivery is a
+/// duplicate. Another category, or another value, is ignored.
+fn parse_preference(raw: &Value, ctx: ParseContext) -> IngestItem {
+    if text(raw.get("category")).as_deref() != Some("marketing_messages") {
+        return IngestItem::Ignored;
+    }
+    let value = match text(raw.get("value")).as_deref() {
+        Some("stop") => Preference::Stop,
+        Some("resume") => Preference::Resume,
+        _ => return IngestItem::Ignored,
+    };
+    let Some(wa_id) = text(raw.get("wa_id")).filter(|w| !w.trim().is_empty()) else {
+        return rejected(raw, "a user preference needs its wa_id");
+    };
+    let at = match super::parse_time(raw.get("timestamp").unwrap_or(&Value::Null)) {
+        Ok(at) => at,
+        Err(reason) => return rejected(raw, reason),
+    };
+    IngestItem::OptOut(Box::new(OptOutItem {
+        value,
+        source: OptOutSource::Meta,
+        event_id: format!(
+            "user_preferences:{wa_id}:{}:{}",
+            value.as_str(),
+            at.timestamp()
+        ),
+        message: None,
+        context: None,
+        recipient_e164: crate::domain::recipient::international(&wa_id),
+        recipient: Some(wa_id),
+        provider: Provider::Meta,
+        channel: Some("whatsapp".into()),
+        at,
+        received_at: ctx.received_at,
+    }))
 }
 
 /// A customer message (`value.messages[]`): a reply to the business message its

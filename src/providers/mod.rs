@@ -201,8 +201,8 @@ impl Fields<'_> {
                 }
                 Some(_) => return Err("click URL is not a string".into()),
             },
-            // Replies are built as `Incoming`, never from these fields.
-            EventKind::Reply => return Err("a reply is not a status or a click".into()),
+            // Replies are built as `Incoming`, opt-outs as `OptOutItem`, never from these fields.
+            EventKind::Reply | EventKind::OptOut => return Err("not a status or a click".into()),
         };
         let at = parse_time(self.at.unwrap_or(&Value::Null))?;
         Ok(Event {
@@ -230,6 +230,7 @@ impl Fields<'_> {
                 .and_then(|cb| CallbackData::decode(cb, ctx.max_callback_bytes)),
             billing: self.billing,
             reply: None,
+            opt_out: None,
         })
     }
 }

@@ -111,12 +111,6 @@ impl Rule {
                 "only used with on = \"missing_status\"",
             ));
         }
-        if raw.cancel_on.contains(&CancelOn::OptOut) {
-            problems.push(Problem::new(
-                "cancel_on",
-                "\"opt_out\" is not supported yet: flowhook does not keep opt-outs yet",
-            ));
-        }
         if raw.url_prefix.is_some() && raw.on != Trigger::Click {
             problems.push(Problem::new("url_prefix", "only used with on = \"click\""));
         }
@@ -259,6 +253,8 @@ impl Rule {
                 reply_payloads: raw.reply_payloads.clone(),
                 since,
                 cancel_on_reply: raw.cancel_on.contains(&CancelOn::Reply),
+                cancel_on_opt_out: raw.cancel_on.contains(&CancelOn::OptOut),
+                skip_opted_out: raw.skip_opted_out,
                 after: Duration::seconds(after_seconds as i64),
                 when,
                 action,

@@ -146,6 +146,15 @@ pub struct Action {
     pub bucket: u32,
     #[serde(default)]
     pub in_flight: bool,
+    /// Skipped, not sent, if its message's recipient is opted out when it is due (the rule's
+    /// `skip_opted_out`; actions stored before opt-outs were kept read as `true`, the
+    /// default).
+    #[serde(default = "yes")]
+    pub skip_opted_out: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Action {
@@ -186,6 +195,7 @@ impl ActionOutcome {
         match state {
             ActionState::Delivered => Self::Delivered,
             ActionState::Retrying => Self::Retried,
+            ActionState::Skipped => Self::Skipped,
             _ => Self::Dead,
         }
     }
@@ -209,6 +219,10 @@ pub enum Attempt {
         error: String,
         status: Option<u16>,
         body: Option<String>,
+    },
+    /// Not made: its recipient is opted out (the reason says so).
+    Skipped {
+        reason: String,
     },
 }
 
@@ -301,6 +315,12 @@ impl Action {
                         new.completed_at = Some(now);
                     }
                 }
+            }
+            Attempt::Skipped { reason } => {
+                new.state = ActionState::Skipped;
+                new.last_error = Some(reason.clone());
+                new.next_attempt_at = None;
+                new.completed_at = Some(now);
             }
             Attempt::Failed {
                 error,
@@ -404,6 +424,7 @@ mod tests {
             schedule_from: 0,
             bucket: 0,
             in_flight: false,
+            skip_opted_out: true,
         }
     }
 

@@ -48,6 +48,10 @@ pub struct Rule {
     after: Duration,
     /// A `missing_status` timer is also cancelled by a reply.
     cancel_on_reply: bool,
+    /// A `missing_status` timer is also cancelled by an opt-out answering the message.
+    cancel_on_opt_out: bool,
+    /// Its actions are skipped, not sent, while the message's recipient is opted out.
+    pub skip_opted_out: bool,
     when: Vec<(Var, Vec<String>)>,
     pub action: ActionKind,
     params: Template,
@@ -176,6 +180,12 @@ impl Rule {
                     return Some(Due::Cancel {
                         rule: self,
                         reason: "cancelled: the customer replied (cancel_on)",
+                    });
+                }
+                if self.cancel_on_opt_out && state.opted_out_at.is_some() {
+                    return Some(Due::Cancel {
+                        rule: self,
+                        reason: "cancelled: the recipient opted out (cancel_on)",
                     });
                 }
                 let anchor = first_reaching(events, self.since.as_ref()?)?;

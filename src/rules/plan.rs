@@ -95,6 +95,7 @@ impl Rules {
                         schedule_from: 0,
                         bucket: crate::domain::day_of(state.first_seen_at),
                         in_flight: false,
+                        skip_opted_out: rule.skip_opted_out,
                     })));
                 }
             }

@@ -26,7 +26,8 @@ use super::{
     RejectedEvent, RetryOutcome, RetryPolicy, StoreError,
 };
 use crate::config::{StoreBackend, StoreSettings};
-use crate::domain::{MessageState, Provider};
+use crate::domain::optout::{self, RecipientAnswer};
+use crate::domain::{recipient, MessageState, Preferences, Provider};
 use crate::rules::{Rules, Target};
 
 /// A cheap, cloneable handle on the open store, whatever its backend. Every clone sees the
@@ -269,6 +270,45 @@ impl Store {
 
     pub async fn message(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
         call!(self, sync message(id))
+    }
+
+    /// A recipient's marketing preferences, by its key (see
+    /// [`optout::key_of`](crate::domain::optout::key_of)).
+    pub async fn preferences(&self, key: &str) -> Result<Option<Preferences>, StoreError> {
+        call!(self, sync preferences(key))
+    }
+
+    /// Whether the recipient of message `id` is opted out now; false for a message flowhook
+    /// does not have, or whose recipient it does not know.
+    pub async fn opted_out(&self, id: &str) -> Result<bool, StoreError> {
+        let Some(key) = self.message(id).await?.as_ref().and_then(optout::key_of) else {
+            return Ok(false);
+        };
+        Ok(self.preferences(&key).await?.is_some_and(|p| p.opted_out()))
+    }
+
+    /// What `GET /v1/recipients/{recipient}` answers: the preference of the recipient written
+    /// `raw` (any phone form, or an id as sent); `None` when flowhook knows nothing of it (no
+    /// choice and no message).
+    pub async fn recipient(&self, raw: &str) -> Result<Option<RecipientAnswer>, StoreError> {
+        let keys = [Some(recipient::lookup_key(raw)), recipient::unlisted(raw)];
+        for key in keys.into_iter().flatten() {
+            if let Some(prefs) = self.preferences(&key).await? {
+                return Ok(Some(prefs.answer()));
+            }
+        }
+        for key in [Some(recipient::lookup_key(raw)), recipient::unlisted(raw)]
+            .into_iter()
+            .flatten()
+        {
+            let page = self
+                .lookup(&Lookup::Recipient(key.clone()), 1, None)
+                .await?;
+            if !page.items.is_empty() {
+                return Ok(Some(RecipientAnswer::none(key)));
+            }
+        }
+        Ok(None)
     }
 
     /// Messages filed under a callback value or a recipient.

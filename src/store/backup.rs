@@ -1,5 +1,6 @@
 //! Backup as JSON lines: `{"message": <state with its timeline>, "actions": [...]}` per
-//! message, then `{"rejected": <quarantined event>}` per quarantined event. Import rebuilds
+//! message, then `{"rejected": <quarantined event>}` per quarantined event, then
+//! `{"recipient": <preferences>}` per recipient with an opt-out or resume. Import rebuilds
 //! everything derived (indexes, counts, dedupe keys, outbox) into an empty store.
 
 use std::io::{BufRead, Write};
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::actions::Action;
 use super::{RejectedEvent, StoreError};
-use crate::domain::MessageState;
+use crate::domain::{MessageState, Preferences};
 
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
@@ -20,6 +21,9 @@ pub(super) enum Line {
     Rejected {
         rejected: RejectedEvent,
     },
+    Recipient {
+        recipient: Preferences,
+    },
 }
 
 /// What an export or import moved.
@@ -28,6 +32,8 @@ pub struct Moved {
     pub messages: u64,
     pub actions: u64,
     pub rejected: u64,
+    /// Recipients' preferences (opt-outs).
+    pub recipients: u64,
     /// Records an export could not read and left out (each logged with its key).
     pub skipped: u64,
 }
@@ -41,6 +47,7 @@ impl Moved {
                 self.actions += actions.len() as u64;
             }
             Line::Rejected { .. } => self.rejected += 1,
+            Line::Recipient { .. } => self.recipients += 1,
         }
     }
 
@@ -75,6 +82,7 @@ pub struct Checked {
     pub messages: u64,
     pub actions: u64,
     pub rejected: u64,
+    pub recipients: u64,
     /// Records that cannot be read: kind, key, why.
     pub unreadable: Vec<(&'static str, String, String)>,
 }

@@ -18,6 +18,8 @@ pub(super) struct Derived {
     /// The status it counts under in funnels: a replied message counts as read.
     status: Option<String>,
     replied: bool,
+    /// An opt-out answered it.
+    opted_out: bool,
     clicked: bool,
     /// The day bucket of the stats (when the message was first seen).
     pub day: u32,
@@ -51,6 +53,7 @@ impl Derived {
             stats: values(&fields.stats),
             status: funnel_status(state),
             replied: state.replied_at.is_some(),
+            opted_out: state.opted_out_at.is_some(),
             clicked: !state.clicks.is_empty(),
             day: crate::store::stats::day_of(state.first_seen_at),
             failure: crate::store::stats::failure_metric(state),
@@ -79,6 +82,9 @@ impl Derived {
         }
         if self.replied {
             metrics.push("replied".into());
+        }
+        if self.opted_out {
+            metrics.push("opted_out".into());
         }
         metrics.extend(self.failure.clone());
         metrics.extend(self.billable.clone());

@@ -4,7 +4,12 @@
 
 use serde::Serialize;
 
-use crate::domain::{Event, EventKind, Incoming, IngestItem};
+use std::collections::{BTreeMap, HashSet};
+
+use crate::domain::optout::{is_keyword, Choice, OptOutSource};
+use crate::domain::{
+    Event, EventKind, Incoming, IngestItem, MessageId, MessageState, OptOutItem, Preferences,
+};
 use crate::observe;
 use crate::rules::plan::Planned;
 use crate::store::actions::ActionOutcome;
@@ -24,28 +29,130 @@ pub(super) struct Sorted {
     pub events: Vec<Event>,
     /// Customer messages, attributed where they are written.
     pub replies: Vec<Incoming>,
+    /// Opt-outs and resumes, attributed where they are written.
+    pub opt_outs: Vec<OptOutItem>,
     /// Quarantined items: reason, raw text.
     pub rejected: Vec<(String, String)>,
     pub ignored: u32,
 }
 
 impl Sorted {
-    pub(super) fn of(items: Vec<IngestItem>) -> Self {
+    /// Sorts the items; a reply whose text is one of `opt_out_keywords` also says stop.
+    pub(super) fn of(items: Vec<IngestItem>, opt_out_keywords: &[String]) -> Self {
         let mut sorted = Sorted {
             events: Vec::new(),
             replies: Vec::new(),
+            opt_outs: Vec::new(),
             rejected: Vec::new(),
             ignored: 0,
         };
         for item in items {
             match item {
                 IngestItem::Event(e) => sorted.events.push(*e),
-                IngestItem::Reply(r) => sorted.replies.push(*r),
+                IngestItem::Reply(r) => {
+                    if is_keyword(r.reply.text.as_deref(), opt_out_keywords) {
+                        sorted.opt_outs.push(r.keyword_opt_out());
+                    }
+                    sorted.replies.push(*r)
+                }
+                IngestItem::OptOut(o) => sorted.opt_outs.push(*o),
                 IngestItem::Ignored => sorted.ignored += 1,
                 IngestItem::Rejected { reason, raw } => sorted.rejected.push((reason, raw)),
             }
         }
         sorted
+    }
+}
+
+/// The recipients' choices one request (or part) adds (contract section 8.2), by recipient
+/// key: those of its opt-out items that name a recipient, and those the `opt_out` events of
+/// the messages it changed say (a BIK opt-out names only its message, whose recipient may be
+/// known only once its statuses arrive). Adding a choice twice changes nothing, so both
+/// backends simply add all of them to what is stored.
+#[derive(Default)]
+pub(super) struct Choices {
+    /// Each choice with the opt-out item it came from, if one (to count that item).
+    by_key: BTreeMap<String, Vec<(Choice, Option<usize>)>>,
+}
+
+impl Choices {
+    /// Opt-out item number `n`, attributed to `to`.
+    pub(super) fn item(&mut self, n: usize, item: &OptOutItem, to: Option<&MessageId>) {
+        if let Some(key) = item.recipient_key() {
+            let choice = item.choice(to);
+            self.by_key.entry(key).or_default().push((choice, Some(n)));
+        }
+    }
+
+    /// A message the request changed.
+    pub(super) fn message(&mut self, state: &MessageState) {
+        if let Some((key, choices)) = crate::domain::optout::choices_on(state) {
+            let list = self.by_key.entry(key).or_default();
+            list.extend(choices.into_iter().map(|c| (c, None)));
+        }
+    }
+
+    /// The recipient keys to load, in order (Postgres locks them in this order).
+    pub(super) fn keys(&self) -> Vec<&str> {
+        self.by_key.keys().map(String::as_str).collect()
+    }
+
+    /// Adds every choice to its recipient's stored preferences (`stored` loads them); returns
+    /// the preferences that changed, to write, and the items whose choice changed something.
+    pub(super) fn apply<E>(
+        self,
+        mut stored: impl FnMut(&str) -> Result<Option<Preferences>, E>,
+    ) -> Result<(Vec<Preferences>, HashSet<usize>), E> {
+        let (mut changed, mut counted) = (Vec::new(), HashSet::new());
+        for (key, choices) in self.by_key {
+            let mut prefs = stored(&key)?.unwrap_or_else(|| Preferences::new(key));
+            let mut any = false;
+            for (choice, item) in choices {
+                if prefs.add(choice) {
+                    any = true;
+                    counted.extend(item);
+                }
+            }
+            if any {
+                changed.push(prefs);
+            }
+        }
+        Ok((changed, counted))
+    }
+}
+
+/// Whether an event counts in a webhook's answer: all do but the `opt_out` event of a
+/// keyword reply, which is counted as its reply.
+pub(super) fn counted(event: &Event) -> bool {
+    event
+        .opt_out
+        .as_ref()
+        .is_none_or(|o| o.source != OptOutSource::Keyword)
+}
+
+/// How the opt-out items that landed on no message count in a request's answer (those that
+/// did count as their event): accepted when their choice was new (`counted`), a duplicate
+/// when it was not, ignored when they named no recipient either. Keyword opt-outs are not
+/// counted: their reply is.
+pub(super) fn count_unplaced(
+    items: &[OptOutItem],
+    placed: &[bool],
+    counted: &HashSet<usize>,
+    outcome: &mut IngestOutcome,
+    report: &mut Report,
+) {
+    for (n, (item, placed)) in items.iter().zip(placed).enumerate() {
+        if *placed || item.source == OptOutSource::Keyword {
+            continue;
+        }
+        if counted.contains(&n) {
+            outcome.accepted += 1;
+            report.events.push((EventKind::OptOut, String::new()));
+        } else if item.recipient_key().is_some() {
+            outcome.duplicates += 1;
+        } else {
+            outcome.ignored += 1;
+        }
     }
 }
 

@@ -17,7 +17,8 @@
 //! message's actions are found through its record instead of an index entry each. A format 1
 //! record reads as one without actions (the upgrade at open moves them in).
 //!
-//! Format 3 adds what only some events carry (Meta's `pricing` and `conversation` today) as
+//! Format 3 adds what only some events carry (Meta's `pricing` and `conversation`, a reply, an
+//! opt-out) as
 //! `extras`: each distinct value once, as a JSON object, so that an attribute added later needs
 //! no new format; `extra_of` pairs an event (by its place among the timeline, then the
 //! summary's representatives, then its latest failure) with its extra. A format 1 or 2 record
@@ -126,12 +127,13 @@ impl Record {
                     .flat_map(|s| s.representatives.iter().chain(&s.latest_failure)),
             );
             for (at, e) in all.enumerate() {
-                if e.billing.is_none() && e.reply.is_none() {
+                if e.billing.is_none() && e.reply.is_none() && e.opt_out.is_none() {
                     continue;
                 }
                 let extra = Extra {
                     billing: e.billing.as_deref().cloned().unwrap_or_default(),
                     reply: e.reply.as_deref().cloned(),
+                    opt_out: e.opt_out.as_deref().cloned(),
                 };
                 let text = serde_json::to_string(&extra)?;
                 let index = extras.iter().position(|x| *x == text).unwrap_or_else(|| {
@@ -224,6 +226,7 @@ impl Record {
                     })?;
                     event.billing = extra.billing.clone().some();
                     event.reply = extra.reply.clone().map(Box::new);
+                    event.opt_out = extra.opt_out.clone().map(Box::new);
                 }
                 Ok(Record {
                     state: MessageState::from_stored(
@@ -309,13 +312,15 @@ struct Stored {
 }
 
 /// What only some events carry, stored as a JSON object (so that a field added later reads
-/// as absent in older records): billing keys at the top, and a reply.
+/// as absent in older records): billing keys at the top, a reply, an opt-out.
 #[derive(Serialize, Deserialize)]
 struct Extra {
     #[serde(flatten)]
     billing: Billing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reply: Option<crate::domain::Reply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    opt_out: Option<crate::domain::OptOut>,
 }
 
 /// Format 2: format 3 without extras.
@@ -463,6 +468,7 @@ impl StoredEvent {
             callback,
             billing: None,
             reply: None,
+            opt_out: None,
         })
     }
 }

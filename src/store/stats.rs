@@ -43,6 +43,8 @@ pub struct Group {
     pub clicked: i64,
     /// Messages the customer replied to.
     pub replied: i64,
+    /// Messages an opt-out answered (contract section 8.2).
+    pub opted_out: i64,
     pub actions_delivered: i64,
     pub actions_dead: i64,
     pub rates: Rates,
@@ -191,6 +193,7 @@ pub(super) fn group(value: String, m: &BTreeMap<String, i64>) -> Group {
         failed,
         clicked,
         replied: get("replied"),
+        opted_out: get("opted_out"),
         actions_delivered: get("action:delivered"),
         actions_dead: get("action:dead"),
         rates: Rates {

@@ -82,8 +82,13 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
 
     let mock = ok_and_dead_target().await;
     let m = mock.uri();
+    // The alert goes out even to a recipient who opted out of marketing (it is not marketing).
+    let alert = post_rule("failed-alert", "failed", &format!("{m}/dead"), "message_id").replace(
+        "statuses = [\"failed\"]\n",
+        "statuses = [\"failed\"]\nskip_opted_out = false\n",
+    );
     let rules = post_rule("cart-read", "read", &format!("{m}/ok"), "message_id")
-        + &post_rule("failed-alert", "failed", &format!("{m}/dead"), "message_id")
+        + &alert
         + crate::cost::RATE_CARD;
     let app = spawn_app_with_rules(&rules).await;
     // Meta statuses with per-message pricing, in a campaign of their own.
@@ -120,6 +125,11 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
         .truncate(1);
     assert_eq!(
         counts(app.post_meta(reply.to_string()).await).await,
+        (1, 0, 0, 0)
+    );
+    // Then opts out of the campaign (BIK names the message).
+    assert_eq!(
+        counts(app.post_bik(fixture("bik/opted-out.json")).await).await,
         (1, 0, 0, 0)
     );
 
@@ -207,13 +217,22 @@ async fn the_dashboard_shows_funnels_finds_messages_and_retries_dead_letters() {
     })
     .await;
 
-    // Replies: counted per campaign, and shown in the message's timeline.
+    // Replies and opt-outs: counted per campaign, and shown in the message's timeline.
     let replied = r#"[data-value="abandoned_cart"] [data-testid="count-replied"]"#;
     text_of(&c, replied, |t| t == "1").await;
+    let opted_out = r#"[data-value="abandoned_cart"] [data-testid="count-opted-out"]"#;
+    text_of(&c, opted_out, |t| t == "1").await;
     fill(&c, "#q", FIXTURE_MESSAGE_ID).await;
     click(&c, "#search button").await;
     text_of(&c, "#timeline", |t| {
-        t.contains("reply (button)") && t.contains("“Buy now”") && t.contains("payload BUY_NOW")
+        t.contains("reply (button)")
+            && t.contains("“Buy now”")
+            && t.contains("payload BUY_NOW")
+            && t.contains("opt-out: stop (bik)")
+    })
+    .await;
+    text_of(&c, r#"[data-testid="opted-out"]"#, |t| {
+        t.contains("opted out")
     })
     .await;
 

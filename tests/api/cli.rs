@@ -142,6 +142,19 @@ params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
         .await;
     let no_id = json!({"type": "message.status", "status": "read", "timestamp": 1});
     counts(app.post_generic("wh_q", no_id.to_string()).await).await;
+    // Opt-outs: one on a message (BIK), one for a recipient with no message (Meta).
+    let opted_out = fixture("bik/opted-out.json").replace(
+        "wamid.HBgMOTE5OTM4NDM4MTM4FQIAERgSMTJCRTg3M0MxREkUzQatyAaaqA==",
+        "wamid.B==",
+    );
+    assert_eq!(counts(app.post_bik(opted_out).await).await, (1, 0, 0, 0));
+    let stranger = fixture("meta/user-preferences.json").replace("919090909090", "15551340563");
+    assert_eq!(counts(app.post_meta(stranger).await).await, (1, 0, 0, 0));
+    let recipients = ["+919090909090", "+15551340563"];
+    let mut recipients_before = Vec::new();
+    for r in recipients {
+        recipients_before.push(app.get_json(&format!("/v1/recipients/{r}")).await);
+    }
     for id in ["wamid.A==", "wamid.C=="] {
         app.wait_for_actions(id, |a| {
             a.len() == 2 && a.iter().all(|x| x["state"] != "pending")
@@ -166,7 +179,11 @@ params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 4, "three messages and one quarantined event");
+    assert_eq!(
+        lines.len(),
+        6,
+        "three messages, one quarantined event and two recipients' opt-outs"
+    );
 
     let restored_dir = tempfile::tempdir().unwrap();
     let mut settings = settings;
@@ -202,6 +219,11 @@ params = {{ url = "{m}/later", body = {{ id = "{{{{message_id}}}}" }} }}
     assert_eq!(by_order["messages"][0]["message_id"], "wamid.A==");
     let rejected: Value = app.get_json("/v1/rejected").await;
     assert_eq!(rejected["rejected"].as_array().unwrap().len(), 1);
+    for (r, expected) in recipients.iter().zip(&recipients_before) {
+        let answer = app.get_json(&format!("/v1/recipients/{r}")).await;
+        assert_eq!(&answer, expected, "{r}");
+        assert_eq!(answer["opted_out"], true, "{r}");
+    }
     // Restored dedupe keys: the same webhook again is a duplicate.
     let again = app
         .post_bik(bik_status("wamid.A==", "read", now, &with_order))
@@ -237,6 +259,7 @@ async fn an_export_moves_between_sled_and_fjall_unchanged() {
     }
     let no_id = json!({"type": "message.status", "status": "read", "timestamp": 1});
     counts(app.post_generic("wh_move", no_id.to_string()).await).await;
+    counts(app.post_meta(fixture("meta/user-preferences.json")).await).await;
     app.stop().await;
 
     let sled = cli_config(&dir.path().join("sled"));
@@ -246,7 +269,7 @@ async fn an_export_moves_between_sled_and_fjall_unchanged() {
     assert!(exported.status.success());
     assert_eq!(
         String::from_utf8_lossy(&exported.stdout).lines().count(),
-        21
+        22
     );
     assert!(on_engine("fjall", &fjall, &["import"], &exported.stdout)
         .status

@@ -493,3 +493,14 @@ pub fn run_cli(config: &tempfile::NamedTempFile, args: &[&str]) -> std::process:
         .output()
         .unwrap()
 }
+
+/// A message's timeline events of one kind (`reply`, `opt_out`, ...), as the API shows them.
+pub fn events_of(message: &Value, kind: &str) -> Vec<Value> {
+    message["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
+}

@@ -18,6 +18,7 @@ mod loss;
 mod messages;
 mod meta;
 mod openapi;
+mod opt_outs;
 mod postgres;
 mod process;
 mod replies;

@@ -15,6 +15,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/webhooks/generic"),
     ("GET", "/v1/messages"),
     ("GET", "/v1/messages/{message_id}"),
+    ("GET", "/v1/recipients/{recipient}"),
     ("GET", "/v1/rejected"),
     ("GET", "/v1/actions"),
     ("GET", "/v1/stats"),

@@ -449,6 +449,13 @@ async fn export_from_sled_imports_into_postgres_and_back_unchanged() {
     )
     .await;
     assert_eq!(resp.status().as_u16(), 200);
+    // An opt-out, kept on its message and for its recipient.
+    let opted_out = crate::helpers::fixture("bik/opted-out.json").replace(
+        "wamid.HBgMOTE5OTM4NDM4MTM4FQIAERgSMTJCRTg3M0MxREkUzQatyAaaqA==",
+        "wamid.MOVE000==",
+    );
+    let resp = post_bik_to(&client, &address, opted_out).await;
+    assert_eq!(resp.status().as_u16(), 200);
     // Let the follow-ups be delivered, so actions in several states are moved.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     drop(process);
@@ -482,7 +489,10 @@ async fn export_from_sled_imports_into_postgres_and_back_unchanged() {
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .count();
-    assert_eq!(lines, 31, "30 messages and one quarantined event");
+    assert_eq!(
+        lines, 32,
+        "30 messages, one quarantined event, one recipient's opt-out"
+    );
     // A second import into the same database is refused.
     let again = cli(&pg_config, &["import"], Some(&from_sled)).unwrap_err();
     assert!(again.contains("empty"), "{again}");

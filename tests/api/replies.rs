@@ -11,13 +11,7 @@ const BUTTON: &str = "wamid.HBgMOTE5MDkwOTA5MDkwFQIAEhggQlVUVE9OUkVQTFkxMjM0NTY3
 const TEXT: &str = "wamid.HBgMOTE5MDkwOTA5MDkwFQIAEhggVEVYVFJFUExZMTIzNDU2Nzg5MEFCQ0RFRkdIAA==";
 
 fn replies(message: &Value) -> Vec<Value> {
-    message["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "reply")
-        .cloned()
-        .collect()
+    events_of(message, "reply")
 }
 
 #[tokio::test]

@@ -82,12 +82,12 @@ fn expected_groups() -> Value {
     let no_cost = json!({"currency": "USD", "estimated": 0.0, "billable": 0, "by_category": {}});
     json!([
         {"value": "spring", "messages": 4, "sent": 4, "delivered": 2, "read": 1, "failed": 2,
-         "clicked": 1, "replied": 0, "actions_delivered": 1, "actions_dead": 2,
+         "clicked": 1, "replied": 0, "opted_out": 0, "actions_delivered": 1, "actions_dead": 2,
          "rates": {"delivered": 0.5, "read": 0.5, "clicked": 1.0},
          "top_failure_reasons": [{"code": null, "reason": "blocked", "count": 1}, {"code": null, "reason": "undeliverable", "count": 1}],
          "cost": no_cost},
         {"value": "summer", "messages": 1, "sent": 1, "delivered": 0, "read": 0, "failed": 0,
-         "clicked": 0, "replied": 0, "actions_delivered": 0, "actions_dead": 0,
+         "clicked": 0, "replied": 0, "opted_out": 0, "actions_delivered": 0, "actions_dead": 0,
          "rates": {"delivered": 0.0, "read": null, "clicked": null},
          "top_failure_reasons": [],
          "cost": no_cost}

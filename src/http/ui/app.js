@@ -77,6 +77,7 @@ function funnelCard(group) {
     fact("read", rate(group.rates.read), "rate-read"),
     fact("click", rate(group.rates.clicked), "rate-clicked"),
     fact("replied", group.replied, "count-replied"),
+    fact("opted out", group.opted_out, "count-opted-out"),
     fact("follow-ups ok", group.actions_delivered, "actions-delivered"),
     fact("dead", group.actions_dead, "actions-dead"),
     group.cost && group.cost.billable
@@ -191,7 +192,8 @@ async function openMessage(id) {
     const m = await api(`/v1/messages/${encodeURIComponent(id)}`);
     panel.replaceChildren(
       el("h3", { "data-testid": "timeline-id", text: m.message_id }),
-      el("p", {}, badge(m.status), ` ${m.provider} · ${recipientText(m)} · ${m.channel || ""}`),
+      el("p", {}, badge(m.status), ` ${m.provider} · ${recipientText(m)} · ${m.channel || ""}`,
+        m.opted_out_at ? el("b", { class: "error", "data-testid": "opted-out", text: ` · opted out ${when(m.opted_out_at)}` }) : ""),
       m.status === "failed"
         ? el("p", { class: "error", "data-testid": "failure" },
           m.failure_code ? el("b", { class: "code", text: m.failure_code }) : "",
@@ -204,7 +206,8 @@ async function openMessage(id) {
           el("td", { "data-kind": e.kind },
             e.kind === "click" ? `click ${e.url}`
               : e.kind === "reply" ? `reply (${e.reply ? e.reply.type : "?"})`
-                : badge(e.status)),
+                : e.kind === "opt_out" ? `opt-out: ${e.opt_out ? `${e.opt_out.value} (${e.opt_out.source})` : "?"}`
+                  : badge(e.status)),
           el("td", { text: when(e.at) }),
           el("td", { text: when(e.received_at) }),
           el("td", { class: "detail", text: eventDetail(e) })))))),

@@ -7,7 +7,7 @@ use super::actions::ActionTx;
 use super::engine::{all, Space};
 use super::filing::Filing;
 use super::{time_key, EmbeddedStore};
-use crate::domain::MessageState;
+use crate::domain::{MessageState, Preferences};
 use crate::store::backup::{lines, BackupError, Checked, Line, Moved};
 use crate::store::filing::Derived;
 use crate::store::record::Record;
@@ -66,11 +66,23 @@ impl EmbeddedStore {
             };
             moved.write(out, &Line::Rejected { rejected })?;
         }
+        for entry in all(self.engine(), Space::Recipients) {
+            let (k, v) = entry?;
+            match serde_json::from_slice::<Preferences>(&v) {
+                Ok(recipient) => moved.write(out, &Line::Recipient { recipient })?,
+                Err(error) => {
+                    let key = String::from_utf8_lossy(&k);
+                    crate::store::unreadable("recipient", &key, &error.into());
+                    moved.skipped += 1;
+                }
+            }
+        }
         out.flush()?;
         Ok(moved)
     }
 
-    /// Reads every stored record (messages, actions, quarantined events) and reports the
+    /// Reads every stored record (messages, actions, quarantined events, recipients'
+    /// preferences) and reports the
     /// ones that cannot be read, by kind and key.
     pub fn check(&self) -> Result<Checked, StoreError> {
         let mut checked = Checked::default();
@@ -99,6 +111,16 @@ impl EmbeddedStore {
                     .push(("rejected", hex::encode(&k), error.to_string()));
             }
         }
+        for entry in all(self.engine(), Space::Recipients) {
+            let (k, v) = entry?;
+            checked.recipients += 1;
+            if let Err(error) = serde_json::from_slice::<Preferences>(&v) {
+                let key = String::from_utf8_lossy(&k).into_owned();
+                checked
+                    .unreadable
+                    .push(("recipient", key, error.to_string()));
+            }
+        }
         Ok(checked)
     }
 
@@ -106,7 +128,12 @@ impl EmbeddedStore {
     /// Each message (with its actions) is one writer job.
     pub async fn import(&self, input: &mut (dyn BufRead + Send)) -> Result<Moved, BackupError> {
         let engine = self.engine();
-        for space in [Space::Messages, Space::Actions, Space::Rejected] {
+        for space in [
+            Space::Messages,
+            Space::Actions,
+            Space::Rejected,
+            Space::Recipients,
+        ] {
             if !engine.is_empty(space)? {
                 return Err(BackupError::NotEmpty);
             }
@@ -123,6 +150,16 @@ impl EmbeddedStore {
                         .writer
                         .write(1, move |tx| {
                             tx.insert(Space::Rejected, rejected.id.to_be_bytes(), value);
+                            Ok(())
+                        })
+                        .await?;
+                }
+                Line::Recipient { recipient } => {
+                    let value = serde_json::to_vec(&recipient).map_err(StoreError::from)?;
+                    self.inner
+                        .writer
+                        .write(1, move |tx| {
+                            tx.insert(Space::Recipients, recipient.recipient.as_bytes(), value);
                             Ok(())
                         })
                         .await?;

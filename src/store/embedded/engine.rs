@@ -26,10 +26,12 @@ pub(crate) enum Space {
     ActionIdx,
     Outbox,
     Inflight,
+    /// Recipients' marketing preferences (opt-outs), by recipient key.
+    Recipients,
 }
 
 impl Space {
-    pub const ALL: [Space; 12] = [
+    pub const ALL: [Space; 13] = [
         Space::Messages,
         Space::Dedupe,
         Space::IdxCallback,
@@ -42,6 +44,7 @@ impl Space {
         Space::ActionIdx,
         Space::Outbox,
         Space::Inflight,
+        Space::Recipients,
     ];
 
     /// Its name on disk (sled's tree names since the first release).
@@ -59,6 +62,7 @@ impl Space {
             Space::ActionIdx => "action_idx",
             Space::Outbox => "outbox",
             Space::Inflight => "inflight",
+            Space::Recipients => "recipients",
         }
     }
 

@@ -12,11 +12,15 @@ use super::engine::Space;
 use super::filing::Filing;
 use super::tx::{Tx, TxTree};
 use super::{json_bytes as json, Context, EmbeddedStore};
-use crate::domain::{Event, Incoming, IngestItem, MessageId, MessageState, Provider};
+use crate::domain::{
+    Event, Incoming, IngestItem, MessageId, MessageState, OptOutItem, Preferences, Provider,
+};
 use crate::rules::plan::Planned;
 use crate::rules::Rules;
 use crate::store::filing::Derived;
-use crate::store::ingest::{overflow_key, IngestOutcome, Report, Sorted};
+use crate::store::ingest::{
+    count_unplaced, counted, overflow_key, Choices, IngestOutcome, Report, Sorted,
+};
 use crate::store::query::RejectedEvent;
 use crate::store::record::{self, Record};
 use crate::store::{key, StoreError};
@@ -84,7 +88,7 @@ impl EmbeddedStore {
         items: Vec<IngestItem>,
         received_at: DateTime<Utc>,
     ) -> Pending {
-        let sorted = Sorted::of(items);
+        let sorted = Sorted::of(items, &self.inner.context.opt_out_keywords);
         let rejected = sorted
             .rejected
             .into_iter()
@@ -100,6 +104,7 @@ impl EmbeddedStore {
             provider,
             events: sorted.events,
             replies: sorted.replies,
+            opt_outs: sorted.opt_outs,
             rejected,
             ignored: sorted.ignored,
             received_at,
@@ -114,6 +119,8 @@ pub(super) struct Pending {
     /// Customer messages, attributed in the writer (see [`attribute`]); the first part carries
     /// them.
     replies: Vec<Incoming>,
+    /// Opt-outs and resumes, attributed in the writer; the first part carries them.
+    opt_outs: Vec<OptOutItem>,
     rejected: Vec<RejectedEvent>,
     ignored: u32,
     received_at: DateTime<Utc>,
@@ -122,7 +129,7 @@ pub(super) struct Pending {
 impl Pending {
     /// What there is to write.
     pub(super) fn len(&self) -> usize {
-        self.events.len() + self.replies.len() + self.rejected.len()
+        self.events.len() + self.replies.len() + self.opt_outs.len() + self.rejected.len()
     }
 
     /// The request in parts of at most `events` events, in order; the first part carries
@@ -141,6 +148,7 @@ impl Pending {
                 provider,
                 events: rest.by_ref().take(events).collect(),
                 replies: Vec::new(),
+                opt_outs: Vec::new(),
                 rejected: Vec::new(),
                 ignored: 0,
                 received_at,
@@ -190,6 +198,33 @@ fn write_request(
             outcome.duplicates += 1;
         }
     }
+    let mut choices = Choices::default();
+    let mut placed = Vec::with_capacity(p.opt_outs.len());
+    for (n, item) in p.opt_outs.iter().enumerate() {
+        let to = match (&item.message, item.as_incoming()) {
+            (Some(named), _) => Some(named.clone()),
+            (None, Some(incoming)) => {
+                attribute(&incoming, &batch, (messages, recipients), context)?
+            }
+            (None, None) => None,
+        };
+        if let Some(to) = &to {
+            let event = item.event_on(to.clone());
+            let new = batch.apply((messages, dedupe), event.clone(), context)?;
+            if new {
+                report.accepted(&event);
+            }
+            if counted(&event) {
+                *if new {
+                    &mut outcome.accepted
+                } else {
+                    &mut outcome.duplicates
+                } += 1;
+            }
+        }
+        choices.item(n, item, to.as_ref());
+        placed.push(to.is_some());
+    }
     let filing = Filing::of(tx);
     let action_tx = ActionTx::of(tx);
     let idx_time = tx.tree(Space::IdxTime);
@@ -212,7 +247,25 @@ fn write_request(
         let created = queue_actions(&action_tx, rules, after, facets, p.received_at, &mut report)?;
         change.after.actions.extend(created);
         messages.insert(id.as_str().as_bytes(), change.after.encode()?)?;
+        choices.message(after);
     }
+    let stored = tx.tree(Space::Recipients);
+    let (changed, new_choices) = choices.apply(|key| {
+        stored
+            .get(key.as_bytes())?
+            .map(|bytes| super::from_json::<Preferences>(&bytes))
+            .transpose()
+    })?;
+    for prefs in changed {
+        stored.insert(prefs.recipient.as_bytes(), json(&prefs)?)?;
+    }
+    count_unplaced(
+        &p.opt_outs,
+        &placed,
+        &new_choices,
+        &mut outcome,
+        &mut report,
+    );
     for r in &p.rejected {
         // A provider retrying a batch must not fill the quarantine with copies.
         let digest = Sha256::digest(r.raw.as_bytes());

@@ -110,6 +110,8 @@ pub(crate) struct Context {
     pub max_events: usize,
     /// `store.reply_window_hours`.
     pub reply_window_hours: f64,
+    /// `store.opt_out_keywords`.
+    pub opt_out_keywords: Vec<String>,
 }
 
 impl EmbeddedStore {
@@ -213,6 +215,7 @@ impl EmbeddedStore {
                     rules,
                     max_events: settings.max_events_per_message,
                     reply_window_hours: settings.reply_window_hours,
+                    opt_out_keywords: settings.opt_out_keywords.clone(),
                 }),
                 outbox_changed: tokio::sync::Notify::new(),
                 path: dir.unwrap_or_default(),

@@ -8,12 +8,20 @@ use base64::Engine as _;
 use super::engine::{Engine, Entry, Space};
 use super::EmbeddedStore;
 use crate::domain::recipient::lookup_key;
-use crate::domain::MessageState;
+use crate::domain::{MessageState, Preferences};
 use crate::store::query::{Lookup, Page, RejectedEvent};
 use crate::store::record::Record;
 use crate::store::{key, StoreError};
 
 impl EmbeddedStore {
+    /// A recipient's marketing preferences, by its key.
+    pub fn preferences(&self, key: &str) -> Result<Option<Preferences>, StoreError> {
+        self.engine()
+            .get(Space::Recipients, key.as_bytes())?
+            .map(|bytes| super::from_json(&bytes))
+            .transpose()
+    }
+
     /// One message; `Err` (counted and logged) when its record cannot be read.
     pub fn message(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
         let Some(bytes) = self.engine().get(Space::Messages, id.as_bytes())? else {

@@ -9,11 +9,13 @@ use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, Postgres, Transaction};
 
 use super::{ms, retrying, PgStore};
-use crate::domain::{Event, Incoming, IngestItem, MessageId, MessageState, Provider};
+use crate::domain::{
+    Event, Incoming, IngestItem, MessageId, MessageState, OptOutItem, Preferences, Provider,
+};
 use crate::rules::lifecycle::Action;
 use crate::rules::plan::Planned;
 use crate::store::filing::Derived;
-use crate::store::ingest::{overflow_key, Report, Sorted};
+use crate::store::ingest::{count_unplaced, counted, overflow_key, Choices, Report, Sorted};
 use crate::store::record::{self, Record};
 use crate::store::{key, IngestOutcome, StoreError};
 
@@ -73,9 +75,10 @@ impl PgStore {
         let Sorted {
             mut events,
             replies,
+            opt_outs,
             rejected,
             ignored,
-        } = Sorted::of(items);
+        } = Sorted::of(items, &self.inner.opt_out_keywords);
         let mut outcome = IngestOutcome {
             ignored,
             rejected: rejected.len() as u32,
@@ -89,6 +92,21 @@ impl PgStore {
                 None => outcome.ignored += 1,
             }
         }
+        // Each opt-out lands on the message its provider names, else as a reply from its
+        // recipient would; its choice is written with the first part.
+        let mut attributed = Vec::with_capacity(opt_outs.len());
+        for item in &opt_outs {
+            let to = match (&item.message, item.as_incoming()) {
+                (Some(named), _) => Some(named.clone()),
+                (None, Some(incoming)) => self.attribute(&incoming, &events).await?,
+                (None, None) => None,
+            };
+            attributed.push(to);
+        }
+        let placed: Vec<bool> = attributed.iter().map(Option::is_some).collect();
+        for (item, to) in opt_outs.iter().zip(&attributed) {
+            events.extend(to.clone().map(|to| item.event_on(to)));
+        }
         if !rejected.is_empty() {
             retrying("quarantine", || {
                 self.quarantine(provider, &rejected, received_at)
@@ -96,12 +114,24 @@ impl PgStore {
             .await?;
         }
         let mut report = Report::default();
-        for part in events.chunks(EVENTS_PER_COMMIT) {
-            let (accepted, duplicates, part_report) =
-                retrying("ingest", || self.write_part(part, received_at)).await?;
+        let mut parts: Vec<&[Event]> = events.chunks(EVENTS_PER_COMMIT).collect();
+        if parts.is_empty() && !opt_outs.is_empty() {
+            parts.push(&[]);
+        }
+        for (n, part) in parts.into_iter().enumerate() {
+            let direct = if n == 0 {
+                (&opt_outs[..], &attributed[..])
+            } else {
+                (&[][..], &[][..])
+            };
+            let (accepted, duplicates, new_choices, part_report) =
+                retrying("ingest", || self.write_part(part, direct, received_at)).await?;
             outcome.accepted += accepted;
             outcome.duplicates += duplicates;
             report.extend(part_report);
+            if n == 0 {
+                count_unplaced(&opt_outs, &placed, &new_choices, &mut outcome, &mut report);
+            }
         }
         if report.publish() {
             self.notify_outbox();
@@ -153,13 +183,15 @@ impl PgStore {
         Ok(())
     }
 
-    /// One part of a request, in one transaction: accepted and duplicate counts, and what to
-    /// report once it is committed.
+    /// One part of a request, in one transaction, with the choices of the opt-out items
+    /// `direct` (each with the message it landed on): accepted and duplicate counts, which
+    /// items' choices were new, and what to report once it is committed.
     async fn write_part(
         &self,
         events: &[Event],
+        direct: (&[OptOutItem], &[Option<MessageId>]),
         received_at: DateTime<Utc>,
-    ) -> Result<(u32, u32, Report), StoreError> {
+    ) -> Result<(u32, u32, HashSet<usize>, Report), StoreError> {
         let mut tx = self.begin().await?;
         let mut ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
         ids.sort_unstable();
@@ -193,12 +225,20 @@ impl PgStore {
         let (mut accepted, mut duplicates) = (0, 0);
         let mut report = Report::default();
         for event in events {
-            if self.fold(&mut tx, &mut changes, &mut write, event).await? {
-                accepted += 1;
+            let new = self.fold(&mut tx, &mut changes, &mut write, event).await?;
+            if new {
                 report.accepted(event);
+            }
+            if !counted(event) {
+            } else if new {
+                accepted += 1;
             } else {
                 duplicates += 1;
             }
+        }
+        let mut choices = Choices::default();
+        for (n, (item, to)) in direct.0.iter().zip(direct.1).enumerate() {
+            choices.item(n, item, to.as_ref());
         }
         let actions = self.existing_actions(&mut tx, &changes).await?;
         for (id, change) in &mut changes {
@@ -226,6 +266,7 @@ impl PgStore {
                 }
                 report.planned(&planned);
             }
+            choices.message(after);
             let row = MessageRow {
                 id: id.as_str().to_owned(),
                 record: change.after.encode()?,
@@ -237,9 +278,54 @@ impl PgStore {
                 write.inserted.push(row);
             }
         }
+        let new_choices = self.write_choices(&mut tx, choices).await?;
         write.apply(&mut tx).await?;
         tx.commit().await?;
-        Ok((accepted, duplicates, report))
+        Ok((accepted, duplicates, new_choices, report))
+    }
+
+    /// Adds a part's choices to its recipients' preferences, rows locked in key order (so two
+    /// instances cannot deadlock); which opt-out items' choices were new.
+    async fn write_choices(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        choices: Choices,
+    ) -> Result<HashSet<usize>, StoreError> {
+        let keys = choices.keys();
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT key, body FROM recipients WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+        )
+        .bind(&keys)
+        .fetch_all(&mut **tx)
+        .await?;
+        let stored: HashMap<String, Vec<u8>> = rows.into_iter().collect();
+        let (changed, new_choices) = choices.apply(|key| {
+            stored
+                .get(key)
+                .map(|body| serde_json::from_slice::<Preferences>(body).map_err(StoreError::from))
+                .transpose()
+        })?;
+        if !changed.is_empty() {
+            let keys: Vec<&str> = changed.iter().map(|p| p.recipient.as_str()).collect();
+            let bodies: Vec<Vec<u8>> = changed
+                .iter()
+                .map(serde_json::to_vec)
+                .collect::<Result<_, _>>()?;
+            // A concurrent first insert of the same key fails the transaction, which then
+            // runs again and finds the row.
+            sqlx::query(
+                "INSERT INTO recipients (key, body) SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+                 ON CONFLICT (key) DO UPDATE SET body = EXCLUDED.body",
+            )
+            .bind(&keys)
+            .bind(&bodies)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(new_choices)
     }
 
     /// Folds one event into its message; false when it is a duplicate (see the sled

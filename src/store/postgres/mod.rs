@@ -66,6 +66,8 @@ struct Inner {
     max_events: usize,
     /// `store.reply_window_hours`.
     reply_window_hours: f64,
+    /// `store.opt_out_keywords`.
+    opt_out_keywords: Vec<String>,
     /// Wakes this instance's dispatcher when its own ingest queued something; actions queued
     /// by other instances are found by polling (see [`PgStore::outbox_changed`]).
     outbox_changed: tokio::sync::Notify,
@@ -120,6 +122,7 @@ impl PgStore {
                 fields: Fields::of(settings),
                 max_events: settings.max_events_per_message,
                 reply_window_hours: settings.reply_window_hours,
+                opt_out_keywords: settings.opt_out_keywords.clone(),
                 outbox_changed: tokio::sync::Notify::new(),
             }),
         };

@@ -9,12 +9,25 @@ use chrono::DateTime;
 
 use super::PgStore;
 use crate::domain::recipient::lookup_key;
-use crate::domain::{MessageState, Provider};
+use crate::domain::{MessageState, Preferences, Provider};
 use crate::store::record::Record;
 use crate::store::stats::group;
 use crate::store::{Group, Lookup, Page, RejectedEvent, StoreError};
 
 impl PgStore {
+    /// A recipient's marketing preferences, by its key.
+    pub async fn preferences(&self, key: &str) -> Result<Option<Preferences>, StoreError> {
+        if key.contains('\0') {
+            return Ok(None);
+        }
+        let body: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT body FROM recipients WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&mut *self.conn().await?)
+                .await?;
+        Ok(body.map(|b| serde_json::from_slice(&b)).transpose()?)
+    }
+
     /// One message; `Err` (counted and logged) when its record cannot be read.
     pub async fn message(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
         if id.contains('\0') {

@@ -8,7 +8,7 @@ use sqlx::{Postgres, Transaction};
 use super::ingest::{MessageRow, Writes};
 use super::reads::{rejected_event, RejectedRow};
 use super::{ms, PgStore, RETENTION_LOCK};
-use crate::domain::{MessageId, MessageState};
+use crate::domain::{MessageId, MessageState, Preferences};
 use crate::rules::lifecycle::Action;
 use crate::store::backup::{lines, Line};
 use crate::store::filing::Derived;
@@ -211,6 +211,18 @@ impl PgStore {
                 &mut checked.unreadable,
             )
             .await?;
+        checked.recipients = self
+            .check_rows(
+                "SELECT key, body FROM recipients WHERE key > $1 ORDER BY key LIMIT $2",
+                "recipient",
+                |_, body| {
+                    serde_json::from_slice::<Preferences>(body)
+                        .err()
+                        .map(|e| e.to_string())
+                },
+                &mut checked.unreadable,
+            )
+            .await?;
         let mut after = i64::MIN;
         loop {
             let rows = self.rejected_after(after).await?;
@@ -347,6 +359,26 @@ impl PgStore {
                 moved.write(out, &Line::Rejected { rejected })?;
             }
         }
+        let mut after = String::new();
+        loop {
+            let rows = self
+                .after_id(
+                    "SELECT key, body FROM recipients WHERE key > $1 ORDER BY key LIMIT $2",
+                    &after,
+                )
+                .await?;
+            let Some((last, _)) = rows.last() else { break };
+            after = last.clone();
+            for (key, body) in rows {
+                match serde_json::from_slice::<Preferences>(&body) {
+                    Ok(recipient) => moved.write(out, &Line::Recipient { recipient })?,
+                    Err(error) => {
+                        crate::store::unreadable("recipient", &key, &error.into());
+                        moved.skipped += 1;
+                    }
+                }
+            }
+        }
         out.flush()?;
         Ok(moved)
     }
@@ -356,7 +388,7 @@ impl PgStore {
     pub async fn import(&self, input: &mut (dyn BufRead + Send)) -> Result<Moved, BackupError> {
         let used: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM messages) OR EXISTS (SELECT 1 FROM actions)
-                 OR EXISTS (SELECT 1 FROM rejected)",
+                 OR EXISTS (SELECT 1 FROM rejected) OR EXISTS (SELECT 1 FROM recipients)",
         )
         .fetch_one(&mut *self.conn().await?)
         .await
@@ -390,6 +422,7 @@ impl PgStore {
         let mut tx: Transaction<'static, Postgres> = self.begin().await?;
         let mut write = Writes::default();
         let mut rejected: Vec<crate::store::RejectedEvent> = Vec::new();
+        let mut recipients: Vec<(String, Vec<u8>)> = Vec::new();
         for line in lines {
             match line {
                 Line::Message { message, actions } => {
@@ -410,9 +443,23 @@ impl PgStore {
                     }
                 }
                 Line::Rejected { rejected: r } => rejected.push(r),
+                Line::Recipient { recipient } => {
+                    let body = serde_json::to_vec(&recipient)?;
+                    recipients.push((recipient.recipient, body));
+                }
             }
         }
         write.apply(&mut tx).await?;
+        if !recipients.is_empty() {
+            let (keys, bodies): (Vec<String>, Vec<Vec<u8>>) = recipients.into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO recipients (key, body) SELECT * FROM UNNEST($1::text[], $2::bytea[])",
+            )
+            .bind(&keys)
+            .bind(&bodies)
+            .execute(&mut *tx)
+            .await?;
+        }
         if !rejected.is_empty() {
             sqlx::query(
                 "INSERT INTO rejected (id, provider, received_ms, reason, raw)
