@@ -57,3 +57,10 @@ wait_up_for() {
     echo "not up after $2 s: $1" >&2
     return 1
 }
+
+# need_wrk: installs wrk with apt when it is missing.
+need_wrk() {
+    command -v wrk >/dev/null && return 0
+    local sudo=""; [ "$(id -u)" != 0 ] && sudo=sudo
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+}

@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The forwarding test that checks signatures with the Standard Webhooks reference library.
+source scripts/python-reference.sh
+
 sudo=""
 if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -297,9 +297,15 @@ fn backup(settings: &Settings, direction: Direction) -> ExitCode {
 }
 
 fn check_config(settings: &Settings) -> ExitCode {
-    if let Err(e) = flowhook::startup::check(settings) {
-        eprintln!("flowhook: {e}");
-        return ExitCode::from(2);
+    let rules = match flowhook::startup::check(settings) {
+        Ok(rules) => rules,
+        Err(e) => {
+            eprintln!("flowhook: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for warning in rules.warnings() {
+        eprintln!("flowhook: warning: {warning}");
     }
     if let Err(e) = settings.check_safe_to_expose() {
         eprintln!("flowhook: {e}");

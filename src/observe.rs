@@ -29,6 +29,9 @@ pub const OUTBOX_DEPTH: &str = "flowhook_outbox_actions";
 pub const OUTBOX_OLDEST_DUE: &str = "flowhook_outbox_oldest_due_seconds";
 /// One outbound call, by target and result (`delivered`, `retry`, `failed`).
 pub const DISPATCH_SECONDS: &str = "flowhook_dispatch_duration_seconds";
+/// A forward's delivered events, from accepting the event to its delivery being recorded,
+/// by `forward`.
+pub const FORWARD_LAG_SECONDS: &str = "flowhook_forward_lag_seconds";
 /// What the background purge removed, by kind.
 pub const PURGED: &str = "flowhook_purged_total";
 /// The embedded store's size on disk (sled or fjall).

@@ -44,6 +44,9 @@ impl Application {
         // Before anything records a metric.
         crate::observe::handle();
         crate::domain::recipient::warm_up();
+        for warning in rules.warnings() {
+            tracing::warn!("{warning}");
+        }
         let store = Store::open(&settings.store, Arc::clone(&rules)).await?;
         let listener = TcpListener::bind(&settings.server.bind)?;
         let port = listener.local_addr()?.port();

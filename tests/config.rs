@@ -277,16 +277,7 @@ fn rule_mistakes_name_the_rule_and_the_key() {
             "rules[0] (cart-read-followup).params.phone_number: {{reply.*}} is only known with on = \"reply\"",
         ),
     ];
-    for (toml, expected) in cases {
-        let error = match Settings::from_toml_str(&toml) {
-            Err(e) => e.to_string(),
-            Ok(settings) => flowhook::startup::check(&settings).unwrap_err().to_string(),
-        };
-        assert!(
-            error.contains(expected),
-            "expected {expected:?} in:\n{error}"
-        );
-    }
+    assert_refused(&cases);
 }
 
 #[test]
@@ -368,4 +359,124 @@ fn opt_out_keywords_default_to_stop_and_unsubscribe_and_may_not_be_empty() {
     assert!(error.contains("store.opt_out_keywords"), "{error}");
     let none = Settings::from_toml_str("[store]\nopt_out_keywords = []\n").unwrap();
     none.validate().unwrap();
+}
+
+#[test]
+fn forward_mistakes_name_the_forward_and_the_key() {
+    let base = r#"
+[[rules]]
+name = "crm"
+on = "status"
+statuses = ["read"]
+action = "http.post"
+params = { url = "https://example.com/x", body = { id = "{{message_id}}" } }
+
+[[forwards]]
+name = "warehouse"
+url = "https://warehouse.example.com/hooks"
+secret = "whsec_Zm9yd2FyZC1zZWNyZXQtZm9yLXRlc3RzIQ=="
+"#;
+    let fine = Settings::from_toml_str(base).unwrap();
+    flowhook::startup::check(&fine).unwrap();
+    let cases = [
+        (
+            base.replace(
+                "url = \"https://warehouse",
+                "colour = 1\nurl = \"https://warehouse",
+            ),
+            "forwards[0] (warehouse).colour: unknown field",
+        ),
+        (
+            base.replace(
+                "secret = \"whsec_Zm9yd2FyZC1zZWNyZXQtZm9yLXRlc3RzIQ==\"",
+                "",
+            ),
+            "forwards[0] (warehouse).secret: required",
+        ),
+        (
+            base.replace(
+                "whsec_Zm9yd2FyZC1zZWNyZXQtZm9yLXRlc3RzIQ==",
+                "whsec_Y2hhbmdlLW1lLWdlbmVyaWMtc2VjcmV0",
+            ),
+            "forwards[0] (warehouse).secret: empty or a placeholder",
+        ),
+        (
+            base.replace("whsec_Zm9yd2FyZC1zZWNyZXQtZm9yLXRlc3RzIQ==", "not-a-key"),
+            "forwards[0] (warehouse).secret:",
+        ),
+        (
+            base.to_owned() + &base[base.find("[[forwards]]").unwrap()..],
+            "forwards[1] (warehouse).name: duplicate forward name",
+        ),
+        (
+            base.replace("name = \"warehouse\"", "name = \"crm\""),
+            "forwards[0] (crm).name: \"crm\" is a rule's name too",
+        ),
+        (
+            base.replace("https://warehouse.example.com/hooks", "ftp://x"),
+            "forwards[0] (warehouse).url: \"ftp://x\" is not an http(s) URL",
+        ),
+        (
+            base.replace(
+                "url = \"https://warehouse",
+                "events = [\"sent\"]\nurl = \"https://warehouse",
+            ),
+            "forwards[0] (warehouse).events",
+        ),
+        (
+            base.replace(
+                "url = \"https://warehouse",
+                "max_in_flight = 0\nurl = \"https://warehouse",
+            ),
+            "forwards[0] (warehouse).max_in_flight: must be at least 1",
+        ),
+        (
+            base.replace(
+                "url = \"https://warehouse",
+                "when = { \"callback\" = \"x\" }\nurl = \"https://warehouse",
+            ),
+            "forwards[0] (warehouse).when.callback",
+        ),
+    ];
+    assert_refused(&cases);
+}
+
+#[test]
+fn check_config_warns_about_a_forward_over_plain_http_to_another_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[forwards]]
+name = "crm"
+url = "http://crm.internal:8080/hooks"
+secret = "whsec_Zm9yd2FyZC1zZWNyZXQtZm9yLXRlc3RzIQ=="
+"#,
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flowhook"))
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: forwards (crm).url") && stderr.contains("plain http"),
+        "{stderr}"
+    );
+}
+
+/// Each config is refused (when read, or by `startup::check`) with the expected text.
+fn assert_refused(cases: &[(String, &str)]) {
+    for (toml, expected) in cases {
+        let error = match Settings::from_toml_str(toml) {
+            Err(e) => e.to_string(),
+            Ok(settings) => flowhook::startup::check(&settings).unwrap_err().to_string(),
+        };
+        assert!(
+            error.contains(expected),
+            "expected {expected:?} in:\n{error}"
+        );
+    }
 }

@@ -176,7 +176,7 @@ impl Settings {
 
     fn validate_dispatch(&self, problems: &mut Vec<String>) {
         let t = &self.targets;
-        for target in Target::all() {
+        for target in Target::sections() {
             let l = t.limits(target);
             if l.timeout_ms == 0 {
                 problems.push(format!("targets.{target}.timeout_ms: must be positive"));
@@ -246,7 +246,7 @@ impl Settings {
             .iter()
             .filter_map(|r| ActionKind::parse(&r.action).map(|a| a.target().as_str()))
             .collect();
-        for target in Target::all().filter(|t| used.contains(t.as_str())) {
+        for target in Target::sections().filter(|t| used.contains(t.as_str())) {
             for (key, secret) in self.targets.secrets(target) {
                 if secret.is_placeholder() {
                     weak.push(format!("targets.{target}.{key}"));

@@ -40,6 +40,69 @@ pub struct Settings {
     /// The rate card that prices billable messages in `/v1/stats`.
     #[serde(default)]
     pub pricing: PricingSettings,
+    /// Where verified events are handed on (contract section 9); compiled with the rules.
+    #[serde(default)]
+    pub forwards: Vec<ForwardSettings>,
+}
+
+/// One `[[forwards]]` entry as written (README, "Forwarding").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSettings {
+    pub name: String,
+    pub url: String,
+    /// The Standard Webhooks key each delivery is signed with (`whsec_...`); required.
+    pub secret: Option<Secret>,
+    /// Which accepted events are handed on; all four by default.
+    #[serde(default = "ForwardEvent::all")]
+    pub events: Vec<ForwardEvent>,
+    /// Conditions on the message, as in rules.
+    #[serde(default)]
+    pub when: std::collections::BTreeMap<String, serde_json::Value>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default = "default_rate_per_second")]
+    pub rate_per_second: f64,
+}
+
+impl ForwardSettings {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            timeout_ms: self.timeout_ms,
+            max_in_flight: self.max_in_flight,
+            rate_per_second: self.rate_per_second,
+        }
+    }
+}
+
+fn default_timeout_ms() -> u64 {
+    Limits::default().timeout_ms
+}
+
+fn default_max_in_flight() -> usize {
+    Limits::default().max_in_flight
+}
+
+fn default_rate_per_second() -> f64 {
+    Limits::default().rate_per_second
+}
+
+/// The kinds of event a forward hands on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardEvent {
+    Status,
+    Click,
+    Reply,
+    OptOut,
+}
+
+impl ForwardEvent {
+    pub fn all() -> Vec<Self> {
+        vec![Self::Status, Self::Click, Self::Reply, Self::OptOut]
+    }
 }
 
 /// A rate card: per category as the provider names it (`marketing`, `utility`, ...), a price
@@ -461,11 +524,12 @@ fn describe_figment_error(error: figment::Error, figment: &Figment) -> String {
         .into_iter()
         .map(|e| {
             let mut key = e.path.join(".");
-            // `rules.2.colour` -> `rules[2] (unread-after-a-day).colour`, like the rule checks.
+            // `rules.2.colour` -> `rules[2] (unread-after-a-day).colour`, like the rule checks
+            // (and the same for `forwards`).
             if let [first, index, rest @ ..] = e.path.as_slice() {
-                if first == "rules" && index.parse::<usize>().is_ok() {
+                if (first == "rules" || first == "forwards") && index.parse::<usize>().is_ok() {
                     let name = figment
-                        .find_value("rules")
+                        .find_value(first)
                         .ok()
                         .and_then(|rules| rules.into_array())
                         .and_then(|rules| rules.into_iter().nth(index.parse().ok()?))
@@ -473,7 +537,7 @@ fn describe_figment_error(error: figment::Error, figment: &Figment) -> String {
                         .and_then(|mut rule| rule.remove("name"))
                         .and_then(|name| name.into_string())
                         .unwrap_or_default();
-                    key = format!("rules[{index}] ({name})");
+                    key = format!("{first}[{index}] ({name})");
                     if !rest.is_empty() {
                         key = format!("{key}.{}", rest.join("."));
                     }

@@ -420,7 +420,14 @@ impl Calls {
             let recorded = record(&records, action.claim_token(), attempt.clone()).await;
             drop(permit);
             match recorded {
-                Ok(Some(done)) => log_outcome(&done, &attempt, elapsed_ms, late_ms),
+                Ok(Some(done)) => {
+                    if done.action.is_forward() && done.state == ActionState::Delivered {
+                        let lag = crate::domain::now() - done.created_at;
+                        metrics::histogram!(crate::observe::FORWARD_LAG_SECONDS, "forward" => done.rule.to_string())
+                            .record(lag.to_std().unwrap_or_default());
+                    }
+                    log_outcome(&done, &attempt, elapsed_ms, late_ms)
+                }
                 Ok(None) => {}
                 Err(error) => tracing::error!(
                     %error,
@@ -443,6 +450,10 @@ fn log_outcome(action: &Action, attempt: &Attempt, elapsed_ms: u64, late_ms: u64
     );
     let _enter = span.enter();
     match (action.state, attempt) {
+        // A forward delivers every event it takes: one line each would be the log's bulk.
+        (ActionState::Delivered, _) if action.action.is_forward() => {
+            tracing::debug!(elapsed_ms, late_ms, "event forwarded")
+        }
         (ActionState::Delivered, _) => {
             tracing::info!(elapsed_ms, late_ms, "follow-up delivered")
         }

@@ -47,7 +47,10 @@ impl Sender {
     }
 
     pub fn limits(&self, target: Target) -> Limits {
-        self.targets.limits(target)
+        match self.rules.forward_of(target) {
+            Some(forward) => forward.limits,
+            None => self.targets.limits(target),
+        }
     }
 
     pub async fn send(&self, action: &Action) -> Attempt {
@@ -89,7 +92,19 @@ impl Sender {
             .request
             .as_ref()
             .ok_or_else(|| "the action has no request".to_owned())?;
-        let endpoint = self.targets.endpoint(out);
+        let mut endpoint = self.targets.endpoint(out);
+        let forward = match out.target.forward_name() {
+            Some(name) => {
+                let forward = self.rules.forward_of(out.target).ok_or_else(|| {
+                    format!(
+                        "forward {name:?} is no longer configured, so its URL and key are unknown"
+                    )
+                })?;
+                endpoint.url = forward.url.clone();
+                Some(forward)
+            }
+            None => None,
+        };
         let body = serde_json::to_vec(&out.body).map_err(|e| e.to_string())?;
         let mut headers = HeaderMap::new();
         for (name, value) in &out.headers {
@@ -115,7 +130,11 @@ impl Sender {
             headers.insert(AUTHORIZATION, value);
         }
         if action.action.signed() {
-            if let Some(key) = self.signing_key(action)? {
+            let key = match forward {
+                Some(forward) => Some(forward.key().to_vec()),
+                None => self.signing_key(action)?,
+            };
+            if let Some(key) = key {
                 let timestamp = chrono::Utc::now().timestamp();
                 let signature = crate::providers::generic::sign(&key, &action.id, timestamp, &body);
                 let set = |h: &mut HeaderMap, name: &'static str, value: String| {

@@ -6,14 +6,18 @@ use chrono::Duration;
 use serde_json::{Map, Value};
 
 use super::template::{text_of, Template, Var};
-use super::{ActionKind, Rule, Rules};
+use super::{ActionKind, Forward, Rule, Rules, Target};
 use crate::config::{decode_whsec, CancelOn, Secret, Settings, Trigger};
+use crate::domain::EventKind;
 use crate::domain::Status;
+use crate::targets::params::is_http_url;
 
 /// What is wrong with one key of one `[[rules]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("rules[{index}] ({name}).{key}: {problem}")]
+#[error("{section}[{index}] ({name}).{key}: {problem}")]
 pub struct RuleError {
+    /// `rules` or `forwards`.
+    pub section: &'static str,
     /// The entry's place in the file, from 0, and its name.
     pub index: usize,
     pub name: String,
@@ -46,6 +50,7 @@ impl Rules {
         let mut names = HashSet::new();
         for (index, raw) in settings.rules.iter().enumerate() {
             let error = |p: Problem| RuleError {
+                section: "rules",
                 index,
                 name: raw.name.clone(),
                 key: p.key,
@@ -62,12 +67,190 @@ impl Rules {
                 Err(problems) => errors.extend(problems.into_iter().map(error)),
             }
         }
+        let mut forwards = Vec::new();
+        let mut forward_names = HashSet::new();
+        for (index, raw) in settings.forwards.iter().enumerate() {
+            let error = |p: Problem| RuleError {
+                section: "forwards",
+                index,
+                name: raw.name.clone(),
+                key: p.key,
+                problem: p.problem,
+            };
+            if !forward_names.insert(raw.name.clone()) {
+                errors.push(error(Problem::new(
+                    "name",
+                    format!("duplicate forward name {:?}", raw.name),
+                )));
+            } else if names.contains(&raw.name) {
+                // `GET /v1/actions?rule=` lists a forward's deliveries by its name.
+                errors.push(error(Problem::new(
+                    "name",
+                    format!(
+                        "{:?} is a rule's name too; a forward's must be its own",
+                        raw.name
+                    ),
+                )));
+            }
+            match compile_forward(raw) {
+                Ok(forward) => forwards.push(forward),
+                Err(problems) => errors.extend(problems.into_iter().map(error)),
+            }
+        }
         if errors.is_empty() {
-            Ok(Self { rules })
+            Ok(Self { rules, forwards })
         } else {
             Err(errors)
         }
     }
+}
+
+/// Whether `name` is 1 to 64 of `[a-z0-9_-]`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Checks and compiles one `[[forwards]]` entry.
+fn compile_forward(raw: &crate::config::ForwardSettings) -> Result<Forward, Vec<Problem>> {
+    use crate::config::ForwardEvent;
+    let mut problems = Vec::new();
+    if !valid_name(&raw.name) {
+        problems.push(Problem::new("name", "must be 1 to 64 of [a-z0-9_-]"));
+    }
+    if !is_http_url(&raw.url) {
+        problems.push(Problem::new(
+            "url",
+            format!("{:?} is not an http(s) URL", raw.url),
+        ));
+    }
+    let key = match &raw.secret {
+        None => {
+            problems.push(Problem::new(
+                "secret",
+                "required: the Standard Webhooks key (whsec_...) deliveries are signed with",
+            ));
+            None
+        }
+        Some(secret) if secret.is_placeholder() => {
+            problems.push(Problem::new(
+                "secret",
+                "empty or a placeholder: set a key of your own (whsec_ and base64)",
+            ));
+            None
+        }
+        Some(secret) => match decode_whsec(secret) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                problems.push(Problem::new("secret", e.to_string()));
+                None
+            }
+        },
+    };
+    if raw.events.is_empty() {
+        problems.push(Problem::new(
+            "events",
+            "list at least one of status, click, reply, opt_out (or leave it out for all)",
+        ));
+    }
+    let mut events: Vec<EventKind> = raw
+        .events
+        .iter()
+        .map(|e| match e {
+            ForwardEvent::Status => EventKind::Status,
+            ForwardEvent::Click => EventKind::Click,
+            ForwardEvent::Reply => EventKind::Reply,
+            ForwardEvent::OptOut => EventKind::OptOut,
+        })
+        .collect();
+    events.sort();
+    events.dedup();
+    let (when, when_problems) = compile_when(&raw.when, None);
+    problems.extend(when_problems);
+    let limits = raw.limits();
+    problems.extend(check_limits(&limits));
+    let target = Target::forward(&raw.name);
+    if target.is_none() {
+        problems.push(Problem::new("name", "too many forwards (at most 200)"));
+    }
+    match (target, key) {
+        (Some(target), Some(key)) if problems.is_empty() => Ok(Forward {
+            name: raw.name.clone(),
+            target,
+            events,
+            when,
+            url: raw.url.clone(),
+            key,
+            limits,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// The problems of a forward's limits (a target's are checked with the config).
+fn check_limits(limits: &crate::targets::Limits) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if limits.timeout_ms == 0 {
+        problems.push(Problem::new("timeout_ms", "must be positive"));
+    }
+    if limits.max_in_flight == 0 {
+        problems.push(Problem::new("max_in_flight", "must be at least 1"));
+    }
+    if !(limits.rate_per_second >= 0.0 && limits.rate_per_second.is_finite()) {
+        problems.push(Problem::new(
+            "rate_per_second",
+            "must be 0 (no limit) or positive",
+        ));
+    }
+    problems
+}
+
+/// Compiles `when` matchers; `on` is the rule's trigger (`None` for a forward, which may use
+/// any variable: one its event lacks simply does not match).
+fn compile_when(
+    raw: &std::collections::BTreeMap<String, Value>,
+    on: Option<Trigger>,
+) -> (Vec<(Var, Vec<String>)>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut when = Vec::new();
+    for (name, expected) in raw {
+        let var = match Var::parse(name) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(Problem::new(format!("when.{name}"), e.to_string()));
+                continue;
+            }
+        };
+        if let Some(on) = on {
+            if var == Var::ClickUrl && on != Trigger::Click {
+                problems.push(Problem::new(
+                    format!("when.{name}"),
+                    "only known with on = \"click\"",
+                ));
+            }
+            if var.is_reply() && on != Trigger::Reply {
+                problems.push(Problem::new(
+                    format!("when.{name}"),
+                    "only known with on = \"reply\"",
+                ));
+            }
+        }
+        let values = match expected {
+            Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        if values.is_empty() || values.iter().any(|v| v.is_object() || v.is_array()) {
+            problems.push(Problem::new(
+                format!("when.{name}"),
+                "expected a value or a list of values to match",
+            ));
+        }
+        when.push((var, values.iter().map(text_of).collect()));
+    }
+    (when, problems)
 }
 
 impl Rule {
@@ -76,13 +259,7 @@ impl Rule {
         settings: &Settings,
     ) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
-        let valid_name = !raw.name.is_empty()
-            && raw.name.len() <= 64
-            && raw
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-        if !valid_name {
+        if !valid_name(&raw.name) {
             problems.push(Problem::new("name", "must be 1 to 64 of [a-z0-9_-]"));
         }
         let statuses: Vec<Status> = raw.statuses.iter().map(|s| Status::parse(s)).collect();
@@ -146,39 +323,8 @@ impl Rule {
             problems.push(Problem::new("after_seconds", "at most a year"));
         }
 
-        let mut when = Vec::new();
-        for (name, expected) in &raw.when {
-            let var = match Var::parse(name) {
-                Ok(v) => v,
-                Err(e) => {
-                    problems.push(Problem::new(format!("when.{name}"), e.to_string()));
-                    continue;
-                }
-            };
-            if var == Var::ClickUrl && raw.on != Trigger::Click {
-                problems.push(Problem::new(
-                    format!("when.{name}"),
-                    "only known with on = \"click\"",
-                ));
-            }
-            if var.is_reply() && raw.on != Trigger::Reply {
-                problems.push(Problem::new(
-                    format!("when.{name}"),
-                    "only known with on = \"reply\"",
-                ));
-            }
-            let values = match expected {
-                Value::Array(items) => items.clone(),
-                other => vec![other.clone()],
-            };
-            if values.is_empty() || values.iter().any(|v| v.is_object() || v.is_array()) {
-                problems.push(Problem::new(
-                    format!("when.{name}"),
-                    "expected a value or a list of values to match",
-                ));
-            }
-            when.push((var, values.iter().map(text_of).collect()));
-        }
+        let (when, when_problems) = compile_when(&raw.when, Some(raw.on));
+        problems.extend(when_problems);
 
         let action = ActionKind::parse(&raw.action);
         let mut signing_key = None;

@@ -13,6 +13,7 @@
 //!   (a read message was delivered).
 
 mod compile;
+pub mod forward;
 pub mod lifecycle;
 pub mod plan;
 pub mod template;
@@ -25,16 +26,19 @@ use sha2::{Digest, Sha256};
 
 pub use crate::targets::{ActionKind, Origin, Outbound, Target};
 pub use compile::RuleError;
+pub use forward::Forward;
 pub use lifecycle::{ActionId, RuleName};
 use template::{text_of, Context, Missing, Template, Var};
 
 use crate::config::Trigger;
-use crate::domain::{EventKind, MessageState, Status, TimelineEvent};
+use crate::domain::{Event, EventKind, MessageState, Status, TimelineEvent};
 
 /// The compiled `[[rules]]`.
 #[derive(Debug, Default)]
 pub struct Rules {
     rules: Vec<Rule>,
+    /// `[[forwards]]`, compiled with the rules (they share `when` and the outbox).
+    forwards: Vec<Forward>,
 }
 
 #[derive(Debug)]
@@ -83,8 +87,47 @@ pub enum Step {
 }
 
 impl Rules {
+    /// Whether there are no rules (forwards aside).
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// The ids the rules' actions for a message have (at most one per rule).
+    pub fn action_ids(&self, message_id: &str) -> Vec<ActionId> {
+        self.rules
+            .iter()
+            .map(|r| action_id(message_id, &r.name))
+            .collect()
+    }
+
+    /// The forwards.
+    pub fn forwards(&self) -> &[Forward] {
+        &self.forwards
+    }
+
+    /// What is allowed but worth saying at start and by `check-config` (a forward over plain
+    /// http to another host).
+    pub fn warnings(&self) -> Vec<String> {
+        self.forwards.iter().filter_map(Forward::warning).collect()
+    }
+
+    /// The forward a target belongs to, if it is one that is configured.
+    pub fn forward_of(&self, target: Target) -> Option<&Forward> {
+        self.forwards.iter().find(|f| f.target == target)
+    }
+
+    /// The deliveries `event`, just accepted, asks of the forwards; `state` is its message
+    /// after it.
+    pub fn forwarded(
+        &self,
+        state: &MessageState,
+        event: &Event,
+        now: DateTime<Utc>,
+    ) -> Vec<lifecycle::Action> {
+        self.forwards
+            .iter()
+            .filter_map(|f| f.delivery(state, event, now))
+            .collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&Rule> {

@@ -171,6 +171,15 @@ impl Report {
         self.events.push((event.kind, status.to_owned()));
     }
 
+    /// A forward's delivery queued.
+    pub(super) fn queued(&mut self, delivery: &crate::store::Action) {
+        self.actions.push((
+            delivery.rule.to_string(),
+            delivery.action,
+            ActionOutcome::Queued,
+        ));
+    }
+
     pub(super) fn planned(&mut self, planned: &Planned) {
         let action = planned.action();
         self.actions

@@ -202,27 +202,87 @@ fn keyed<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, String> {
     })
 }
 
-/// A target, by its place in [`register!`]'s list.
+/// A target: a `[targets.*]` section by its place in [`register!`]'s list, or a
+/// `[[forwards]]` entry (`forward:<name>`), each with its own outbox queue and limits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Target(u8);
 
+/// What `forward:<name>` targets are named; their names are registered as they are first
+/// seen (a forward in the config, or a stored delivery read back), so a name keeps its
+/// number for the life of the process.
+static FORWARD_TARGETS: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
+
+/// At most this many targets of both kinds (a [`Target`] is one byte).
+const MAX_TARGETS: usize = u8::MAX as usize;
+
+/// The prefix of a forward's target name.
+pub const FORWARD_PREFIX: &str = "forward:";
+
 impl Target {
     pub fn as_str(self) -> &'static str {
-        NAMES[self.0 as usize]
+        let i = self.0 as usize;
+        if i < NAMES.len() {
+            return NAMES[i];
+        }
+        let forwards = FORWARD_TARGETS.read().unwrap_or_else(|e| e.into_inner());
+        forwards.get(i - NAMES.len()).copied().unwrap_or("forward")
     }
 
+    /// A target by name: a section, or a forward's `forward:<name>` (registered if new, so
+    /// that a stored delivery of a forward no longer configured still reads).
     pub fn parse(text: &str) -> Option<Self> {
-        NAMES.iter().position(|n| *n == text).map(|i| Self(i as u8))
+        if let Some(i) = NAMES.iter().position(|n| *n == text) {
+            return Some(Self(i as u8));
+        }
+        let name = text.strip_prefix(FORWARD_PREFIX)?;
+        Self::forward(name)
     }
 
-    /// Every registered target.
+    /// The target of forward `name`, registered on first use; `None` past [`MAX_TARGETS`].
+    pub fn forward(name: &str) -> Option<Self> {
+        let full = format!("{FORWARD_PREFIX}{name}");
+        let find = |list: &[&str]| list.iter().position(|n| *n == full);
+        if let Some(i) = find(&FORWARD_TARGETS.read().unwrap_or_else(|e| e.into_inner())) {
+            return Some(Self((NAMES.len() + i) as u8));
+        }
+        let mut list = FORWARD_TARGETS.write().unwrap_or_else(|e| e.into_inner());
+        let i = match find(&list) {
+            Some(i) => i,
+            None if NAMES.len() + list.len() < MAX_TARGETS => {
+                // Leaked once per distinct forward name: a handful per process.
+                list.push(Box::leak(full.into_boxed_str()));
+                list.len() - 1
+            }
+            None => return None,
+        };
+        Some(Self((NAMES.len() + i) as u8))
+    }
+
+    /// The forward's name, for a forward's target.
+    pub fn forward_name(self) -> Option<&'static str> {
+        if (self.0 as usize) < NAMES.len() {
+            return None;
+        }
+        self.as_str().strip_prefix(FORWARD_PREFIX)
+    }
+
+    /// Every target with a queue: the sections, then the forwards registered so far.
     pub fn all() -> impl Iterator<Item = Target> {
+        let forwards = FORWARD_TARGETS
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        (0..NAMES.len() + forwards).map(|i| Self(i as u8))
+    }
+
+    /// The `[targets.*]` sections.
+    pub fn sections() -> impl Iterator<Item = Target> {
         (0..NAMES.len()).map(|i| Self(i as u8))
     }
 
-    /// The actions it offers.
+    /// The actions it offers (a forward offers none a rule may name).
     pub fn actions(self) -> &'static [ActionDef] {
-        ACTIONS[self.0 as usize]
+        ACTIONS.get(self.0 as usize).copied().unwrap_or(&[])
     }
 }
 
@@ -263,9 +323,36 @@ pub struct ActionKind {
     def: &'static ActionDef,
 }
 
+/// What a forward's deliveries are (not an action a rule may name).
+static FORWARD: ActionDef = ActionDef {
+    name: "forward",
+    spec: Spec {
+        required: &[],
+        optional: &[],
+        one_of: &[],
+        tables: &[],
+    },
+    build: |_, _| Err("a forward's delivery is made by its forward, not from params".into()),
+    signed: true,
+};
+
 impl ActionKind {
+    /// An action a rule may name.
     pub fn parse(name: &str) -> Option<Self> {
         Self::all().find(|a| a.as_str() == name)
+    }
+
+    /// A delivery of a `[[forwards]]` entry, to `target` (its `forward:<name>`).
+    pub fn forward(target: Target) -> Self {
+        Self {
+            target,
+            def: &FORWARD,
+        }
+    }
+
+    /// Whether it is a forward's delivery.
+    pub fn is_forward(self) -> bool {
+        std::ptr::eq(self.def, &FORWARD)
     }
 
     /// Every action of every target.
@@ -336,6 +423,10 @@ impl Serialize for ActionKind {
 impl<'de> Deserialize<'de> for ActionKind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = String::deserialize(d)?;
+        if name == FORWARD.name {
+            // Which forward is the request's target; the kind only says "a delivery".
+            return Ok(Self::forward(Target(u8::MAX)));
+        }
         Self::parse(&name).ok_or_else(|| D::Error::custom(format!("unknown action {name:?}")))
     }
 }
@@ -356,34 +447,44 @@ macro_rules! register {
         }
 
         impl TargetSettings {
-            fn section(&self, target: Target) -> &dyn Configured {
-                [$(&self.$name as &dyn Configured),*][target.0 as usize]
+            /// The section of a `[targets.*]` target; `None` for a forward.
+            fn section(&self, target: Target) -> Option<&dyn Configured> {
+                [$(&self.$name as &dyn Configured),*].get(target.0 as usize).copied()
             }
         }
     };
 }
 
+/// A forward's targets have no section: their limits, URL and key are the forward's own
+/// (see [`crate::rules::Forward`]); asked here, they answer the defaults and nothing.
 impl TargetSettings {
     pub fn limits(&self, target: Target) -> Limits {
-        self.section(target).limits()
+        self.section(target)
+            .map_or_else(Limits::default, |s| s.limits())
     }
 
     /// What a rule sending to `target` still needs set: its unset required keys.
     pub fn missing(&self, target: Target) -> Vec<&'static str> {
-        self.section(target).missing()
+        self.section(target).map_or_else(Vec::new, |s| s.missing())
     }
 
     /// The target's credentials, by key.
     pub fn secrets(&self, target: Target) -> Vec<(&'static str, &Secret)> {
-        self.section(target).secrets()
+        self.section(target).map_or_else(Vec::new, |s| s.secrets())
     }
 
     pub fn base_url(&self, target: Target) -> Option<&str> {
-        self.section(target).base_url()
+        self.section(target)?.base_url()
     }
 
     pub fn endpoint(&self, request: &Outbound) -> Endpoint {
-        self.section(request.target).endpoint(request)
+        match self.section(request.target) {
+            Some(section) => section.endpoint(request),
+            None => Endpoint {
+                url: request.path.clone(),
+                authorization: None,
+            },
+        }
     }
 }
 

@@ -504,3 +504,9 @@ pub fn events_of(message: &Value, kind: &str) -> Vec<Value> {
         .cloned()
         .collect()
 }
+
+/// `at` to the millisecond (as `bik_status` sends it) in the API's time format.
+pub fn rfc3339_millis(at: chrono::DateTime<chrono::Utc>) -> String {
+    let at = chrono::DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap();
+    flowhook::domain::rfc3339(at)
+}

@@ -10,6 +10,7 @@ mod damage;
 mod disk_full;
 mod durability;
 mod fidelity;
+mod forwards;
 mod generic;
 mod helpers;
 mod hostile;

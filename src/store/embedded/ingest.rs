@@ -175,11 +175,19 @@ fn write_request(
     };
     let mut report = Report::default();
     let mut batch = Batch::default();
+    // What the forwards ask of each accepted event, with its message's state after it.
+    let mut deliveries = Vec::new();
+    let mut forward = |batch: &Batch, event: &Event| {
+        if let Some(state) = batch.state(&event.message_id) {
+            deliveries.extend(rules.forwarded(state, event, p.received_at));
+        }
+    };
     let (messages, dedupe) = (tx.tree(Space::Messages), tx.tree(Space::Dedupe));
     for event in &p.events {
         if batch.apply((messages, dedupe), event.clone(), context)? {
             outcome.accepted += 1;
             report.accepted(event);
+            forward(&batch, event);
         } else {
             outcome.duplicates += 1;
         }
@@ -194,6 +202,7 @@ fn write_request(
         if batch.apply((messages, dedupe), event.clone(), context)? {
             outcome.accepted += 1;
             report.accepted(&event);
+            forward(&batch, &event);
         } else {
             outcome.duplicates += 1;
         }
@@ -213,6 +222,7 @@ fn write_request(
             let new = batch.apply((messages, dedupe), event.clone(), context)?;
             if new {
                 report.accepted(&event);
+                forward(&batch, &event);
             }
             if counted(&event) {
                 *if new {
@@ -227,6 +237,13 @@ fn write_request(
     }
     let filing = Filing::of(tx);
     let action_tx = ActionTx::of(tx);
+    for delivery in deliveries {
+        action_tx.create(&delivery)?;
+        report.queued(&delivery);
+        if let Some(change) = batch.states.get_mut(&delivery_message(&delivery)?) {
+            change.after.actions.push(delivery.id.to_string());
+        }
+    }
     let idx_time = tx.tree(Space::IdxTime);
     for (id, change) in &mut batch.states {
         let (true, Some(after)) = (change.changed, &change.after.state) else {
@@ -369,7 +386,17 @@ struct Change {
     changed: bool,
 }
 
+/// The message a forward's delivery was queued for.
+fn delivery_message(delivery: &crate::store::Action) -> Result<MessageId, StoreError> {
+    MessageId::parse(&delivery.message_id).map_err(StoreError::Corrupt)
+}
+
 impl Batch {
+    /// A message's state as the request has left it so far.
+    fn state(&self, id: &MessageId) -> Option<&MessageState> {
+        self.states.get(id)?.after.state.as_ref()
+    }
+
     /// Folds one event in; false when it is a duplicate: the message's record already has an
     /// event with its provider event id or its natural key (message, kind, status or URL,
     /// time, participant), or it was summarized past the message's cap (`o` keys in `dedupe`).

@@ -197,6 +197,7 @@ impl EmbeddedStore {
             marking,
         ));
         let waiting = Arc::new(Waiting::load(&*engine)?);
+        waiting.register_forwards();
         let writer = Writer::start(Committer {
             engine: Arc::clone(&engine),
             sequence,

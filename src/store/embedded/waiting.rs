@@ -59,6 +59,26 @@ impl Waiting {
         }
     }
 
+    /// Registers the targets of the forwards that have deliveries waiting (a forward removed
+    /// from the config is still dispatched, so its deliveries end as dead, saying why, rather
+    /// than wait unseen).
+    pub fn register_forwards(&self) {
+        let prefix = crate::targets::FORWARD_PREFIX.as_bytes();
+        let keys = self.keys.read().expect("outbox keys lock");
+        let mut from: Vec<u8> = prefix.to_vec();
+        while let Some(k) = keys
+            .range::<[u8], _>((Bound::Included(from.as_slice()), Bound::Unbounded))
+            .next()
+            .filter(|k| k.starts_with(prefix))
+        {
+            let name = k.split(|b| *b == 0).next().unwrap_or_default();
+            crate::targets::Target::parse(&String::from_utf8_lossy(name));
+            // Past every key of this target: its name, then a byte above the separator.
+            from = name.to_vec();
+            from.push(1);
+        }
+    }
+
     /// Keys from `from` (inclusive) to `to` (exclusive), in order, at most `limit`.
     pub fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Vec<Vec<u8>> {
         let keys = self.keys.read().expect("outbox keys lock");

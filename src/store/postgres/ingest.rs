@@ -228,6 +228,16 @@ impl PgStore {
             let new = self.fold(&mut tx, &mut changes, &mut write, event).await?;
             if new {
                 report.accepted(event);
+                // What the forwards ask of it, with its message's state after it.
+                if let Some(change) = changes.get_mut(&event.message_id) {
+                    if let Some(state) = &change.after.state {
+                        for delivery in self.inner.rules.forwarded(state, event, received_at) {
+                            report.queued(&delivery);
+                            change.after.actions.push(delivery.id.to_string());
+                            write.new_actions.push(delivery);
+                        }
+                    }
+                }
             }
             if !counted(event) {
             } else if new {
@@ -398,10 +408,18 @@ impl PgStore {
         if self.inner.rules.is_empty() {
             return Ok(HashMap::new());
         }
+        // A rule's action ids, not the forwards' deliveries listed beside them.
         let ids: Vec<&str> = changes
-            .values()
-            .filter(|c| c.changed)
-            .flat_map(|c| c.after.actions.iter().map(String::as_str))
+            .iter()
+            .filter(|(_, c)| c.changed)
+            .flat_map(|(id, c)| {
+                let ours = self.inner.rules.action_ids(id.as_str());
+                c.after
+                    .actions
+                    .iter()
+                    .filter(move |a| ours.iter().any(|o| o.as_str() == a.as_str()))
+                    .map(String::as_str)
+            })
             .collect();
         if ids.is_empty() {
             return Ok(HashMap::new());

@@ -130,6 +130,16 @@ impl PgStore {
             Schema::Migrate => store.migrate().await?,
             Schema::Check => store.check_schema().await?,
         }
+        // The forwards with deliveries waiting get a queue, configured or not (a removed
+        // forward's deliveries then end as dead, saying why, rather than wait unseen).
+        let targets: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT target FROM actions WHERE due_ms IS NOT NULL AND target LIKE 'forward:%'",
+        )
+        .fetch_all(&store.inner.pool)
+        .await?;
+        for target in targets {
+            crate::rules::Target::parse(&target);
+        }
         Ok(store)
     }
 
