@@ -370,6 +370,7 @@ params = { url = "http://127.0.0.1:9/x", body = {} }
             bucket: 0,
             in_flight: true,
             skip_opted_out: true,
+            direct: None,
         }
     }
 

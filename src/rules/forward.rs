@@ -126,6 +126,7 @@ impl Forward {
             in_flight: false,
             // Handing on what happened is not marketing.
             skip_opted_out: false,
+            direct: None,
         })
     }
 }

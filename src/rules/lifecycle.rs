@@ -151,6 +151,10 @@ pub struct Action {
     /// default).
     #[serde(default = "yes")]
     pub skip_opted_out: bool,
+    /// A forward's delivery queued directly in the embedded store's outbox (no action record
+    /// until an attempt fails): that outbox entry's key, while it is in flight. Never stored.
+    #[serde(skip)]
+    pub direct: Option<Vec<u8>>,
 }
 
 fn yes() -> bool {
@@ -242,11 +246,18 @@ pub trait RetryPolicy {
 pub struct ClaimToken {
     id: ActionId,
     attempt: u32,
+    /// See [`Action::direct`].
+    direct: Option<Vec<u8>>,
 }
 
 impl ClaimToken {
     pub fn action_id(&self) -> &ActionId {
         &self.id
+    }
+
+    /// The outbox key of a delivery claimed directly (see [`Action::direct`]).
+    pub fn direct(&self) -> Option<&[u8]> {
+        self.direct.as_deref()
     }
 }
 
@@ -264,6 +275,7 @@ impl Action {
         ClaimToken {
             id: self.id.clone(),
             attempt: self.attempts,
+            direct: self.direct.clone(),
         }
     }
 
@@ -425,6 +437,7 @@ mod tests {
             bucket: 0,
             in_flight: false,
             skip_opted_out: true,
+            direct: None,
         }
     }
 

@@ -96,6 +96,7 @@ impl Rules {
                         bucket: crate::domain::day_of(state.first_seen_at),
                         in_flight: false,
                         skip_opted_out: rule.skip_opted_out,
+                        direct: None,
                     })));
                 }
             }

@@ -155,23 +155,44 @@ async fn each_accepted_event_is_delivered_once_per_forward_signed_with_the_state
         .as_str()
         .unwrap()
         .starts_with("wamid.FWD==-delivered"));
-    // Listed like actions, under the forward's name, and on the message.
-    let listed = app.get_json("/v1/actions?rule=crm&state=delivered").await;
-    assert_eq!(listed["actions"].as_array().unwrap().len(), 3, "{listed}");
-    let ids: Vec<&str> = crm.iter().map(|r| header(r, "webhook-id")).collect();
-    for a in listed["actions"].as_array().unwrap() {
-        assert_eq!(a["action"], "forward");
+    // One webhook-id per event and forward.
+    let mut ids: Vec<&str> = crm.iter().map(|r| header(r, "webhook-id")).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+    // Delivered at the first attempt: the embedded store keeps no action for it; Postgres
+    // lists it as delivered, under the forward's name.
+    let listed = app.get_json("/v1/actions?rule=crm").await;
+    let listed = listed["actions"].as_array().unwrap();
+    let expected = if postgres_database().await.is_some() {
+        3
+    } else {
+        0
+    };
+    assert_eq!(listed.len(), expected, "{listed:?}");
+    for a in listed {
+        assert_eq!(
+            (&a["action"], &a["state"]),
+            (&json!("forward"), &json!("delivered"))
+        );
         assert!(ids.contains(&a["id"].as_str().unwrap()));
     }
-    let message = app.message("wamid.FWD==").await.unwrap();
-    let rules: Vec<&str> = message["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["rule"].as_str().unwrap())
-        .collect();
-    assert_eq!(rules.iter().filter(|r| **r == "crm").count(), 2);
-    assert_eq!(rules.iter().filter(|r| **r == "warehouse").count(), 2);
+    let metrics = app.get_public("/metrics").await.text().await.unwrap();
+    let metrics = parse_metrics(&metrics);
+    let delivered_to = |rule: &str| {
+        metrics
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("flowhook_actions_total{")
+                    && k.contains(r#"action="forward""#)
+                    && k.contains(r#"outcome="delivered""#)
+                    && k.contains(&format!(r#"rule="{rule}""#))
+            })
+            .map(|(_, v)| *v)
+            .sum::<f64>()
+    };
+    // The recorder is process-wide: other tests' forwards have other names.
+    assert!(delivered_to("crm") >= 3.0 && delivered_to("warehouse") >= 2.0);
 }
 
 #[tokio::test]
@@ -273,13 +294,20 @@ async fn a_forward_to_another_flowhook_leaves_it_with_the_same_state() {
             "wamid.REPL==",
         ))
         .await;
-    upstream
-        .wait_for_actions("wamid.REPL==", all_in("delivered", 4))
-        .await;
-    let (up, down) = (
-        upstream.message("wamid.REPL==").await.unwrap(),
-        downstream.message("wamid.REPL==").await.unwrap(),
-    );
+    // Four distinct events upstream (the repeated read is a duplicate): wait for all four
+    // downstream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let down = loop {
+        match downstream.message("wamid.REPL==").await {
+            Some(m) if m["events_total"] == 4 => break m,
+            other => {
+                assert!(std::time::Instant::now() < deadline, "{other:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let up = upstream.message("wamid.REPL==").await.unwrap();
+    assert_eq!(up["events_total"], down["events_total"]);
     for field in [
         "status",
         "sent_at",

@@ -237,11 +237,12 @@ fn write_request(
     }
     let filing = Filing::of(tx);
     let action_tx = ActionTx::of(tx);
+    // A forward's delivery is one outbox entry holding the whole delivery (no action record,
+    // index entry or count until an attempt fails; see `outbox::record_attempt`).
     for delivery in deliveries {
-        action_tx.create(&delivery)?;
-        report.queued(&delivery);
-        if let Some(change) = batch.states.get_mut(&delivery_message(&delivery)?) {
-            change.after.actions.push(delivery.id.to_string());
+        if let Some(key) = delivery.outbox_key() {
+            action_tx.outbox.insert(key, json(&delivery)?)?;
+            report.queued(&delivery);
         }
     }
     let idx_time = tx.tree(Space::IdxTime);
@@ -384,11 +385,6 @@ struct Change {
     after: Record,
     /// Whether an event was folded in (or an older timeline re-sorted), so it must be written.
     changed: bool,
-}
-
-/// The message a forward's delivery was queued for.
-fn delivery_message(delivery: &crate::store::Action) -> Result<MessageId, StoreError> {
-    MessageId::parse(&delivery.message_id).map_err(StoreError::Corrupt)
 }
 
 impl Batch {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::actions::{outbox_prefix, overall_key, ActionTx};
 use super::engine::{all, Space};
-use super::EmbeddedStore;
+use super::{from_json, EmbeddedStore};
 use crate::domain::MessageState;
 use crate::observe;
 use crate::rules::lifecycle::{
@@ -86,17 +86,56 @@ impl EmbeddedStore {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let entries = entries.to_vec();
-        let (claimed, _) = self
-            .action_write(move |tx| {
-                entries
-                    .iter()
+        // A forward's delivery queued directly is claimed in memory: it leaves the waiting
+        // keys (so no pass takes it again) but stays in the outbox on disk until its outcome
+        // is recorded, so a crash sends it again. Nothing to write.
+        let mut answers: Vec<Option<Option<Action>>> = Vec::with_capacity(entries.len());
+        let mut rest = Vec::new();
+        for entry in entries {
+            match self.direct_delivery(entry)? {
+                Some(delivery) => {
+                    self.inner.waiting.apply(vec![(entry.key.clone(), false)]);
+                    answers.push(Some(Some(delivery)));
+                }
+                None => {
+                    answers.push(None);
+                    rest.push(entry.clone());
+                }
+            }
+        }
+        let claimed = if rest.is_empty() {
+            Vec::new()
+        } else {
+            self.action_write(move |tx| {
+                rest.iter()
                     .map(|entry| claim_one(tx, entry))
                     .collect::<Result<Vec<_>, _>>()
             })
-            .await?;
+            .await?
+            .0
+        };
         // Counted once the write is in.
-        Ok(claimed.into_iter().map(Claim::into_sendable).collect())
+        let mut claimed = claimed.into_iter().map(Claim::into_sendable);
+        Ok(answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| claimed.next().flatten()))
+            .collect())
+    }
+
+    /// The delivery an outbox entry holds, claimed, when it is a forward's delivery queued
+    /// directly (an action's entry holds nothing).
+    fn direct_delivery(&self, entry: &DueEntry) -> Result<Option<Action>, StoreError> {
+        if entry.target.forward_name().is_none() {
+            return Ok(None);
+        }
+        match self.engine().get(Space::Outbox, &entry.key)? {
+            Some(value) if !value.is_empty() => {
+                let mut delivery = from_json::<Action>(&value)?.claimed();
+                delivery.direct = Some(entry.key.clone());
+                Ok(Some(delivery))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// [`Store::complete`] for several attempts in one transaction and one flush, answers in
@@ -111,15 +150,32 @@ impl EmbeddedStore {
             return Ok(Vec::new());
         }
         let delays = Delays::of(done, policy);
+        let direct: Vec<Vec<u8>> = done
+            .iter()
+            .filter_map(|(claim, _)| claim.direct().map(<[u8]>::to_vec))
+            .collect();
         let done = done.to_vec();
-        let (recorded, ticket) = self
+        let written = self
             .action_write(move |tx| {
                 done.iter()
                     .map(|(claim, attempt)| record_attempt(tx, claim, attempt, &delays, now))
                     .collect::<Result<Vec<_>, _>>()
             })
-            .await?;
-        self.wait_durable(ticket).await?;
+            .await;
+        let durable = match written {
+            Ok((recorded, ticket)) => self.wait_durable(ticket).await.map(|_| recorded),
+            Err(error) => Err(error),
+        };
+        let recorded = match durable {
+            Ok(recorded) => recorded,
+            Err(error) => {
+                // Not recorded: deliveries claimed directly wait again, to be sent again.
+                self.inner
+                    .waiting
+                    .apply(direct.into_iter().map(|k| (k, true)).collect());
+                return Err(error);
+            }
+        };
         // Counted once: an outcome recorded before (a second try after a failed flush) is not.
         for action in recorded
             .iter()
@@ -203,6 +259,9 @@ fn record_attempt(
     now: DateTime<Utc>,
 ) -> Result<(Option<Action>, bool), StoreError> {
     let id = claim.action_id();
+    if let Some(key) = claim.direct() {
+        return record_direct(tx, key, attempt, policy, now);
+    }
     let Some(old) = tx.load(id)? else {
         // Purged while in flight: only its mark is left.
         tx.inflight.remove(id.as_bytes())?;
@@ -213,6 +272,34 @@ fn record_attempt(
     }
     let new = old.after_attempt(attempt, policy, now);
     tx.update(&old, &new)?;
+    Ok((Some(new), true))
+}
+
+/// Records an attempt of a forward's delivery claimed directly: delivered, its outbox entry
+/// goes; else it becomes an action (retrying or dead, filed like any other and listed on its
+/// message) and its entry goes. An entry already gone was recorded before.
+fn record_direct(
+    tx: &ActionTx<'_, '_>,
+    key: &[u8],
+    attempt: &Attempt,
+    policy: &Delays,
+    now: DateTime<Utc>,
+) -> Result<(Option<Action>, bool), StoreError> {
+    let Some(value) = tx.outbox.get(key)? else {
+        return Ok((None, false));
+    };
+    tx.outbox.remove(key)?;
+    let claimed = from_json::<Action>(&value)?.claimed();
+    let new = claimed.after_attempt(attempt, policy, now);
+    if new.state != ActionState::Delivered {
+        tx.create(&new)?;
+        if let Some(bytes) = tx.messages.get(new.message_id.as_bytes())? {
+            let mut record = Record::decode(&new.message_id, &bytes)?;
+            record.actions.push(new.id.to_string());
+            tx.messages
+                .insert(new.message_id.as_bytes(), record.encode()?)?;
+        }
+    }
     Ok((Some(new), true))
 }
 
