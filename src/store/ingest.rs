@@ -186,6 +186,11 @@ impl Report {
             .push((action.rule.to_string(), action.action, planned.outcome()));
     }
 
+    /// Whether it queued an action.
+    pub(super) fn queues(&self) -> bool {
+        self.actions.iter().any(|a| a.2 == ActionOutcome::Queued)
+    }
+
     pub(super) fn extend(&mut self, other: Report) {
         self.events.extend(other.events);
         self.actions.extend(other.actions);

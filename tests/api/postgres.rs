@@ -597,3 +597,157 @@ async fn retention_runs_on_one_instance_at_a_time() {
     assert!(app.message("wamid.OLD==").await.is_none());
     other.close().await.unwrap();
 }
+
+/// Group commit: requests that arrive together share transactions, each still gets its own
+/// answer, and one that cannot be written fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres: scripts/test-postgres.sh runs it"]
+async fn requests_that_arrive_together_share_a_commit_and_a_bad_one_fails_alone() {
+    let db = database().await;
+    // A row Postgres refuses: a stand-in for any request whose write fails.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
+    let app = spawn_app_with(|s| {
+        s.store.postgres.url = flowhook::config::Secret::new(db.as_str());
+        s.server.workers = 2;
+    })
+    .await;
+    sqlx::query("ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (id <> 'wamid.POISON==')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let batch_sizes = |text: &str| {
+        let m = parse_metrics(text);
+        (
+            m.get("flowhook_write_batch_size_sum")
+                .copied()
+                .unwrap_or(0.0),
+            m.get("flowhook_write_batch_size_count")
+                .copied()
+                .unwrap_or(0.0),
+        )
+    };
+    let before = batch_sizes(&app.get_public("/metrics").await.text().await.unwrap());
+    let now = Utc::now();
+    let ids: Vec<String> = (0..80)
+        .map(|i| {
+            if i == 40 {
+                "wamid.POISON==".to_owned()
+            } else {
+                format!("wamid.TOGETHER{i}==")
+            }
+        })
+        .collect();
+    let answers = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| app.post_bik(bik_status(id, "sent", now, &json!({"campaign": "c"})))),
+    )
+    .await;
+    for (id, resp) in ids.iter().zip(answers) {
+        if id == "wamid.POISON==" {
+            assert_ne!(resp.status().as_u16(), 200, "the bad request fails");
+        } else {
+            assert_eq!(counts(resp).await, (1, 0, 0, 0), "{id}");
+            assert!(app.message(id).await.is_some(), "{id}");
+        }
+    }
+    assert!(app.message("wamid.POISON==").await.is_none());
+    // Each request was one part; fewer transactions than parts means some were shared.
+    let after = batch_sizes(&app.get_public("/metrics").await.text().await.unwrap());
+    let (parts, batches) = (after.0 - before.0, after.1 - before.1);
+    assert!(parts >= 80.0, "{parts} parts");
+    assert!(batches < parts, "{batches} transactions for {parts} parts");
+    // Written again the same, they are duplicates.
+    let again = app
+        .post_bik(bik_status(
+            "wamid.TOGETHER1==",
+            "sent",
+            now,
+            &json!({"campaign": "c"}),
+        ))
+        .await;
+    assert_eq!(counts(again).await, (0, 1, 0, 0));
+}
+
+/// An idle instance hears at once about work another instance queued (a `NOTIFY` after that
+/// one's commit), rather than at its next poll (500 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres: scripts/test-postgres.sh runs it"]
+async fn an_idle_instance_calls_at_once_for_work_another_instance_queued() {
+    let db = database().await;
+    let mock = MockServer::start().await;
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(move |req: &Request| {
+            let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            if let Some(id) = body["id"].as_str() {
+                record.lock().unwrap().insert(id.to_owned(), Instant::now());
+            }
+            ResponseTemplate::new(200)
+        })
+        .mount(&mock)
+        .await;
+    let rules = post_rule(
+        "wake",
+        "read",
+        &format!("{}/hook", mock.uri()),
+        "message_id",
+    );
+    let parsed = flowhook::config::Settings::from_toml_str(&rules).unwrap();
+    let caller = spawn_app_with(|s| {
+        s.rules = parsed.rules.clone();
+        s.store.postgres.url = flowhook::config::Secret::new(db.as_str());
+    })
+    .await;
+    // The other instance: a store on the same database, with the same rule, no dispatcher.
+    let mut settings = flowhook::config::Settings::from_toml_str(&rules).unwrap();
+    settings.store.backend = flowhook::config::StoreBackend::Postgres;
+    settings.store.postgres.url = flowhook::config::Secret::new(db.as_str());
+    let other = flowhook::store::Store::open(
+        &settings.store,
+        flowhook::startup::check(&settings).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut lags = Vec::new();
+    for i in 0..5 {
+        // Idle long enough that the caller's dispatcher is waiting for its next poll.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let id = format!("wamid.WAKE{i}==");
+        let event: flowhook::domain::Event = serde_json::from_value(json!({
+            "message_id": id, "provider": "bik", "kind": "status", "status": "read",
+            "url": null, "at": "2026-11-21T10:00:00Z", "received_at": "2026-11-21T10:00:01Z",
+            "event_id": format!("e-{id}"), "recipient": "+919090909090",
+            "recipient_user_id": null, "participant": null, "channel": "whatsapp",
+            "failure_code": null, "failure_reason": null, "callback": null
+        }))
+        .unwrap();
+        let items = vec![flowhook::store::IngestItem::Event(Box::new(event))];
+        let outcome = other
+            .ingest(flowhook::domain::Provider::Bik, items, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(outcome.accepted, 1);
+        let queued = Instant::now();
+        let deadline = queued + Duration::from_secs(5);
+        let called = loop {
+            if let Some(at) = seen.lock().unwrap().get(&id) {
+                break *at;
+            }
+            assert!(Instant::now() < deadline, "{id} was never called for");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        lags.push(called.saturating_duration_since(queued));
+    }
+    lags.sort();
+    // The poll alone would give about 250 ms on average, up to 500.
+    assert!(
+        lags[2] < Duration::from_millis(100),
+        "median lag {:?} (all: {lags:?})",
+        lags[2]
+    );
+    other.close().await.unwrap();
+    drop(caller);
+}

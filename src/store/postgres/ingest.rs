@@ -8,10 +8,9 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, Postgres, Transaction};
 
+use super::batch::{Part, Written};
 use super::{ms, retrying, PgStore};
-use crate::domain::{
-    Event, Incoming, IngestItem, MessageId, MessageState, OptOutItem, Preferences, Provider,
-};
+use crate::domain::{Event, Incoming, IngestItem, MessageId, MessageState, Preferences, Provider};
 use crate::rules::lifecycle::Action;
 use crate::rules::plan::Planned;
 use crate::store::filing::Derived;
@@ -114,23 +113,36 @@ impl PgStore {
             .await?;
         }
         let mut report = Report::default();
-        let mut parts: Vec<&[Event]> = events.chunks(EVENTS_PER_COMMIT).collect();
-        if parts.is_empty() && !opt_outs.is_empty() {
-            parts.push(&[]);
+        let mut chunks: Vec<Vec<Event>> = Vec::new();
+        let mut rest = events.into_iter().peekable();
+        while rest.peek().is_some() {
+            chunks.push(rest.by_ref().take(EVENTS_PER_COMMIT).collect());
         }
-        for (n, part) in parts.into_iter().enumerate() {
-            let direct = if n == 0 {
-                (&opt_outs[..], &attributed[..])
-            } else {
-                (&[][..], &[][..])
+        if chunks.is_empty() && !opt_outs.is_empty() {
+            chunks.push(Vec::new());
+        }
+        // The opt-outs' choices go with the first part; they are needed again after it.
+        let mut direct = Some((opt_outs.clone(), attributed));
+        for (n, events) in chunks.into_iter().enumerate() {
+            let (direct, attributed) = direct.take().unwrap_or_default();
+            let part = Part {
+                events,
+                direct,
+                attributed,
+                received_at,
             };
-            let (accepted, duplicates, new_choices, part_report) =
-                retrying("ingest", || self.write_part(part, direct, received_at)).await?;
-            outcome.accepted += accepted;
-            outcome.duplicates += duplicates;
-            report.extend(part_report);
+            let written = self.commit(part).await?;
+            outcome.accepted += written.accepted;
+            outcome.duplicates += written.duplicates;
+            report.extend(written.report);
             if n == 0 {
-                count_unplaced(&opt_outs, &placed, &new_choices, &mut outcome, &mut report);
+                count_unplaced(
+                    &opt_outs,
+                    &placed,
+                    &written.new_choices,
+                    &mut outcome,
+                    &mut report,
+                );
             }
         }
         if report.publish() {
@@ -183,20 +195,19 @@ impl PgStore {
         Ok(())
     }
 
-    /// One part of a request, in one transaction, with the choices of the opt-out items
-    /// `direct` (each with the message it landed on): accepted and duplicate counts, which
-    /// items' choices were new, and what to report once it is committed.
-    async fn write_part(
-        &self,
-        events: &[Event],
-        direct: (&[OptOutItem], &[Option<MessageId>]),
-        received_at: DateTime<Utc>,
-    ) -> Result<(u32, u32, HashSet<usize>, Report), StoreError> {
+    /// Parts of requests (each one request's, or a part of a big one) in one transaction:
+    /// the group commit (see [`super::batch`]). Message rows are locked in id order across the
+    /// whole batch, then actions, then recipients, each in key order, so two batches (of one
+    /// instance or two) never wait on each other in a cycle. Each part gets its own counts,
+    /// which of its opt-out items' choices were new, and what to report once committed.
+    pub(super) async fn write_batch(&self, parts: &[&Part]) -> Result<Vec<Written>, StoreError> {
         let mut tx = self.begin().await?;
-        let mut ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
+        let mut ids: Vec<&str> = parts
+            .iter()
+            .flat_map(|p| p.events.iter().map(|e| e.message_id.as_str()))
+            .collect();
         ids.sort_unstable();
         ids.dedup();
-        // Locked in id order, so two instances writing the same messages cannot deadlock.
         let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
             "SELECT id, record FROM messages WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
@@ -222,34 +233,50 @@ impl PgStore {
             );
         }
         let mut write = Writes::default();
-        let (mut accepted, mut duplicates) = (0, 0);
-        let mut report = Report::default();
-        for event in events {
-            let new = self.fold(&mut tx, &mut changes, &mut write, event).await?;
-            if new {
-                report.accepted(event);
-                // What the forwards ask of it, with its message's state after it.
-                if let Some(change) = changes.get_mut(&event.message_id) {
-                    if let Some(state) = &change.after.state {
-                        for delivery in self.inner.rules.forwarded(state, event, received_at) {
-                            report.queued(&delivery);
-                            change.after.actions.push(delivery.id.to_string());
-                            write.new_actions.push(delivery);
+        let mut written: Vec<Written> = Vec::with_capacity(parts.len());
+        let mut choices = Choices::default();
+        // Each part's opt-out items are numbered from its offset among the batch's.
+        let mut offsets = Vec::with_capacity(parts.len());
+        let mut offset = 0;
+        for part in parts {
+            let mut out = Written::default();
+            for event in &part.events {
+                let new = self.fold(&mut tx, &mut changes, &mut write, event).await?;
+                if new {
+                    out.report.accepted(event);
+                    // What the forwards ask of it, with its message's state after it.
+                    if let Some(change) = changes.get_mut(&event.message_id) {
+                        if let Some(state) = &change.after.state {
+                            let now = part.received_at;
+                            for delivery in self.inner.rules.forwarded(state, event, now) {
+                                out.report.queued(&delivery);
+                                change.after.actions.push(delivery.id.to_string());
+                                write.new_actions.push(delivery);
+                            }
                         }
                     }
                 }
+                if !counted(event) {
+                } else if new {
+                    out.accepted += 1;
+                } else {
+                    out.duplicates += 1;
+                }
             }
-            if !counted(event) {
-            } else if new {
-                accepted += 1;
-            } else {
-                duplicates += 1;
+            for (n, (item, to)) in part.direct.iter().zip(&part.attributed).enumerate() {
+                choices.item(offset + n, item, to.as_ref());
             }
+            offsets.push(offset);
+            offset += part.direct.len();
+            written.push(out);
         }
-        let mut choices = Choices::default();
-        for (n, (item, to)) in direct.0.iter().zip(direct.1).enumerate() {
-            choices.item(n, item, to.as_ref());
-        }
+        let now = parts
+            .iter()
+            .map(|p| p.received_at)
+            .max()
+            .unwrap_or_else(crate::domain::now);
+        // What the rules plan is reported with the first part (only the metrics read it).
+        let report = &mut written[0].report;
         let actions = self.existing_actions(&mut tx, &changes).await?;
         for (id, change) in &mut changes {
             let (true, Some(after)) = (change.changed, &change.after.state) else {
@@ -258,7 +285,7 @@ impl PgStore {
             let new = Derived::of(Some(after), &self.inner.fields);
             write.refile(id, change.before.as_ref(), new.as_ref());
             let facets = new.map(|d| d.stats).unwrap_or_default();
-            let planned = self.inner.rules.plan(after, &facets, received_at, |id| {
+            let planned = self.inner.rules.plan(after, &facets, now, |id| {
                 Ok::<_, StoreError>(actions.get(id).cloned())
             })?;
             for planned in planned {
@@ -291,7 +318,14 @@ impl PgStore {
         let new_choices = self.write_choices(&mut tx, choices).await?;
         write.apply(&mut tx).await?;
         tx.commit().await?;
-        Ok((accepted, duplicates, new_choices, report))
+        for ((out, offset), part) in written.iter_mut().zip(offsets).zip(parts) {
+            out.new_choices = new_choices
+                .iter()
+                .filter(|n| (offset..offset + part.direct.len()).contains(*n))
+                .map(|n| n - offset)
+                .collect();
+        }
+        Ok(written)
     }
 
     /// Adds a part's choices to its recipients' preferences, rows locked in key order (so two

@@ -22,9 +22,12 @@
 //!   once the lease is over, to be claimed by another with the same `Idempotency-Key`.
 //! - Retention holds an advisory lock, so one instance at a time purges.
 //!
-//! Writes are batched (`UNNEST` arrays, one statement per table), so a webhook costs a few
-//! round trips; nothing in the ingest transaction sends `NOTIFY`.
+//! Writes are batched (`UNNEST` arrays, one statement per table), and the requests that
+//! arrive together share one transaction ([`batch`]: group commit). A commit that queued
+//! actions is followed (never preceded, nor joined) by a `NOTIFY` that wakes the other
+//! instances' dispatchers at once; they still poll every 500 ms in case one is lost.
 
+mod batch;
 mod ingest;
 mod outbox;
 mod reads;
@@ -71,6 +74,8 @@ struct Inner {
     /// Wakes this instance's dispatcher when its own ingest queued something; actions queued
     /// by other instances are found by polling (see [`PgStore::outbox_changed`]).
     outbox_changed: tokio::sync::Notify,
+    /// The group commit's queue (see [`batch`]).
+    committer: batch::Committer,
 }
 
 /// What [`PgStore::open`] does about the schema.
@@ -114,8 +119,9 @@ impl PgStore {
             let _inside = runtime.enter();
             pool(&settings.postgres)?
         };
+        let handle = runtime.handle().clone();
         let store = Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
                 pool,
                 runtime: Some(runtime),
                 rules,
@@ -124,8 +130,13 @@ impl PgStore {
                 reply_window_hours: settings.reply_window_hours,
                 opt_out_keywords: settings.opt_out_keywords.clone(),
                 outbox_changed: tokio::sync::Notify::new(),
+                committer: batch::Committer::start(&handle, weak.clone()),
             }),
         };
+        handle.spawn(batch::listen(
+            store.pool().clone(),
+            Arc::downgrade(&store.inner),
+        ));
         match schema {
             Schema::Migrate => store.migrate().await?,
             Schema::Check => store.check_schema().await?,
@@ -290,8 +301,9 @@ impl PgStore {
         &self.inner.fields.stats
     }
 
-    /// Wakes when this instance queued something, or after a poll interval: other instances'
-    /// actions, and leases that ran out, are found by looking again.
+    /// Wakes when this instance or another queued something (a `NOTIFY` after their commit),
+    /// or after a poll interval: a lost notification, and leases that ran out, are found by
+    /// looking again.
     pub async fn outbox_changed(&self) {
         tokio::select! {
             _ = self.inner.outbox_changed.notified() => {}
