@@ -40,7 +40,10 @@ impl Application {
 
     /// Opens the store, starts the dispatcher and binds `server.bind` (port 0 picks a free
     /// port, as tests do), with rules [`check`] compiled.
-    pub async fn start(settings: Settings, rules: Arc<Rules>) -> anyhow::Result<Self> {
+    pub async fn start(mut settings: Settings, rules: Arc<Rules>) -> anyhow::Result<Self> {
+        if settings.store.postgres.instance_id.is_empty() {
+            settings.store.postgres.instance_id = instance_id(&settings.server.bind);
+        }
         // Before anything records a metric.
         crate::observe::handle();
         crate::domain::recipient::warm_up();
@@ -137,4 +140,27 @@ impl Application {
             ))),
         }
     }
+}
+
+/// This instance's id for its Postgres leases (`store.postgres.instance_id` unset): the host
+/// name and the bind address, the same at every restart of one deployment; with port 0 (a
+/// new port each start) a fresh one, as nothing could be taken back anyway.
+fn instance_id(bind: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "flowhook".to_owned()
+    } else {
+        host
+    };
+    if bind.ends_with(":0") {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        return format!("{host}/{bind}/{}-{nanos}", std::process::id());
+    }
+    format!("{host}/{bind}")
 }

@@ -244,6 +244,11 @@ pub struct PostgresSettings {
     pub connect_timeout_ms: u64,
     /// A statement running longer than this is cancelled by the server.
     pub statement_timeout_ms: u64,
+    /// What this instance's leases are marked with, so that after a crash it takes back the
+    /// calls it held at once. Unset: `<host name>/<server.bind>`, stable across restarts of
+    /// one deployment (and a new one each start when the port is 0). Set it when instances
+    /// share a host name and a bind address (containers); two live instances must not share it.
+    pub instance_id: String,
 }
 
 impl Default for PostgresSettings {
@@ -254,6 +259,7 @@ impl Default for PostgresSettings {
             migrate: true,
             connect_timeout_ms: 5_000,
             statement_timeout_ms: 30_000,
+            instance_id: String::new(),
         }
     }
 }

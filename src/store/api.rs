@@ -456,7 +456,7 @@ impl Store {
     pub async fn recover_in_flight(&self) -> Result<usize, StoreError> {
         match self.current() {
             Backend::Embedded(b) => blocking(b, |b| b.recover_in_flight()).await,
-            Backend::Postgres(_) => Ok(0),
+            Backend::Postgres(b) => b.recover_in_flight().await,
             Backend::Closed => Err(StoreError::Closed),
         }
     }

@@ -530,7 +530,7 @@ async fn migrate_creates_the_schema_and_a_newer_one_is_refused() {
     let refused = cli(&config, &["check-store"], None).unwrap_err();
     assert!(refused.contains("flowhook migrate"), "{refused}");
     let said = String::from_utf8(cli(&config, &["migrate"], None).unwrap()).unwrap();
-    assert!(said.contains("version 2"), "{said}");
+    assert!(said.contains("version 3"), "{said}");
     // Running it again changes nothing.
     cli(&config, &["migrate"], None).unwrap();
     cli(&config, &["check-store"], None).unwrap();
@@ -750,4 +750,48 @@ async fn an_idle_instance_calls_at_once_for_work_another_instance_queued() {
     );
     other.close().await.unwrap();
     drop(caller);
+}
+
+/// An instance killed with calls in flight takes them back as soon as it starts again (its
+/// leases carry its instance id), instead of waiting for the leases to run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres: scripts/test-postgres.sh runs it"]
+async fn a_restarted_instance_takes_back_its_own_calls_at_once() {
+    const WEBHOOKS: usize = 12;
+    let db = database().await;
+    // Answers slow enough that calls are certainly in flight at the kill.
+    let (mock, target) = Target::mount(Duration::from_millis(1500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("flowhook.log");
+    let (config, address) = write_config(dir.path(), "a", &db, &mock.uri(), "");
+    // A lease far longer than the test may wait.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("lease_seconds = 3", "lease_seconds = 60");
+    std::fs::write(&config, text).unwrap();
+    let mut first = start(&config, &address, &log).await;
+    let client = reqwest::Client::new();
+    let now = Utc::now();
+    let ids: HashSet<String> = (0..WEBHOOKS).map(|i| format!("wamid.BACK{i}==")).collect();
+    for id in &ids {
+        let resp = post_bik_to(&client, &address, bik_status(id, "read", now, &json!({}))).await;
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while target.calls().len() < 4 {
+        assert!(Instant::now() < deadline, "no calls started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let killed_at = Instant::now();
+    let _again = start(&config, &address, &log).await;
+    // Every follow-up is called well before the 60 s leases would run out.
+    target.wait_for(&ids, Duration::from_secs(15), &log).await;
+    assert!(killed_at.elapsed() < Duration::from_secs(20));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("resending calls cut off by the last stop"),
+        "{logged}"
+    );
 }

@@ -76,6 +76,8 @@ struct Inner {
     outbox_changed: tokio::sync::Notify,
     /// The group commit's queue (see [`batch`]).
     committer: batch::Committer,
+    /// `store.postgres.instance_id`: what this instance's leases are marked with.
+    instance: String,
 }
 
 /// What [`PgStore::open`] does about the schema.
@@ -131,6 +133,7 @@ impl PgStore {
                 opt_out_keywords: settings.opt_out_keywords.clone(),
                 outbox_changed: tokio::sync::Notify::new(),
                 committer: batch::Committer::start(&handle, weak.clone()),
+                instance: settings.postgres.instance_id.clone(),
             }),
         };
         handle.spawn(batch::listen(
@@ -290,7 +293,16 @@ impl PgStore {
 
     /// Closes every connection once they are returned.
     pub async fn close(&self) {
-        self.pool().close().await;
+        // Closing waits for every connection to come back (the listener's included, which
+        // hears the pool close); a connection stuck in the network must not hold a stop.
+        let pool = self.pool().clone();
+        let closing = self.runtime().spawn(async move { pool.close().await });
+        if tokio::time::timeout(Duration::from_secs(5), closing)
+            .await
+            .is_err()
+        {
+            tracing::warn!("closing the database's connections took over 5 s; stopping anyway");
+        }
     }
 
     pub fn index_fields(&self) -> &[String] {

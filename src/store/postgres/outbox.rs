@@ -234,11 +234,54 @@ impl PgStore {
             claimed.push(new.clone());
             claims.push(Claim::Send(new));
         }
+        let held: Vec<&str> = claimed.iter().map(|a| a.id.as_str()).collect();
+        if !held.is_empty() {
+            sqlx::query("UPDATE actions SET leased_by = $1 WHERE id = ANY($2)")
+                .bind(&self.inner.instance)
+                .bind(&held)
+                .execute(&mut *tx)
+                .await?;
+        }
         write.changed_actions.extend(claimed);
         write.lease_until = Some(lease_until);
         write.apply(&mut tx).await?;
         tx.commit().await?;
         Ok(claims)
+    }
+
+    /// Takes back, at start, the calls this instance held when it stopped (its leases, by
+    /// `store.postgres.instance_id`): they are due now instead of when the lease ends. A
+    /// peer's leases are left to run out. Returns how many.
+    pub async fn recover_in_flight(&self) -> Result<usize, StoreError> {
+        if self.inner.instance.is_empty() {
+            return Ok(0);
+        }
+        let now = ms(crate::domain::now());
+        let mut tx = self.begin().await?;
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, body FROM actions WHERE leased_by = $1 AND due_ms > $2
+             ORDER BY id FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&self.inner.instance)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut held = Vec::new();
+        for (id, body) in rows {
+            // Only a call in flight; a retry waiting for its time keeps it.
+            if serde_json::from_slice::<Action>(&body).is_ok_and(|a| a.in_flight) {
+                held.push(id);
+            }
+        }
+        if !held.is_empty() {
+            sqlx::query("UPDATE actions SET due_ms = $1 WHERE id = ANY($2)")
+                .bind(now)
+                .bind(&held)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(held.len())
     }
 
     /// Records how claimed actions' attempts went, once per claim, in one transaction;
