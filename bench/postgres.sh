@@ -76,6 +76,21 @@ top_statements() {
         ORDER BY total_plan_time + total_exec_time DESC LIMIT 6" | sed 's/^/| /; s/$/ |/'
 }
 
+# Rows written per table in database $1 (pg_stat_user_tables): inserts, updates, how many of
+# those were HOT (no index touched), dead rows left; and how often each index was scanned.
+table_stats() {
+    "$pgbin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U flowhook -d "$1" -At -F ' | ' -c "
+        SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_dead_tup
+        FROM pg_stat_user_tables WHERE relname NOT LIKE '\_sqlx%' ORDER BY relname" |
+        sed 's/^/| /; s/$/ |/'
+}
+index_stats() {
+    "$pgbin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U flowhook -d "$1" -At -F ' | ' -c "
+        SELECT relname, indexrelname, idx_scan FROM pg_stat_user_indexes
+        WHERE relname NOT LIKE '\_sqlx%' ORDER BY relname, indexrelname" |
+        sed 's/^/| /; s/$/ |/'
+}
+
 config() { # name port backend-or-store [database]
     local extra=""
     if [ "$3" = postgres ]; then
@@ -171,6 +186,9 @@ t0=$(ticks "$a"); p0=$(pg_ticks)
 wrk_run "$work/pg1.wrk" "http://127.0.0.1:$A_PORT" 64
 CPU_FH[pg1]=$(secs $(( $(ticks "$a") - t0 ))); CPU_PG[pg1]=$(secs $(( $(pg_ticks) - p0 )))
 DB_INGEST_1=$(db_mean_ms "$A_PORT" ingest)
+BATCH_ONE=$(curl -s "http://127.0.0.1:$A_PORT/metrics" | awk '
+    /^flowhook_write_batch_size_sum/ { s = $2 } /^flowhook_write_batch_size_count/ { c = $2 }
+    END { if (c > 0) printf "%.1f", s / c; else print "-" }')
 TOP=$(top_statements one)
 record pg1 "$work/pg1.wrk"; show pg1
 stop "$a"
@@ -198,9 +216,14 @@ LAG_OUT=$(FLOWHOOK_URL="http://127.0.0.1:$A_PORT" MOCK_PORT=$MOCK_PORT \
     ./target/release/examples/followup_lag "$LAG_RATE" "$LAG_SECONDS")
 DB_CLAIM=$(db_mean_ms "$A_PORT" claim)
 DB_COMPLETE=$(db_mean_ms "$A_PORT" complete)
+BATCH_MEAN=$(curl -s "http://127.0.0.1:$A_PORT/metrics" | awk '
+    /^flowhook_write_batch_size_sum/ { s = $2 } /^flowhook_write_batch_size_count/ { c = $2 }
+    END { if (c > 0) printf "%.1f", s / c; else print "-" }')
 stop "$a"
 echo "$LAG_OUT"
 lag_line=$(grep -E '^lag' <<<"$LAG_OUT" || echo "lag: not measured")
+TABLES=$(table_stats lag)
+INDEXES=$(index_stats lag)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 section=$(
@@ -230,6 +253,19 @@ section=$(
     echo
     echo "- Follow-up lag through Postgres at $LAG_RATE webhooks/s: $lag_line. Claim" \
         "transaction $DB_CLAIM ms, recording outcomes $DB_COMPLETE ms (means)."
+    echo "- Group commit: $BATCH_ONE requests per ingest transaction on average in the one-instance run," \
+        "$BATCH_MEAN in the lag run (flowhook_write_batch_size)."
+    echo "- Rows by table after the lag run (its actions were claimed and recorded; pg_stat_user_tables):"
+    echo
+    echo "| table | inserted | updated | of which HOT | dead |"
+    echo "|---|---|---|---|---|"
+    echo "$TABLES"
+    echo
+    echo "- Index scans in the lag run (pg_stat_user_indexes):"
+    echo
+    echo "| table | index | scans |"
+    echo "|---|---|---|"
+    echo "$INDEXES"
     echo "<!-- /postgres -->"
 )
 echo

@@ -503,6 +503,8 @@ pub(super) struct Writes {
     pub overflow: HashMap<Vec<u8>, i64>,
     /// The end of the lease of the changed actions that are now in flight (claimed).
     pub lease_until: Option<i64>,
+    /// The instance whose lease the changed actions are under (a claim).
+    pub leased_by: Option<String>,
 }
 
 impl Writes {
@@ -638,17 +640,29 @@ impl Writes {
         }
         if !self.changed_actions.is_empty() {
             let a = ActionColumns::of(&self.changed_actions, self.lease_until)?;
-            st.part(
-                "old_actions",
-                "UPDATE actions SET state = u.state, due_ms = u.due_ms, body = u.body
-                 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bytea[])
-                     AS u(id, state, due_ms, body)
-                 WHERE actions.id = u.id",
-            );
+            let sql = match self.leased_by {
+                None => {
+                    "UPDATE actions SET state = u.state, due_ms = u.due_ms, body = u.body
+                     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bytea[])
+                         AS u(id, state, due_ms, body)
+                     WHERE actions.id = u.id"
+                }
+                Some(_) => {
+                    "UPDATE actions SET state = u.state, due_ms = u.due_ms, body = u.body,
+                         leased_by = $5::text
+                     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bytea[])
+                         AS u(id, state, due_ms, body)
+                     WHERE actions.id = u.id"
+                }
+            };
+            st.part("old_actions", sql);
             st.arg(a.ids)?;
             st.arg(a.states)?;
             st.arg(a.due)?;
             st.arg(a.bodies)?;
+            if let Some(instance) = self.leased_by {
+                st.arg(instance)?;
+            }
         }
         if !self.overflow.is_empty() {
             let mut overflow: Vec<_> = self.overflow.iter().collect();

@@ -234,16 +234,9 @@ impl PgStore {
             claimed.push(new.clone());
             claims.push(Claim::Send(new));
         }
-        let held: Vec<&str> = claimed.iter().map(|a| a.id.as_str()).collect();
-        if !held.is_empty() {
-            sqlx::query("UPDATE actions SET leased_by = $1 WHERE id = ANY($2)")
-                .bind(&self.inner.instance)
-                .bind(&held)
-                .execute(&mut *tx)
-                .await?;
-        }
         write.changed_actions.extend(claimed);
         write.lease_until = Some(lease_until);
+        write.leased_by = Some(self.inner.instance.clone());
         write.apply(&mut tx).await?;
         tx.commit().await?;
         Ok(claims)
