@@ -173,7 +173,7 @@ pub async fn run_once(
 /// Makes an action's call, unless its message's recipient is opted out now and its rule
 /// says `skip_opted_out` (contract section 8.2): then it is skipped, reason `opted_out`.
 async fn attempt(store: &Store, sender: &Sender, action: &Action) -> Attempt {
-    if action.skip_opted_out {
+    if action.skip_opted_out && !store.checks_opt_outs_when_claiming() {
         match store.opted_out(&action.message_id).await {
             Ok(false) => {}
             Ok(true) => {

@@ -278,6 +278,13 @@ impl Store {
         call!(self, sync preferences(key))
     }
 
+    /// Whether claiming an action already checks whether its recipient is opted out (and
+    /// skips it): Postgres does, in the claim's transaction; the embedded store is asked at
+    /// call time with [`Store::opted_out`].
+    pub fn checks_opt_outs_when_claiming(&self) -> bool {
+        matches!(self.current(), Backend::Postgres(_))
+    }
+
     /// Whether the recipient of message `id` is opted out now; false for a message flowhook
     /// does not have, or whose recipient it does not know.
     pub async fn opted_out(&self, id: &str) -> Result<bool, StoreError> {

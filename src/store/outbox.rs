@@ -22,6 +22,8 @@ pub(super) enum Claim {
     Send(Action),
     /// A timer whose awaited status had arrived.
     Cancelled(Action),
+    /// Not called: its recipient is opted out (checked while claiming, Postgres).
+    Skipped(Action),
     /// No longer waiting (or, with Postgres, taken by another instance).
     Gone,
 }
@@ -33,6 +35,10 @@ impl Claim {
             Claim::Send(action) => Some(action),
             Claim::Cancelled(action) => {
                 observe::action(&action.rule, action.action, ActionOutcome::Cancelled);
+                None
+            }
+            Claim::Skipped(action) => {
+                observe::action(&action.rule, action.action, ActionOutcome::Skipped);
                 None
             }
             Claim::Gone => None,
