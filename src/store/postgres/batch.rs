@@ -1,7 +1,7 @@
 //! Group commit on Postgres: the requests that arrive together are written in one transaction.
 //!
-//! Each request's parts go to a queue; a few flushers (each on its own connection) take
-//! what is queued when they are free: a lone request at once, a crowd in batches of up to
+//! Each request's parts go to a queue; a flusher (see [`FLUSHERS`]) takes what is queued
+//! when it is free: a lone request at once, a crowd in batches of up to
 //! [`MAX_PARTS`] parts or [`MAX_EVENTS`] events, so a commit's WAL flush and round trips are
 //! shared by everything waiting instead of paid per webhook (as the embedded writer does,
 //! and as Convoy's and River's Postgres queues do). Every part still gets its own answer, and
@@ -24,11 +24,15 @@ use crate::store::StoreError;
 const MAX_PARTS: usize = 64;
 /// Events in one transaction, at most (a part holds up to 64).
 const MAX_EVENTS: usize = 512;
-/// Transactions in flight at once, each on a connection of its own. Measured on 2 cores with
-/// Postgres beside flowhook (bench/postgres.sh): 4 let two instances' eight transactions
-/// thrash (6,058 req/s, p99 102 ms); 2 gave 20,173 req/s for one instance and 17,745 for
-/// two, p99 11 ms; 1 gave a little more ingest but a worse follow-up lag.
-const FLUSHERS: usize = 2;
+/// Ingest transactions in flight at once per instance, each on a connection of its own.
+/// Measured on 2 cores with Postgres beside flowhook (bench/postgres.sh, runs of the whole
+/// script): with 4, two instances' eight transactions thrashed (6,058 req/s, p99 102 ms); with
+/// 2, three runs of six fell into a slow mode (10.7-11.9k req/s, p99 63-70 ms, the row-lock
+/// query at 1.1 ms instead of 0.03: concurrent batches probing and filling the same index
+/// pages), the others gave 18.1-20.2k; with 1, four runs gave 18.3-22.3k req/s for one
+/// instance and 17.5-20.4k for two, p99 about 10 ms, none slow. A batch waits for the one
+/// before it, so the next one is bigger: the commit's cost is shared either way.
+const FLUSHERS: usize = 1;
 
 /// One request's part to write: its events, and (in its first part) its opt-out items with
 /// the message each landed on.
