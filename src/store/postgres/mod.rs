@@ -149,7 +149,9 @@ impl PgStore {
         let targets: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT target FROM actions WHERE due_ms IS NOT NULL AND target LIKE 'forward:%'",
         )
-        .fetch_all(&store.inner.pool)
+        // On a connection taken on the store's runtime (see `Inner::runtime`): one opened
+        // here, on the caller's, would stall later users once that runtime idles.
+        .fetch_all(&mut *store.conn().await?)
         .await?;
         for target in targets {
             crate::rules::Target::parse(&target);
