@@ -510,3 +510,23 @@ pub fn rfc3339_millis(at: chrono::DateTime<chrono::Utc>) -> String {
     let at = chrono::DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap();
     flowhook::domain::rfc3339(at)
 }
+
+/// A `missing_status` rule named `timer`, due 30 s after `since`, waiting for `statuses` (a
+/// TOML list) with `extra` TOML, posting `{"message": id}` to `<url>/timer`.
+pub fn timer_rule(statuses: &str, since: &str, extra: &str, url: &str) -> String {
+    format!(
+        r#"
+[[rules]]
+name = "timer"
+on = "missing_status"
+statuses = {statuses}
+since = "{since}"
+after_seconds = 30
+{extra}
+action = "http.post"
+[rules.params]
+url = "{url}/timer"
+body = {{ message = "{{{{message_id}}}}" }}
+"#
+    )
+}

@@ -269,21 +269,11 @@ async fn a_rule_does_not_call_an_opted_out_recipient_unless_it_says_so() {
 #[tokio::test]
 async fn cancel_on_opt_out_ends_a_timer_the_opt_out_answers() {
     let mock = wiremock::MockServer::start().await;
-    let rules = format!(
-        r#"
-[[rules]]
-name = "timer"
-on = "missing_status"
-statuses = ["played"]
-since = "sent"
-after_seconds = 30
-cancel_on = ["opt_out"]
-action = "http.post"
-[rules.params]
-url = "{}/timer"
-body = {{ message = "{{{{message_id}}}}" }}
-"#,
-        mock.uri()
+    let rules = timer_rule(
+        r#"["played"]"#,
+        "sent",
+        r#"cancel_on = ["opt_out"]"#,
+        &mock.uri(),
     );
     let app = spawn_app_with_rules(&rules).await;
     let id = "wamid.TIMER==";

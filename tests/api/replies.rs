@@ -139,22 +139,7 @@ async fn a_reply_without_context_answers_only_a_message_first_seen_within_the_wi
 /// cancelled with, and the message.
 async fn timer_answered(statuses: &str, extra: &str) -> (String, Value) {
     let mock = wiremock::MockServer::start().await;
-    let rules = format!(
-        r#"
-[[rules]]
-name = "timer"
-on = "missing_status"
-statuses = {statuses}
-since = "delivered"
-after_seconds = 30
-{extra}
-action = "http.post"
-[rules.params]
-url = "{}/timer"
-body = {{ message = "{{{{message_id}}}}" }}
-"#,
-        mock.uri()
-    );
+    let rules = timer_rule(statuses, "delivered", extra, &mock.uri());
     let app = spawn_app_with_rules(&rules).await;
     let id = "wamid.REMIND==";
     let now = chrono::Utc::now();
