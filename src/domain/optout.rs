@@ -130,21 +130,25 @@ impl Preferences {
     /// messages (a retry that arrived after its message) is kept once, with the greatest
     /// attribution, so the result does not depend on the order they came in.
     pub fn add(&mut self, choice: Choice) -> bool {
-        let before = self.choices.clone();
-        match self.choices.iter_mut().find(|c| c.same(&choice)) {
-            Some(kept) => {
-                if choice.message_id > kept.message_id {
-                    kept.message_id = choice.message_id;
-                }
+        if let Some(kept) = self.choices.iter_mut().find(|c| c.same(&choice)) {
+            if choice.message_id <= kept.message_id {
+                return false;
             }
-            None => self.choices.push(choice),
+            kept.message_id = choice.message_id;
+            // The attribution is part of the order: keep the list sorted.
+            self.choices.sort();
+            return true;
         }
-        self.choices.sort();
+        // A new choice older than all of a full list would be dropped again at once.
+        if self.choices.len() >= MAX_CHOICES && self.choices.first().is_some_and(|f| choice < *f) {
+            return false;
+        }
+        let at = self.choices.partition_point(|c| *c < choice);
+        self.choices.insert(at, choice);
         if self.choices.len() > MAX_CHOICES {
-            let extra = self.choices.len() - MAX_CHOICES;
-            self.choices.drain(..extra);
+            self.choices.remove(0);
         }
-        self.choices != before
+        true
     }
 
     /// What `GET /v1/recipients/{recipient}` answers.
@@ -306,6 +310,17 @@ pub fn is_keyword(text: Option<&str>, keywords: &[String]) -> bool {
 /// The choices a message's `opt_out` events say, for its recipient (see [`key_of`]); none
 /// when it has no recipient yet.
 pub fn choices_on(state: &super::MessageState) -> Option<(String, Vec<Choice>)> {
+    // Asked of every message a write changes: most have no opt-out, and are answered without
+    // merging the timeline with its summary.
+    let summarized = state.summary.iter().flat_map(|s| &s.representatives);
+    if !state
+        .events
+        .iter()
+        .chain(summarized)
+        .any(|e| e.opt_out.is_some())
+    {
+        return None;
+    }
     let choices: Vec<Choice> = state
         .known_events()
         .into_iter()

@@ -298,16 +298,16 @@ impl Store {
     /// `raw` (any phone form, or an id as sent); `None` when flowhook knows nothing of it (no
     /// choice and no message).
     pub async fn recipient(&self, raw: &str) -> Result<Option<RecipientAnswer>, StoreError> {
-        let keys = [Some(recipient::lookup_key(raw)), recipient::unlisted(raw)];
-        for key in keys.into_iter().flatten() {
-            if let Some(prefs) = self.preferences(&key).await? {
+        let keys: Vec<String> = [Some(recipient::lookup_key(raw)), recipient::unlisted(raw)]
+            .into_iter()
+            .flatten()
+            .collect();
+        for key in &keys {
+            if let Some(prefs) = self.preferences(key).await? {
                 return Ok(Some(prefs.answer()));
             }
         }
-        for key in [Some(recipient::lookup_key(raw)), recipient::unlisted(raw)]
-            .into_iter()
-            .flatten()
-        {
+        for key in keys {
             let page = self
                 .lookup(&Lookup::Recipient(key.clone()), 1, None)
                 .await?;

@@ -22,12 +22,7 @@ default = 0.004
 "#;
 
 fn summer_sale(stats: &Value) -> &Value {
-    stats["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["value"] == "summer_sale")
-        .expect("a summer_sale group")
+    group(stats, "summer_sale")
 }
 
 #[tokio::test]

@@ -530,3 +530,13 @@ body = {{ message = "{{{{message_id}}}}" }}
 "#
     )
 }
+
+/// The group of `/v1/stats` for one value (a campaign), panicking when there is none.
+pub fn group<'a>(stats: &'a Value, value: &str) -> &'a Value {
+    stats["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| g["value"] == value)
+        .unwrap_or_else(|| panic!("a {value} group in {stats}"))
+}

@@ -202,12 +202,7 @@ async fn the_documented_message_event_and_failure_fields_are_exactly_what_is_ser
         served_fields(&group["cost"]),
         documented_fields(&doc, "Cost")
     );
-    let sale = stats["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["value"] == "summer_sale")
-        .unwrap();
+    let sale = crate::helpers::group(&stats, "summer_sale");
     assert_eq!(
         served_fields(&sale["cost"]["by_category"]["marketing"]),
         documented_fields(&doc, "CategoryCost")

@@ -293,11 +293,6 @@ async fn a_campaign_counts_its_opted_out_messages() {
     app.post_meta(fixture("meta/statuses-sent.json")).await;
     app.post_meta(fixture("meta/user-preferences.json")).await;
     let stats = app.get_json("/v1/stats?group_by=callback.campaign").await;
-    let cart = stats["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["value"] == "abandoned_cart")
-        .unwrap();
+    let cart = group(&stats, "abandoned_cart");
     assert_eq!(cart["opted_out"], 1, "{cart}");
 }

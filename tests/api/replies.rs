@@ -75,12 +75,7 @@ async fn a_replied_message_counts_as_read_in_its_campaigns_funnel() {
     app.post_meta(fixture("meta/message-button-reply.json"))
         .await;
     let stats = app.get_json("/v1/stats?group_by=callback.campaign").await;
-    let cart = stats["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["value"] == "abandoned_cart")
-        .unwrap();
+    let cart = group(&stats, "abandoned_cart");
     assert_eq!(
         (
             &cart["replied"],

@@ -177,8 +177,9 @@ fn write_request(
     let mut batch = Batch::default();
     // What the forwards ask of each accepted event, with its message's state after it.
     let mut deliveries = Vec::new();
+    let forwarding = !rules.forwards().is_empty();
     let mut forward = |batch: &Batch, event: &Event| {
-        if let Some(state) = batch.state(&event.message_id) {
+        if let Some(state) = batch.state(&event.message_id).filter(|_| forwarding) {
             deliveries.extend(rules.forwarded(state, event, p.received_at));
         }
     };
